@@ -1,0 +1,60 @@
+"""The compiled half of nscg: ``_nscg`` (cffi, API mode) and a staleness check.
+
+Importing this package fails with a clear message when the extension is
+missing or was built from other C sources than the ones beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+try:
+    from nscg._native._nscg import ffi, lib
+except ImportError as exc:  # pragma: no cover - depends on the installation
+    raise ImportError(
+        "nscg's C extension (nscg._native._nscg) is not built: "
+        "reinstall with `pip install .` (or `pip install -e .`)"
+    ) from exc
+
+__all__ = ["ffi", "lib", "check_build"]
+
+EXPECTED_ABI = 1
+_SOURCES = ["abi.h", "child.c", "nscg.h", "reaper.c", "spawn.c", "util.c"]
+
+
+def _source_hash(here: Path) -> str | None:
+    h = hashlib.sha256()
+    for name in _SOURCES:
+        try:
+            data = (here / name).read_bytes()
+        except OSError:
+            return None
+        h.update(name.encode())
+        h.update(data)
+    return h.hexdigest()[:16]
+
+
+def check_build() -> None:
+    """Raise ImportError if the compiled extension does not match the sources.
+
+    Raises:
+        ImportError: the ABI version or the source hash differ; rebuild.
+    """
+    abi = int(lib.nscg_abi_version())
+    if abi != EXPECTED_ABI:
+        raise ImportError(
+            f"nscg's C extension has ABI {abi} but the Python code expects {EXPECTED_ABI}: "
+            "the build is stale, rebuild it with `pip install .` (or `pip install -e .`)"
+        )
+    built = ffi.string(lib.nscg_build_hash()).decode()
+    current = _source_hash(Path(__file__).resolve().parent)
+    if current is not None and built != current:
+        raise ImportError(
+            f"nscg's C extension was built from other sources (build {built}, "
+            f"sources {current}): the build is stale, rebuild it with `pip install .` "
+            "(or `pip install -e .`)"
+        )
+
+
+check_build()

@@ -1,0 +1,165 @@
+/* nscg native ABI: the declarations shared by the C sources and cffi's cdef().
+ *
+ * This file is read verbatim by build.py and passed to ffibuilder.cdef(): no
+ * #include, no #if, no macros other than integer constants. Every struct is
+ * exact (no "...;") and starts with its ABI version where it crosses the
+ * boundary. Bump NSCG_ABI_VERSION whenever a struct or a signature changes.
+ */
+
+#define NSCG_ABI_VERSION 1
+
+/* ---- stages of the child's setup (reported in struct nscg_child_error) ---- */
+#define NSCG_STAGE_NONE 0
+#define NSCG_STAGE_CLONE 1
+#define NSCG_STAGE_SIGNALS 2
+#define NSCG_STAGE_PDEATHSIG 3
+#define NSCG_STAGE_FDS 4
+#define NSCG_STAGE_SETSID 5
+#define NSCG_STAGE_WAIT_PARENT 6
+#define NSCG_STAGE_SETNS 7
+#define NSCG_STAGE_UNSHARE 8
+#define NSCG_STAGE_FORK 9
+#define NSCG_STAGE_HOSTNAME 10
+#define NSCG_STAGE_DOMAINNAME 11
+#define NSCG_STAGE_LOOPBACK 12
+#define NSCG_STAGE_TIMENS 13
+#define NSCG_STAGE_MOUNTS 14
+#define NSCG_STAGE_PIVOT_ROOT 15
+#define NSCG_STAGE_RLIMITS 16
+#define NSCG_STAGE_CHDIR 17
+#define NSCG_STAGE_SETGROUPS 18
+#define NSCG_STAGE_SETGID 19
+#define NSCG_STAGE_SETUID 20
+#define NSCG_STAGE_CAPS 21
+#define NSCG_STAGE_NO_NEW_PRIVS 22
+#define NSCG_STAGE_SECCOMP 23
+#define NSCG_STAGE_EXEC 24
+#define NSCG_STAGE_ID_MAPS 25
+#define NSCG_STAGE_CGROUP 26
+/* not a failure: the child asks the parent to write its id maps now */
+#define NSCG_STAGE_READY 100
+
+/* ---- plan flags ---- */
+#define NSCG_F_INIT 1
+#define NSCG_F_SETID 2
+#define NSCG_F_SETGROUPS 4
+#define NSCG_F_NO_NEW_PRIVS 8
+#define NSCG_F_LOOPBACK 16
+#define NSCG_F_NEWTIME 32
+#define NSCG_F_SETSID 64
+#define NSCG_F_WAIT_PARENT 128
+#define NSCG_F_UNSHARE_LATE 256
+#define NSCG_F_FORK_PIDNS 512
+#define NSCG_F_FORCE_CLONE_FALLBACK 1024
+#define NSCG_F_NO_SPAWNER_THREAD 2048
+
+/* ---- namespace flags (values of the kernel's CLONE_NEW*) ---- */
+#define NSCG_CLONE_NEWNS 131072
+#define NSCG_CLONE_NEWCGROUP 33554432
+#define NSCG_CLONE_NEWUTS 67108864
+#define NSCG_CLONE_NEWIPC 134217728
+#define NSCG_CLONE_NEWUSER 268435456
+#define NSCG_CLONE_NEWPID 536870912
+#define NSCG_CLONE_NEWNET 1073741824
+#define NSCG_CLONE_NEWTIME 128
+
+/* ---- feature bits returned by nscg_clone_features() ---- */
+#define NSCG_HAS_CLONE3 1
+#define NSCG_HAS_CLONE_PIDFD 2
+#define NSCG_HAS_CLONE_INTO_CGROUP 4
+
+struct nscg_fdmap {
+    int32_t src;
+    int32_t dst;
+};
+
+struct nscg_rlimit {
+    int32_t resource;
+    uint32_t reserved;
+    uint64_t cur;
+    uint64_t max;
+};
+
+struct nscg_join {
+    int32_t fd;
+    uint32_t nstype;
+};
+
+/* Written by an init or forwarder process (pid 1 / the nsenter-style shim)
+ * into a MAP_SHARED page that the parent reads after reaping it. */
+struct nscg_shared {
+    uint32_t abi;
+    uint32_t has_status;
+    int32_t payload_status;
+    int32_t payload_pid;
+};
+
+/* One fixed-size record, written with a single write(2) to the error pipe. */
+struct nscg_child_error {
+    uint32_t abi;
+    uint32_t stage;
+    int32_t err;
+    int32_t index;
+    char syscall[24];
+};
+
+struct nscg_plan {
+    uint32_t abi;
+    uint32_t flags;
+    uint64_t ns_new;
+    int32_t cgroup_fd;
+    int32_t parent_pidfd;
+    int32_t err_fd;
+    int32_t sync_fd;
+    int32_t pdeathsig;
+    int32_t fd_floor;
+    int32_t n_fdmap;
+    int32_t n_join;
+    const struct nscg_fdmap *fdmap;
+    int32_t *scratch;
+    const struct nscg_join *joins;
+    const char *path;
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;
+    const char *hostname;
+    const char *domainname;
+    const char *timens_offsets;
+    uint32_t uid;
+    uint32_t gid;
+    int32_t n_groups;
+    int32_t n_rlimits;
+    const uint32_t *groups;
+    const struct nscg_rlimit *rlimits;
+    struct nscg_shared *shared;
+    int32_t fail_stage;
+    int32_t fail_errno;
+    int32_t fail_index;
+    int32_t reserved;
+};
+
+struct nscg_spawn_out {
+    int32_t pid;
+    int32_t pidfd;
+    int32_t err;
+    uint32_t stage;
+    char syscall[24];
+};
+
+struct nscg_wait_out {
+    int32_t pid;
+    int32_t code;
+    int32_t status;
+    int32_t reserved;
+    int64_t utime_usec;
+    int64_t stime_usec;
+    int64_t maxrss_kb;
+};
+
+uint32_t nscg_abi_version(void);
+const char *nscg_build_hash(void);
+uint32_t nscg_clone_features(void);
+int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out);
+int nscg_wait(int pidfd, int options, struct nscg_wait_out *out);
+int nscg_pidfd_open(int pid);
+int nscg_pidfd_send_signal(int pidfd, int sig);

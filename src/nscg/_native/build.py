@@ -1,0 +1,44 @@
+"""cffi build script for ``nscg._native._nscg`` (out-of-line API mode).
+
+The cdef is ``abi.h`` read verbatim; the C sources are compiled with the
+generated module. A hash of every C source and header is compiled in, and
+``nscg._native`` compares it with the files shipped beside it at import time,
+so a stale build (sources changed, extension not rebuilt) fails loudly.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+SOURCES = ["spawn.c", "child.c", "reaper.c", "util.c"]
+HEADERS = ["abi.h", "nscg.h"]
+
+
+def source_hash() -> str:
+    """Return the hash of the C sources and headers that a build compiles."""
+    h = hashlib.sha256()
+    for name in sorted(SOURCES + HEADERS):
+        h.update(name.encode())
+        h.update((HERE / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+ffibuilder = FFI()
+ffibuilder.cdef((HERE / "abi.h").read_text())
+ffibuilder.set_source(
+    "nscg._native._nscg",
+    '#include "nscg.h"\n',
+    sources=[str((HERE / s).relative_to(Path.cwd())) if (HERE / s).is_relative_to(Path.cwd())
+             else str(HERE / s) for s in SOURCES],
+    include_dirs=[str(HERE)],
+    define_macros=[("_GNU_SOURCE", None), ("NSCG_BUILD_HASH", f'"{source_hash()}"')],
+    extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"],
+    libraries=["pthread"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,344 @@
+/* The child: everything between clone and execve.
+ *
+ * Rules (see DESIGN.md): only system calls, on memory the parent prepared;
+ * no malloc, no stdio, no locks, nothing that glibc caches per thread. A
+ * failing step writes one struct nscg_child_error to the error pipe and
+ * _exit()s; the parent reads EOF on that pipe when execve succeeded.
+ */
+#include "nscg.h"
+
+#include <net/if.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <grp.h>
+
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
+
+/* File descriptors the child still needs once the fd table is rearranged. */
+struct child_ctx {
+    const struct nscg_plan *p;
+    int err_fd;
+    int sync_fd;
+    int parent_pidfd;
+    int forked; /* the payload's parent is our own reaper */
+    sigset_t oldmask;
+};
+
+static size_t cstrlen(const char *s)
+{
+    size_t n = 0;
+    while (s[n])
+        n++;
+    return n;
+}
+
+static void write_record(int fd, uint32_t stage, int err, int index, const char *sc)
+{
+    struct nscg_child_error rec;
+    memset(&rec, 0, sizeof rec);
+    rec.abi = NSCG_ABI_VERSION;
+    rec.stage = stage;
+    rec.err = err;
+    rec.index = index;
+    for (size_t i = 0; sc && sc[i] && i < sizeof rec.syscall - 1; i++)
+        rec.syscall[i] = sc[i];
+    if (fd >= 0) {
+        ssize_t r;
+        do {
+            r = write(fd, &rec, sizeof rec);
+        } while (r < 0 && errno == EINTR);
+    }
+}
+
+__attribute__((noreturn)) static void fail(struct child_ctx *c, uint32_t stage, int err,
+                                           int index, const char *sc)
+{
+    write_record(c->err_fd, stage, err ? err : EIO, index, sc);
+    _exit(NSCG_CHILD_FAILED);
+}
+
+/* A test-only fault hook: the parent can ask stage S (op I) to fail with E. */
+static inline int injected(struct child_ctx *c, uint32_t stage, int index)
+{
+    const struct nscg_plan *p = c->p;
+    return p->fail_stage == (int32_t)stage && (p->fail_index < 0 || p->fail_index == index);
+}
+
+#define STEP(c, stage, index, name, expr)                                               \
+    do {                                                                                \
+        if (injected((c), (stage), (index)))                                            \
+            fail((c), (stage), (c)->p->fail_errno, (index), (name));                    \
+        if ((long)(expr) < 0)                                                           \
+            fail((c), (stage), errno, (index), (name));                                 \
+    } while (0)
+
+static int dup_above(int fd, int floor)
+{
+    return fcntl(fd, F_DUPFD_CLOEXEC, floor);
+}
+
+static void sort_ints(int *a, int n)
+{
+    for (int i = 1; i < n; i++) {
+        int v = a[i], j = i - 1;
+        while (j >= 0 && a[j] > v) {
+            a[j + 1] = a[j];
+            j--;
+        }
+        a[j + 1] = v;
+    }
+}
+
+static int close_gap(int lo, int hi_incl)
+{
+    if (lo > hi_incl)
+        return 0;
+    return (int)syscall(SYS_close_range, (unsigned)lo, (unsigned)hi_incl, 0U);
+}
+
+/* Give the payload exactly the fds it was promised (fdmap src -> dst) and
+ * keep the child's own channels above every destination, close-on-exec. */
+static void setup_fds(struct child_ctx *c)
+{
+    const struct nscg_plan *p = c->p;
+    int floor = p->fd_floor;
+    int *scratch = p->scratch; /* n_fdmap + n_join + 4 ints, from the parent */
+    int keep[4 + 64];
+    int nkeep = 0;
+
+    if (c->err_fd >= 0) {
+        c->err_fd = dup_above(c->err_fd, floor);
+        if (c->err_fd < 0)
+            _exit(NSCG_CHILD_FAILED); /* cannot even report */
+        keep[nkeep++] = c->err_fd;
+    }
+    STEP(c, NSCG_STAGE_FDS, -1, "fcntl", 0);
+    if (c->sync_fd >= 0) {
+        STEP(c, NSCG_STAGE_FDS, -1, "fcntl", c->sync_fd = dup_above(c->sync_fd, floor));
+        keep[nkeep++] = c->sync_fd;
+    }
+    if (c->parent_pidfd >= 0) {
+        STEP(c, NSCG_STAGE_FDS, -1, "fcntl", c->parent_pidfd = dup_above(c->parent_pidfd, floor));
+        keep[nkeep++] = c->parent_pidfd;
+    }
+    for (int i = 0; i < p->n_fdmap; i++)
+        STEP(c, NSCG_STAGE_FDS, i, "fcntl", scratch[i] = dup_above(p->fdmap[i].src, floor));
+    for (int i = 0; i < p->n_join; i++) {
+        int *slot = &scratch[p->n_fdmap + i];
+        STEP(c, NSCG_STAGE_FDS, i, "fcntl", *slot = dup_above(p->joins[i].fd, floor));
+        if (nkeep < (int)(sizeof keep / sizeof keep[0]))
+            keep[nkeep++] = *slot;
+    }
+    for (int i = 0; i < p->n_fdmap; i++)
+        STEP(c, NSCG_STAGE_FDS, i, "dup2", dup2(scratch[i], p->fdmap[i].dst));
+
+    /* close every fd below the floor that is not a destination */
+    int lo = 0;
+    for (int d = 0; d < floor; d++) {
+        int is_dst = 0;
+        for (int i = 0; i < p->n_fdmap; i++)
+            if (p->fdmap[i].dst == d) {
+                is_dst = 1;
+                break;
+            }
+        if (is_dst) {
+            STEP(c, NSCG_STAGE_FDS, -1, "close_range", close_gap(lo, d - 1));
+            lo = d + 1;
+        }
+    }
+    STEP(c, NSCG_STAGE_FDS, -1, "close_range", close_gap(lo, floor - 1));
+    /* above the floor keep only our own channels */
+    sort_ints(keep, nkeep);
+    lo = floor;
+    for (int i = 0; i < nkeep; i++) {
+        STEP(c, NSCG_STAGE_FDS, -1, "close_range", close_gap(lo, keep[i] - 1));
+        lo = keep[i] + 1;
+    }
+    STEP(c, NSCG_STAGE_FDS, -1, "close_range", syscall(SYS_close_range, (unsigned)lo, ~0U, 0U));
+}
+
+static void wait_parent(struct child_ctx *c)
+{
+    char b;
+    ssize_t r;
+    do {
+        r = read(c->sync_fd, &b, 1);
+    } while (r < 0 && errno == EINTR);
+    if (r != 1)
+        _exit(NSCG_CHILD_FAILED); /* the parent gave up: nothing to report */
+    STEP(c, NSCG_STAGE_WAIT_PARENT, -1, "read", 0);
+}
+
+static void loopback_up(struct child_ctx *c)
+{
+    int s;
+    struct ifreq ifr;
+    STEP(c, NSCG_STAGE_LOOPBACK, -1, "socket", s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    memset(&ifr, 0, sizeof ifr);
+    memcpy(ifr.ifr_name, "lo", 3);
+    STEP(c, NSCG_STAGE_LOOPBACK, -1, "ioctl", ioctl(s, SIOCGIFFLAGS, &ifr));
+    ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
+    STEP(c, NSCG_STAGE_LOOPBACK, -1, "ioctl", ioctl(s, SIOCSIFFLAGS, &ifr));
+    close(s);
+}
+
+static void write_file(struct child_ctx *c, uint32_t stage, const char *path, const char *text)
+{
+    int fd;
+    size_t len = cstrlen(text);
+    STEP(c, stage, -1, "open", fd = open(path, O_WRONLY | O_CLOEXEC));
+    ssize_t w = write(fd, text, len);
+    if (w < 0 || (size_t)w != len)
+        fail(c, stage, w < 0 ? errno : EIO, -1, "write");
+    close(fd);
+}
+
+static void set_pdeathsig(struct child_ctx *c)
+{
+    const struct nscg_plan *p = c->p;
+    if (p->pdeathsig <= 0)
+        return;
+    STEP(c, NSCG_STAGE_PDEATHSIG, -1, "prctl", prctl(PR_SET_PDEATHSIG, p->pdeathsig, 0, 0, 0));
+    /* the race: the parent may have died before prctl took effect */
+    if (c->parent_pidfd >= 0) {
+        struct pollfd pfd = {.fd = c->parent_pidfd, .events = POLLIN};
+        if (poll(&pfd, 1, 0) > 0)
+            _exit(NSCG_CHILD_FAILED);
+    }
+}
+
+/* fork for a new or joined pid namespace, or to run an init: the original
+ * process becomes the reaper and never returns; the new one goes on. */
+static void fork_payload(struct child_ctx *c)
+{
+    pid_t pid;
+    STEP(c, NSCG_STAGE_FORK, -1, "clone", pid = nscg_raw_fork());
+    if (pid > 0) {
+        nscg_reaper(c->p, pid, &c->oldmask);
+    }
+    /* the payload: die with the reaper */
+    STEP(c, NSCG_STAGE_PDEATHSIG, -1, "prctl", prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0));
+    c->forked = 1;
+}
+
+void nscg_child_main(const struct nscg_plan *p)
+{
+    struct child_ctx ctx, *c = &ctx;
+    c->p = p;
+    c->err_fd = p->err_fd;
+    c->sync_fd = p->sync_fd;
+    c->parent_pidfd = p->parent_pidfd;
+    c->forked = 0;
+    sigemptyset(&c->oldmask);
+
+    /* 1. signals: every handler back to default; the mask stays full (the
+     * spawner blocked everything) until right before execve. */
+    {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = SIG_DFL;
+        for (int s = 1; s < NSIG; s++) {
+            if (s == SIGKILL || s == SIGSTOP)
+                continue;
+            sigaction(s, &sa, NULL); /* EINVAL for glibc-reserved signals: fine */
+        }
+        STEP(c, NSCG_STAGE_SIGNALS, -1, "sigaction", 0);
+    }
+    set_pdeathsig(c);
+    setup_fds(c);
+    if (p->flags & NSCG_F_SETSID)
+        STEP(c, NSCG_STAGE_SETSID, -1, "setsid", setsid());
+
+    if ((p->flags & NSCG_F_WAIT_PARENT) && !(p->flags & NSCG_F_UNSHARE_LATE))
+        wait_parent(c);
+
+    /* 2. join existing namespaces (user first: the parent ordered them) */
+    for (int i = 0; i < p->n_join; i++)
+        STEP(c, NSCG_STAGE_SETNS, i, "setns",
+             setns(p->scratch[p->n_fdmap + i], (int)p->joins[i].nstype));
+    if (p->n_join > 0) {
+        for (int i = 0; i < p->n_join; i++)
+            close(p->scratch[p->n_fdmap + i]);
+    }
+    if (p->flags & NSCG_F_UNSHARE_LATE) {
+        uint64_t ns = p->ns_new & ~(uint64_t)NSCG_CLONE_NEWTIME;
+        if (ns)
+            STEP(c, NSCG_STAGE_UNSHARE, -1, "unshare", unshare((int)ns));
+        if (p->flags & NSCG_F_WAIT_PARENT) {
+            write_record(c->err_fd, NSCG_STAGE_READY, 0, -1, "");
+            wait_parent(c);
+        }
+    }
+    if (c->sync_fd >= 0) {
+        close(c->sync_fd);
+        c->sync_fd = -1;
+    }
+    /* the pid namespace we joined or unshared applies to children only */
+    if (p->flags & NSCG_F_FORK_PIDNS)
+        fork_payload(c);
+
+    /* 3. namespace-wide setup, done once (by pid 1 when there is one) */
+    if (p->hostname)
+        STEP(c, NSCG_STAGE_HOSTNAME, -1, "sethostname",
+             sethostname(p->hostname, cstrlen(p->hostname)));
+    if (p->domainname)
+        STEP(c, NSCG_STAGE_DOMAINNAME, -1, "setdomainname",
+             setdomainname(p->domainname, cstrlen(p->domainname)));
+    if (p->flags & NSCG_F_LOOPBACK)
+        loopback_up(c);
+    if (p->flags & NSCG_F_NEWTIME) {
+        STEP(c, NSCG_STAGE_TIMENS, -1, "unshare", unshare(CLONE_NEWTIME));
+        if (p->timens_offsets)
+            write_file(c, NSCG_STAGE_TIMENS, "/proc/self/timens_offsets", p->timens_offsets);
+    }
+
+    /* 4. pid 1 stays behind as init; the payload goes on. A new time
+     * namespace is entered by the fork, or else by execve. */
+    if (p->flags & NSCG_F_INIT)
+        fork_payload(c);
+    /* 5. the payload's own process attributes */
+    for (int i = 0; i < p->n_rlimits; i++) {
+        struct rlimit64 rl = {.rlim_cur = p->rlimits[i].cur, .rlim_max = p->rlimits[i].max};
+        STEP(c, NSCG_STAGE_RLIMITS, i, "setrlimit", setrlimit64(p->rlimits[i].resource, &rl));
+    }
+    if (p->cwd)
+        STEP(c, NSCG_STAGE_CHDIR, -1, "chdir", chdir(p->cwd));
+    if (p->flags & NSCG_F_SETGROUPS)
+        STEP(c, NSCG_STAGE_SETGROUPS, -1, "setgroups",
+             syscall(SYS_setgroups, (size_t)p->n_groups, p->groups));
+    if (p->flags & NSCG_F_SETID) {
+        /* raw syscalls: glibc's setresuid broadcasts to all threads (setxid),
+         * which is meaningless and unsafe here */
+        STEP(c, NSCG_STAGE_SETGID, -1, "setresgid",
+             syscall(SYS_setresgid, p->gid, p->gid, p->gid));
+        STEP(c, NSCG_STAGE_SETUID, -1, "setresuid",
+             syscall(SYS_setresuid, p->uid, p->uid, p->uid));
+        /* a credential change clears the parent-death signal: set it again */
+        if (c->forked)
+            STEP(c, NSCG_STAGE_PDEATHSIG, -1, "prctl", prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0));
+        else
+            set_pdeathsig(c);
+    }
+    if (c->parent_pidfd >= 0) {
+        close(c->parent_pidfd);
+        c->parent_pidfd = -1;
+    }
+    if (p->flags & NSCG_F_NO_NEW_PRIVS)
+        STEP(c, NSCG_STAGE_NO_NEW_PRIVS, -1, "prctl", prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+
+    /* 6. execve, with the signal mask the payload should start with */
+    {
+        sigset_t empty;
+        sigemptyset(&empty);
+        sigprocmask(SIG_SETMASK, &empty, NULL);
+    }
+    if (injected(c, NSCG_STAGE_EXEC, -1))
+        fail(c, NSCG_STAGE_EXEC, p->fail_errno, -1, "execve");
+    execve(p->path, p->argv, p->envp);
+    fail(c, NSCG_STAGE_EXEC, errno, -1, "execve");
+}

@@ -1,0 +1,40 @@
+/* nscg internal header: system includes, the shared ABI, and the helpers the
+ * C sources share. Never included by cffi's cdef (that reads abi.h alone). */
+#ifndef NSCG_H
+#define NSCG_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include "abi.h"
+
+#ifndef NSCG_BUILD_HASH
+#define NSCG_BUILD_HASH "unknown"
+#endif
+
+/* Exit status of a child that failed during setup (after reporting). */
+#define NSCG_CHILD_FAILED 127
+
+/* child.c: the code between clone and execve. Never returns. */
+__attribute__((noreturn)) void nscg_child_main(const struct nscg_plan *plan);
+
+/* reaper.c: pid 1 of a new pid namespace, or the forwarder that sits between
+ * the caller and a payload forked into a joined pid namespace. */
+__attribute__((noreturn)) void nscg_reaper(const struct nscg_plan *plan, pid_t payload,
+                                           const sigset_t *oldmask);
+
+/* A fork(2) that bypasses glibc's fork wrapper (no atfork handlers, no lock
+ * juggling): safe in a child created by a raw clone. Returns as fork(). */
+pid_t nscg_raw_fork(void);
+
+#endif

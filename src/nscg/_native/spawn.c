@@ -1,0 +1,246 @@
+/* The parent's side of a spawn: a small pool of long-lived spawner threads
+ * that call clone3, and the clone3 -> clone fallback.
+ *
+ * Why threads of our own: PR_SET_PDEATHSIG fires when the *thread* that
+ * created the child exits, not the process. A sandbox spawned from a
+ * short-lived Python thread would be killed with that thread. The spawner
+ * threads never exit, so "die with parent" means "die with this process".
+ * They block every signal, so Python's signal handling is unaffected, and the
+ * child inherits that full mask (it unblocks right before execve).
+ */
+#include "nscg.h"
+
+#include <linux/sched.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+
+struct nscg_clone_args {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
+        set_tid, set_tid_size, cgroup;
+};
+
+static atomic_int clone3_state; /* 0 unknown, 1 works, -1 ENOSYS */
+
+uint32_t nscg_clone_features(void)
+{
+    uint32_t f = NSCG_HAS_CLONE_PIDFD;
+    if (atomic_load(&clone3_state) >= 0)
+        f |= NSCG_HAS_CLONE3 | NSCG_HAS_CLONE_INTO_CGROUP;
+    return f;
+}
+
+static void set_out_err(struct nscg_spawn_out *out, int err, uint32_t stage, const char *sc)
+{
+    out->err = err;
+    out->stage = stage;
+    strncpy(out->syscall, sc, sizeof out->syscall - 1);
+    out->syscall[sizeof out->syscall - 1] = 0;
+}
+
+/* Runs in a spawner thread (or the caller's thread). Fills out. */
+static void do_clone(const struct nscg_plan *plan, struct nscg_spawn_out *out)
+{
+    uint64_t ns = (plan->flags & NSCG_F_UNSHARE_LATE) ? 0 : plan->ns_new;
+    ns &= ~(uint64_t)NSCG_CLONE_NEWTIME; /* always unshared by the child */
+    int pidfd = -1;
+    long pid = -1;
+
+    out->pid = -1;
+    out->pidfd = -1;
+    out->err = 0;
+    if (plan->fail_stage == NSCG_STAGE_CLONE) { /* test-only fault hook */
+        set_out_err(out, plan->fail_errno, NSCG_STAGE_CLONE, "clone3");
+        return;
+    }
+
+    if (!(plan->flags & NSCG_F_FORCE_CLONE_FALLBACK) && atomic_load(&clone3_state) >= 0) {
+        struct nscg_clone_args args;
+        memset(&args, 0, sizeof args);
+        args.flags = ns | CLONE_PIDFD;
+        args.pidfd = (uint64_t)(uintptr_t)&pidfd;
+        args.exit_signal = SIGCHLD;
+        if (plan->cgroup_fd >= 0) {
+            args.flags |= CLONE_INTO_CGROUP;
+            args.cgroup = (uint64_t)plan->cgroup_fd;
+        }
+        pid = syscall(SYS_clone3, &args, sizeof args);
+        if (pid == 0)
+            nscg_child_main(plan);
+        if (pid > 0) {
+            atomic_store(&clone3_state, 1);
+            out->pid = (int32_t)pid;
+            out->pidfd = pidfd;
+            return;
+        }
+        if (errno != ENOSYS) {
+            set_out_err(out, errno, NSCG_STAGE_CLONE, "clone3");
+            return;
+        }
+        atomic_store(&clone3_state, -1);
+    }
+    if (plan->cgroup_fd >= 0) {
+        /* The caller places the child through cgroup.procs instead; it must
+         * have asked the child to wait (NSCG_F_WAIT_PARENT). */
+        if (!(plan->flags & NSCG_F_WAIT_PARENT)) {
+            set_out_err(out, EINVAL, NSCG_STAGE_CLONE, "clone");
+            return;
+        }
+    }
+    /* clone(2): flags, stack, parent_tid, child_tid, tls (x86_64 order);
+     * with CLONE_PIDFD the pidfd is stored through parent_tid. */
+    pid = syscall(SYS_clone, (unsigned long)(ns | CLONE_PIDFD | SIGCHLD), 0UL, &pidfd, 0UL, 0UL);
+    if (pid == 0)
+        nscg_child_main(plan);
+    if (pid < 0) {
+        set_out_err(out, errno, NSCG_STAGE_CLONE, "clone");
+        return;
+    }
+    out->pid = (int32_t)pid;
+    out->pidfd = pidfd;
+}
+
+/* ------------------------------------------------------------ spawner pool */
+
+#define NSCG_MAX_SPAWNERS 16
+
+struct spawner {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    const struct nscg_plan *plan;
+    struct nscg_spawn_out *out;
+    int state; /* 0 idle, 1 request posted, 2 done */
+    int busy;
+};
+
+static struct spawner spawners[NSCG_MAX_SPAWNERS];
+static int n_spawners;
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+static void *spawner_main(void *arg)
+{
+    struct spawner *s = arg;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (s->state != 1)
+            pthread_cond_wait(&s->cv, &s->mu);
+        do_clone(s->plan, s->out);
+        s->state = 2;
+        pthread_cond_broadcast(&s->cv);
+    }
+    return NULL;
+}
+
+/* After os.fork() in the Python process the spawner threads are gone. */
+static void reset_after_fork(void)
+{
+    n_spawners = 0;
+    memset(spawners, 0, sizeof spawners);
+    pthread_mutex_init(&pool_mu, NULL);
+    pthread_cond_init(&pool_cv, NULL);
+}
+
+static void install_atfork(void) { pthread_atfork(NULL, NULL, reset_after_fork); }
+
+static struct spawner *acquire_spawner(int *err)
+{
+    struct spawner *s = NULL;
+    pthread_once(&atfork_once, install_atfork);
+    pthread_mutex_lock(&pool_mu);
+    for (;;) {
+        for (int i = 0; i < n_spawners; i++) {
+            if (!spawners[i].busy) {
+                s = &spawners[i];
+                break;
+            }
+        }
+        if (s)
+            break;
+        if (n_spawners < NSCG_MAX_SPAWNERS) {
+            struct spawner *n = &spawners[n_spawners];
+            pthread_attr_t attr;
+            sigset_t all, old;
+            memset(n, 0, sizeof *n);
+            pthread_mutex_init(&n->mu, NULL);
+            pthread_cond_init(&n->cv, NULL);
+            pthread_attr_init(&attr);
+            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+            pthread_attr_setstacksize(&attr, 256 * 1024);
+            /* the new thread inherits this mask: every signal blocked */
+            sigfillset(&all);
+            pthread_sigmask(SIG_SETMASK, &all, &old);
+            int r = pthread_create(&n->thread, &attr, spawner_main, n);
+            pthread_sigmask(SIG_SETMASK, &old, NULL);
+            pthread_attr_destroy(&attr);
+            if (r != 0) {
+                if (n_spawners == 0) {
+                    pthread_mutex_unlock(&pool_mu);
+                    *err = r;
+                    return NULL;
+                }
+            } else {
+                s = n;
+                n_spawners++;
+                break;
+            }
+        }
+        pthread_cond_wait(&pool_cv, &pool_mu);
+    }
+    s->busy = 1;
+    pthread_mutex_unlock(&pool_mu);
+    return s;
+}
+
+static void release_spawner(struct spawner *s)
+{
+    pthread_mutex_lock(&pool_mu);
+    s->busy = 0;
+    pthread_cond_signal(&pool_cv);
+    pthread_mutex_unlock(&pool_mu);
+}
+
+int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
+{
+    memset(out, 0, sizeof *out);
+    out->pid = -1;
+    out->pidfd = -1;
+    if (plan->abi != NSCG_ABI_VERSION) {
+        set_out_err(out, EINVAL, NSCG_STAGE_CLONE, "abi");
+        return -1;
+    }
+    if (plan->flags & NSCG_F_NO_SPAWNER_THREAD) {
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        do_clone(plan, out);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        return out->err ? -1 : 0;
+    }
+    int err = 0;
+    struct spawner *s = acquire_spawner(&err);
+    if (!s) {
+        set_out_err(out, err, NSCG_STAGE_CLONE, "pthread_create");
+        return -1;
+    }
+    pthread_mutex_lock(&s->mu);
+    s->plan = plan;
+    s->out = out;
+    s->state = 1;
+    pthread_cond_broadcast(&s->cv);
+    while (s->state != 2)
+        pthread_cond_wait(&s->cv, &s->mu);
+    s->state = 0;
+    pthread_mutex_unlock(&s->mu);
+    release_spawner(s);
+    return out->err ? -1 : 0;
+}

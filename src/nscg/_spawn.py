@@ -1,0 +1,637 @@
+"""The parent's side of a spawn: validate, resolve, flatten into one C plan, run it.
+
+Everything that needs thinking happens here, in the parent; the child only
+executes the flat ``struct nscg_plan`` (see ``_native/child.c``).
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from nscg._native import ffi, lib
+from nscg.container import DEFAULT_PATH, Container, StdioSpec
+from nscg.errors import (
+    ExecutableNotFoundError,
+    SpawnError,
+    SpecError,
+    TimeoutExpired,
+    UnsupportedError,
+)
+from nscg.namespaces import JOIN_ORDER, IdMap, Namespace
+from nscg.process import Process, Result, Stage
+
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
+STDOUT = subprocess.STDOUT
+
+_REC = struct.Struct("=IIii24s")
+_self_pidfd: tuple[int, int] = (-1, -1)  # (pid, fd): our own pidfd, for the pdeathsig race
+_self_pidfd_lock = threading.Lock()
+
+
+def _own_pidfd() -> int:
+    global _self_pidfd
+    pid = os.getpid()
+    with _self_pidfd_lock:
+        if _self_pidfd[0] != pid:
+            fd = lib.nscg_pidfd_open(pid)
+            _self_pidfd = (pid, fd if fd >= 0 else -1)
+        return _self_pidfd[1]
+
+
+# ------------------------------------------------------------------ privileges
+def _cap_eff() -> int:
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"CapEff:"):
+                return int(line.split()[1], 16)
+    return 0
+
+
+def _has_cap(bit: int) -> bool:
+    return bool(_cap_eff() >> bit & 1)
+
+
+_CAP_SETGID = 6
+_CAP_SETUID = 7
+
+
+# ------------------------------------------------------------------ resolution
+def _default_env(uid_inside: int) -> dict[str, str]:
+    return {
+        "PATH": DEFAULT_PATH,
+        "HOME": "/root" if uid_inside == 0 else "/",
+        "TERM": os.environ.get("TERM", "dumb"),
+    }
+
+
+def resolve_executable(
+    name: str, path_var: str, executable: str | None, root: str = "/", cwd: str | None = None
+) -> str:
+    """Find the program to run, as the kernel will see it, before anything is cloned.
+
+    Raises:
+        ExecutableNotFoundError: it does not exist or is not an executable file.
+    """
+    cand: list[str]
+    target = executable or name
+    if "/" in target:
+        if not target.startswith("/"):
+            target = os.path.join(cwd or os.getcwd(), target)
+        cand = [target]
+    else:
+        cand = [os.path.join(d or ".", target) for d in path_var.split(":")]
+    for c in cand:
+        host = c if root == "/" else os.path.join(root, c.lstrip("/"))
+        if os.path.isfile(host) and os.access(host, os.X_OK):
+            return c
+    where = f"on PATH {path_var!r}" if "/" not in (executable or name) else "(not an executable file)"
+    raise ExecutableNotFoundError(errno.ENOENT, f"executable {target!r} not found {where}", target)
+
+
+class _Fds:
+    """fds opened for one spawn: closed in the parent right after the clone."""
+
+    def __init__(self) -> None:
+        self.child_side: list[int] = []
+        self.parent_side: list[int] = []
+
+    def close_child_side(self) -> None:
+        for fd in self.child_side:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.child_side.clear()
+
+    def close_all(self) -> None:
+        self.close_child_side()
+        for fd in self.parent_side:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.parent_side.clear()
+
+
+def _stdio(spec: StdioSpec, target: int, fds: _Fds, stdout_fd: int | None) -> tuple[int | None, int | None]:
+    """Return (fd the child gets at ``target``, parent's pipe end)."""
+    if spec is None:
+        try:
+            os.stat(target)  # only if open in the parent
+        except OSError:
+            return None, None
+        return target, None
+    if spec == PIPE:
+        r, w = os.pipe2(os.O_CLOEXEC)
+        child, parent = (r, w) if target == 0 else (w, r)
+        fds.child_side.append(child)
+        fds.parent_side.append(parent)
+        return child, parent
+    if spec == DEVNULL:
+        fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        fds.child_side.append(fd)
+        return fd, None
+    if spec == STDOUT:
+        if target != 2:
+            raise SpecError("STDOUT is only valid for stderr")
+        return stdout_fd, None
+    if isinstance(spec, int):
+        if spec < 0:
+            raise SpecError(f"invalid fd {spec} for {('stdin', 'stdout', 'stderr')[target]}")
+        return spec, None
+    if hasattr(spec, "fileno"):
+        return spec.fileno(), None
+    raise SpecError(f"invalid stdio spec {spec!r}")
+
+
+# ---------------------------------------------------------------- id maps
+def _map_text(maps: Sequence[IdMap]) -> str:
+    return "".join(m.line() for m in maps)
+
+
+def _single_self_map(maps: Sequence[IdMap], own: int) -> bool:
+    return len(maps) == 1 and maps[0].count == 1 and maps[0].outside == own
+
+
+def _plan_maps(c: Container) -> tuple[tuple[IdMap, ...], tuple[IdMap, ...], str, str, bool]:
+    """Return (uid_map, gid_map, uid tool, gid tool, deny_setgroups).
+
+    A tool is "write" (the parent writes /proc/PID/*_map) or the path of
+    newuidmap/newgidmap.
+    """
+    euid, egid = os.geteuid(), os.getegid()
+    uid_in = c.user if c.user is not None else 0
+    gid_in = c.group if c.group is not None else 0
+    uid_map = c.uid_map or (IdMap(uid_in, euid, 1),)
+    gid_map = c.gid_map or (IdMap(gid_in, egid, 1),)
+    tools = []
+    deny = False
+    for maps, own, cap, helper in (
+        (uid_map, euid, _CAP_SETUID, "newuidmap"),
+        (gid_map, egid, _CAP_SETGID, "newgidmap"),
+    ):
+        if _has_cap(cap) or _single_self_map(maps, own):
+            tools.append("write")
+            if helper == "newgidmap" and not _has_cap(cap):
+                deny = True
+            continue
+        found = shutil.which(helper)
+        if not found:
+            raise UnsupportedError(
+                f"mapping {_map_text(maps).strip()!r} needs {helper}(1) (package uidmap) and "
+                f"an entry in /etc/sub{'u' if helper == 'newuidmap' else 'g'}id, or root; "
+                f"without them an unprivileged caller can map only its own id",
+                feature=helper,
+            )
+        tools.append(found)
+    return uid_map, gid_map, tools[0], tools[1], deny
+
+
+def _write_maps(
+    pid: int, uid_map: Sequence[IdMap], gid_map: Sequence[IdMap], utool: str, gtool: str, deny: bool
+) -> None:
+    def write(path: str, text: str) -> None:
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise SpawnError(e.errno or 0, "write", Stage.ID_MAPS, -1, path) from None
+
+    def helper(tool: str, maps: Sequence[IdMap], path: str) -> None:
+        args = [tool, str(pid)]
+        for m in maps:
+            args += [str(m.inside), str(m.outside), str(m.count)]
+        r = subprocess.run(args, capture_output=True, check=False)
+        if r.returncode:
+            raise SpawnError(
+                errno.EPERM, os.path.basename(tool), Stage.ID_MAPS, -1, path,
+                detail=r.stderr.decode(errors="replace").strip(),
+            )
+
+    if utool == "write":
+        write(f"/proc/{pid}/uid_map", _map_text(uid_map))
+    else:
+        helper(utool, uid_map, f"/proc/{pid}/uid_map")
+    if deny:
+        write(f"/proc/{pid}/setgroups", "deny")
+    if gtool == "write":
+        write(f"/proc/{pid}/gid_map", _map_text(gid_map))
+    else:
+        helper(gtool, gid_map, f"/proc/{pid}/gid_map")
+
+
+# ----------------------------------------------------------------- diagnosis
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def userns_restriction() -> str | None:
+    """Why this caller may not create user namespaces, or None if nothing says so."""
+    if _read("/proc/sys/kernel/unprivileged_userns_clone") == "0" and os.geteuid() != 0:
+        return "unprivileged user namespaces are disabled by kernel.unprivileged_userns_clone=0"
+    if _read("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") == "1" and os.geteuid() != 0:
+        return (
+            "unprivileged user namespaces are restricted by "
+            "kernel.apparmor_restrict_unprivileged_userns=1 (needs an AppArmor profile "
+            "with 'userns,' or the sysctl set to 0)"
+        )
+    if _read("/proc/sys/user/max_user_namespaces") == "0":
+        return "user namespaces are disabled by user.max_user_namespaces=0"
+    return None
+
+
+def _clone_error(err: int, syscall: str, ns: Namespace) -> Exception:
+    detail = ""
+    if err in (errno.EPERM, errno.ENOSPC, errno.EACCES) and ns & Namespace.USER:
+        why = userns_restriction()
+        if why:
+            return UnsupportedError(f"{syscall} failed: {os.strerror(err)} — {why}", feature="userns")
+    if err == errno.EPERM and ns and not ns & Namespace.USER and not _has_cap(21):
+        detail = "creating namespaces without a user namespace needs CAP_SYS_ADMIN; add Namespace.USER"
+    return SpawnError(err, syscall, Stage.CLONE, -1, detail=detail)
+
+
+# ---------------------------------------------------------------- the spawn
+class _Plan:
+    """A struct nscg_plan and every buffer it points to (kept alive for the call)."""
+
+    def __init__(self) -> None:
+        self.keep: list[Any] = []
+        self.plan = ffi.new("struct nscg_plan *")
+        self.plan.abi = lib.NSCG_ABI_VERSION
+        self.plan.cgroup_fd = -1
+        self.plan.parent_pidfd = -1
+        self.plan.err_fd = -1
+        self.plan.sync_fd = -1
+        self.plan.fail_stage = -1
+        self.plan.fail_index = -1
+
+    def cstr(self, s: str | bytes | None) -> Any:
+        if s is None:
+            return ffi.NULL
+        b = os.fsencode(s)
+        if b"\0" in b:
+            raise SpecError(f"NUL byte in {s!r}")
+        buf = ffi.new("char[]", b)
+        self.keep.append(buf)
+        return buf
+
+    def cstr_array(self, items: Sequence[str | bytes]) -> Any:
+        ptrs = [self.cstr(i) for i in items]
+        arr = ffi.new("char *[]", [*ptrs, ffi.NULL])
+        self.keep.append(arr)
+        return arr
+
+    def array(self, ctype: str, items: Any) -> Any:
+        arr = ffi.new(ctype, items)
+        self.keep.append(arr)
+        return arr
+
+
+def _failure_object(stage: Stage, index: int, c: Container, path: str, joins: Sequence[Any]) -> str | None:
+    if stage == Stage.EXEC:
+        return path
+    if stage == Stage.CHDIR:
+        return c.cwd
+    if stage == Stage.HOSTNAME:
+        return c.hostname or "nscg"
+    if stage == Stage.DOMAINNAME:
+        return c.domainname
+    if stage == Stage.SETNS and 0 <= index < len(joins):
+        return f"{joins[index].kind.proc_name} namespace"
+    if stage == Stage.RLIMITS and 0 <= index < len(c.rlimits):
+        return f"rlimit {c.rlimits[index].resource}"
+    if stage == Stage.TIMENS:
+        return "/proc/self/timens_offsets"
+    return None
+
+
+def spawn(
+    c: Container,
+    argv: Sequence[str],
+    *,
+    stdin: StdioSpec = None,
+    stdout: StdioSpec = None,
+    stderr: StdioSpec = None,
+    pass_fds: Sequence[int] = (),
+    executable: str | None = None,
+    _fault: tuple[Stage, int, int] | None = None,
+) -> Process:
+    """Spawn ``argv`` in the sandbox ``c`` (see :meth:`Container.spawn`)."""
+    if isinstance(argv, (str, bytes)) or not argv:
+        raise SpecError("argv must be a non-empty sequence of strings")
+    argv = [os.fsdecode(a) if isinstance(a, bytes) else a for a in argv]
+    for a in argv:
+        if not isinstance(a, str) or "\0" in a:
+            raise SpecError(f"invalid argument {a!r}")
+    c.validate()
+    ns = c.namespaces
+    joins = sorted(c.join, key=lambda r: JOIN_ORDER.index(r.kind))
+
+    uid_in = c.user if c.user is not None else 0
+    env = dict(c.env) if c.env is not None else _default_env(uid_in if ns & Namespace.USER else os.geteuid())
+    path = resolve_executable(argv[0], env.get("PATH", DEFAULT_PATH), executable, cwd=c.cwd)
+
+    maps = _plan_maps(c) if ns & Namespace.USER else None
+
+    p = _Plan()
+    plan = p.plan
+    flags = 0
+    late = bool(joins) and bool(ns & ~Namespace.TIME)
+    pid_joined = any(r.kind == Namespace.PID for r in joins)
+    if late:
+        flags |= lib.NSCG_F_UNSHARE_LATE
+    if maps is not None:
+        flags |= lib.NSCG_F_WAIT_PARENT
+    if pid_joined or (late and ns & Namespace.PID):
+        flags |= lib.NSCG_F_FORK_PIDNS
+    if c.init and ns & Namespace.PID:
+        flags |= lib.NSCG_F_INIT
+    if ns & Namespace.NET:
+        flags |= lib.NSCG_F_LOOPBACK
+    if ns & Namespace.TIME:
+        flags |= lib.NSCG_F_NEWTIME
+        if c.time_offsets is not None:
+            plan.timens_offsets = p.cstr(c.time_offsets.text())
+    if c.new_session:
+        flags |= lib.NSCG_F_SETSID
+    if c.no_new_privs:
+        flags |= lib.NSCG_F_NO_NEW_PRIVS
+    if ns & Namespace.UTS:
+        plan.hostname = p.cstr(c.hostname if c.hostname is not None else "nscg")
+        plan.domainname = p.cstr(c.domainname)
+
+    # who the payload is
+    if ns & Namespace.USER:
+        flags |= lib.NSCG_F_SETID
+        plan.uid = uid_in
+        plan.gid = c.group if c.group is not None else 0
+        if _has_cap(_CAP_SETGID) and maps is not None and not maps[4]:
+            flags |= lib.NSCG_F_SETGROUPS
+    elif c.user is not None or c.group is not None:
+        flags |= lib.NSCG_F_SETID
+        plan.uid = c.user if c.user is not None else os.getuid()
+        plan.gid = c.group if c.group is not None else os.getgid()
+        if c.groups is not None or os.geteuid() == 0:
+            flags |= lib.NSCG_F_SETGROUPS
+    elif c.groups is not None:
+        flags |= lib.NSCG_F_SETGROUPS
+    groups = list(c.groups or ())
+    plan.n_groups = len(groups)
+    plan.groups = p.array("uint32_t[]", groups) if groups else ffi.NULL
+
+    if c.rlimits:
+        rl = p.array("struct nscg_rlimit[]", len(c.rlimits))
+        for i, lim in enumerate(c.rlimits):
+            rl[i].resource = lim.resource
+            rl[i].cur = lim.soft
+            rl[i].max = lim.hard
+        plan.rlimits = rl
+        plan.n_rlimits = len(c.rlimits)
+
+    plan.path = p.cstr(path)
+    plan.argv = p.cstr_array(argv)
+    plan.envp = p.cstr_array([f"{k}={v}" for k, v in env.items()])
+    plan.cwd = p.cstr(c.cwd)
+
+    if _fault is not None:
+        plan.fail_stage, plan.fail_errno, plan.fail_index = int(_fault[0]), _fault[1], _fault[2]
+
+    fds = _Fds()
+    shared: mmap.mmap | None = None
+    shared_buf: Any = None
+    sync_w = -1
+    err_r = -1
+    try:
+        # stdio and passed fds
+        fdmap: list[tuple[int, int]] = []
+        parent_ends: list[int | None] = []
+        out_child: int | None = None
+        for target, spec in ((0, stdin), (1, stdout), (2, stderr)):
+            child_fd, parent_fd = _stdio(spec, target, fds, out_child)
+            if target == 1:
+                out_child = child_fd
+            if child_fd is not None:
+                fdmap.append((child_fd, target))
+            parent_ends.append(parent_fd)
+        for fd in pass_fds:
+            if not isinstance(fd, int) or fd < 0:
+                raise SpecError(f"invalid fd in pass_fds: {fd!r}")
+            if fd in (0, 1, 2):
+                raise SpecError("pass_fds must not contain 0, 1 or 2 (use stdin/stdout/stderr)")
+            try:
+                os.fstat(fd)
+            except OSError:
+                raise SpecError(f"fd {fd} in pass_fds is not open") from None
+            fdmap.append((fd, fd))
+        plan.n_fdmap = len(fdmap)
+        if fdmap:
+            fm = p.array("struct nscg_fdmap[]", len(fdmap))
+            for i, (src, dst) in enumerate(fdmap):
+                fm[i].src, fm[i].dst = src, dst
+            plan.fdmap = fm
+        plan.fd_floor = max([3, *(d + 1 for _, d in fdmap)])
+        if joins:
+            jn = p.array("struct nscg_join[]", len(joins))
+            for i, r in enumerate(joins):
+                jn[i].fd, jn[i].nstype = r.fileno(), int(r.kind)
+            plan.joins = jn
+            plan.n_join = len(joins)
+        plan.scratch = p.array("int32_t[]", len(fdmap) + len(joins) + 4)
+
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        fds.child_side.append(err_w)
+        plan.err_fd = err_w
+        if flags & lib.NSCG_F_WAIT_PARENT:
+            sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+            fds.child_side.append(sync_r)
+            plan.sync_fd = sync_r
+        if c.die_with_parent:
+            plan.pdeathsig = signal.SIGKILL
+            plan.parent_pidfd = _own_pidfd()
+        else:
+            flags |= lib.NSCG_F_NO_SPAWNER_THREAD
+        if flags & (lib.NSCG_F_INIT | lib.NSCG_F_FORK_PIDNS):
+            shared = mmap.mmap(-1, mmap.PAGESIZE)
+            shared_buf = ffi.from_buffer(shared)
+            plan.shared = ffi.cast("struct nscg_shared *", shared_buf)
+            plan.shared.abi = lib.NSCG_ABI_VERSION
+        plan.flags = flags
+        plan.ns_new = int(ns)
+
+        out = ffi.new("struct nscg_spawn_out *")
+        lib.nscg_spawn(plan, out)
+        fds.close_child_side()
+        if out.err:
+            raise _clone_error(out.err, ffi.string(out.syscall).decode(), ns)
+        pid, pidfd = int(out.pid), int(out.pidfd)
+    except BaseException:
+        fds.close_all()
+        for fd in (sync_w, err_r):
+            if fd >= 0:
+                os.close(fd)
+        if shared_buf is not None:
+            ffi.release(shared_buf)
+        if shared is not None:
+            shared.close()
+        raise
+    if shared_buf is not None:
+        ffi.release(shared_buf)
+
+    proc_stdio = [
+        None if fd is None else open(fd, "wb" if i == 0 else "rb", buffering=0)  # noqa: SIM115
+        for i, fd in enumerate(parent_ends)
+    ]
+    proc = Process(
+        args=argv,
+        pid=pid,
+        pidfd=pidfd,
+        shared=shared,
+        container=c,
+        stdin=proc_stdio[0],  # type: ignore[arg-type]
+        stdout=proc_stdio[1],  # type: ignore[arg-type]
+        stderr=proc_stdio[2],  # type: ignore[arg-type]
+        whole_sandbox_by_pid1=bool(ns & Namespace.PID),
+        process_group=c.new_session,
+    )
+    try:
+        if flags & lib.NSCG_F_WAIT_PARENT:
+            if late:
+                rec = _read_record(err_r)
+                if rec is None or rec[1] != lib.NSCG_STAGE_READY:
+                    _raise_child_error(rec, c, path, joins)
+            try:
+                if _fault is not None and _fault[0] == Stage.ID_MAPS:
+                    raise SpawnError(_fault[1], "write", Stage.ID_MAPS, -1, f"/proc/{pid}/uid_map")
+                if maps is not None:
+                    _write_maps(pid, *maps)
+                os.write(sync_w, b"\x01")
+            except OSError:
+                # the child died before the go: its own report explains why
+                rec = _read_record(err_r) if _child_exited(pidfd) else None
+                if rec is not None:
+                    _raise_child_error(rec, c, path, joins)
+                raise
+            os.close(sync_w)
+            sync_w = -1
+        rec = _read_record(err_r)
+        if rec is not None:
+            _raise_child_error(rec, c, path, joins)
+    except BaseException:
+        if sync_w >= 0:
+            os.close(sync_w)
+        os.close(err_r)
+        proc.close()
+        raise
+    os.close(err_r)
+    return proc
+
+
+def _child_exited(pidfd: int) -> bool:
+    """Whether the child has exited (waits a little: it is on its way out)."""
+    import select
+
+    return bool(select.select([pidfd], [], [], 1.0)[0])
+
+
+def _read_record(fd: int) -> tuple[int, int, int, int, bytes] | None:
+    """Read one child record, or None at EOF (execve succeeded)."""
+    buf = b""
+    while len(buf) < _REC.size:
+        try:
+            chunk = os.read(fd, _REC.size - len(buf))
+        except InterruptedError:
+            continue
+        if not chunk:
+            return None
+        buf += chunk
+    abi, stage, err, index, sc = _REC.unpack(buf)
+    return abi, stage, err, index, sc
+
+
+def _raise_child_error(
+    rec: tuple[int, int, int, int, bytes] | None, c: Container, path: str, joins: Sequence[Any]
+) -> None:
+    if rec is None:
+        raise SpawnError(errno.ECHILD, "clone", Stage.NONE, detail="the child exited during setup")
+    _abi, stage_no, err, index, sc = rec
+    try:
+        stage = Stage(stage_no)
+    except ValueError:
+        stage = Stage.NONE
+    syscall = sc.rstrip(b"\0").decode(errors="replace")
+    obj = _failure_object(stage, index, c, path, joins)
+    raise SpawnError(err, syscall, stage, index, obj, detail=_hint(stage, err))
+
+
+def _hint(stage: Stage, err: int) -> str:
+    if stage == Stage.SETNS and err == errno.EPERM:
+        return "joining a namespace needs CAP_SYS_ADMIN in its owner user namespace; join the user namespace too"
+    if stage == Stage.EXEC and err == errno.ENOENT:
+        return "the program or its interpreter (#! line) or a shared library loader is missing"
+    if stage == Stage.TIMENS and err == errno.EACCES:
+        return "time namespace offsets must be written before any process enters it"
+    return ""
+
+
+def run(
+    c: Container,
+    argv: Sequence[str],
+    *,
+    input: bytes | None = None,
+    capture_output: bool = False,
+    stdin: StdioSpec = None,
+    stdout: StdioSpec = None,
+    stderr: StdioSpec = None,
+    timeout: float | None = None,
+    check: bool = False,
+    pass_fds: Sequence[int] = (),
+    executable: str | None = None,
+) -> Result:
+    """Run ``argv`` to completion (see :meth:`Container.run`)."""
+    if input is not None:
+        if stdin is not None:
+            raise SpecError("stdin and input cannot both be given")
+        stdin = PIPE
+    if capture_output:
+        if stdout is not None or stderr is not None:
+            raise SpecError("capture_output cannot be combined with stdout or stderr")
+        stdout = stderr = PIPE
+    if timeout is not None and (timeout != timeout or timeout < 0):
+        raise SpecError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
+    proc = spawn(c, argv, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=pass_fds, executable=executable)
+    with proc:
+        try:
+            out, err = proc.communicate(input, timeout)
+        except TimeoutExpired as e:
+            proc.kill()
+            try:
+                out, err = proc.communicate(timeout=2.0)
+            except TimeoutExpired as e2:
+                out, err = e2.output, e2.stderr
+            raise TimeoutExpired(list(proc.args), e.timeout, out, err) from None
+        except BaseException:
+            proc.kill()
+            raise
+        result = proc._result(out, err)
+    if check:
+        result.check_returncode()
+    return result
+

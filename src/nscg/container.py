@@ -1,0 +1,430 @@
+"""The sandbox spec: :class:`Container`, an immutable, fluent description of a sandbox."""
+
+from __future__ import annotations
+
+import os
+import resource
+from collections.abc import Iterable, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any, Union
+
+import attrs
+
+from nscg.errors import SpecError
+from nscg.namespaces import IdMap, Namespace, NamespaceRef, TimeOffsets, check_id_maps
+
+if TYPE_CHECKING:
+    from nscg.process import Process, Result
+
+__all__ = ["DEFAULT_PATH", "Container", "Rlimit"]
+
+#: PATH given to the payload when the caller does not pass an environment.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+#: What spawn accepts for stdin/stdout/stderr: None (inherit), PIPE, DEVNULL,
+#: STDOUT (stderr only), an fd, or an object with ``fileno()``.
+StdioSpec = Union[None, int, IO[Any]]
+
+_RLIMIT_NAMES: dict[str, int] = {
+    name[len("RLIMIT_") :].lower(): getattr(resource, name)
+    for name in dir(resource)
+    if name.startswith("RLIMIT_")
+}
+_RLIM_MAX = 2**64 - 1
+
+
+def _limit_value(v: int | None) -> int:
+    if v is None or v == resource.RLIM_INFINITY:
+        return _RLIM_MAX
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > _RLIM_MAX:
+        raise SpecError(f"an rlimit must be a non-negative integer or None (unlimited), got {v!r}")
+    return v
+
+
+@attrs.frozen
+class Rlimit:
+    """A resource limit applied to the payload (``setrlimit(2)``).
+
+    Args:
+        resource: the ``resource.RLIMIT_*`` number (or a name: ``"nofile"``).
+        soft: the soft limit (None: unlimited).
+        hard: the hard limit (None: unlimited). Defaults to ``soft``.
+    """
+
+    resource: int
+    soft: int
+    hard: int
+
+    @classmethod
+    def of(cls, res: int | str, soft: int | None, hard: int | None | str = "same") -> Rlimit:
+        """Build and validate a limit; ``hard`` defaults to ``soft``.
+
+        Raises:
+            SpecError: unknown resource, negative value, or soft > hard.
+        """
+        if isinstance(res, str):
+            key = res.lower().removeprefix("rlimit_")
+            if key not in _RLIMIT_NAMES:
+                raise SpecError(f"unknown rlimit {res!r}; known: {', '.join(sorted(_RLIMIT_NAMES))}")
+            num = _RLIMIT_NAMES[key]
+        else:
+            if res not in _RLIMIT_NAMES.values():
+                raise SpecError(f"unknown rlimit resource number {res!r}")
+            num = res
+        s = _limit_value(soft)
+        h = s if hard == "same" else _limit_value(hard if not isinstance(hard, str) else None)
+        if s > h:
+            raise SpecError(f"rlimit {res}: soft limit {soft} is above the hard limit {hard}")
+        return cls(num, s, h)
+
+
+def _ns_conv(value: Any) -> Namespace:
+    return Namespace.parse(value)
+
+
+def _id_maps(value: Iterable[IdMap] | None) -> tuple[IdMap, ...] | None:
+    return None if value is None else tuple(value)
+
+
+def _env_conv(value: Mapping[str, str] | None) -> tuple[tuple[str, str], ...] | None:
+    if value is None:
+        return None
+    out = []
+    for k, v in value.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise SpecError(f"environment entries must be str=str, got {k!r}={v!r}")
+        if not k or "=" in k or "\0" in k or "\0" in v:
+            raise SpecError(f"invalid environment variable name or value: {k!r}")
+        out.append((k, v))
+    return tuple(out)
+
+
+def _text(name: str, maxlen: int) -> Any:
+    def check(_inst: object, _attr: object, value: str | None) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str) or "\0" in value or len(value.encode()) > maxlen:
+            raise SpecError(f"{name} must be a string of at most {maxlen} bytes without NUL")
+
+    return check
+
+
+def _opt_id(_inst: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**32 - 1:
+        raise SpecError(f"{attribute.name} must be an id in [0, 2**32-1), got {value!r}")
+
+
+@attrs.frozen
+class Container:
+    """An immutable description of a sandbox; each ``with_*`` returns a new one.
+
+    The default is a sandbox in new user, pid, mount, net, uts, ipc and cgroup
+    namespaces, with the caller mapped to root inside, a minimal init as pid 1,
+    the hostname ``nscg``, only ``lo`` (up) as network, a new session, no new
+    privileges, a minimal environment, and death with the calling process.
+
+    Example:
+        >>> import nscg
+        >>> r = nscg.Container().with_hostname("box").run(["hostname"], capture_output=True)
+        >>> r.stdout
+        b'box\\n'
+
+    Attributes:
+        namespaces: the namespaces to create.
+        uid_map, gid_map: id maps of a new user namespace (None: the caller's
+            uid/gid mapped to the ``user``/``group`` inside, root by default).
+        hostname: set in a new uts namespace (None: ``nscg``).
+        domainname: the NIS domain name, set in a new uts namespace.
+        time_offsets: offsets of a new time namespace (needs ``Namespace.TIME``).
+        join: existing namespaces to enter (entered before new ones are made).
+        env: the payload's environment (None: PATH, HOME and TERM only).
+        cwd: the working directory inside (None: unchanged).
+        user, group, groups: ids to switch to inside (None: keep).
+        rlimits: resource limits for the payload.
+        init: run a minimal init as pid 1 that reaps orphans and forwards
+            signals (only with a new pid namespace); False makes the payload pid 1.
+        no_new_privs: set ``PR_SET_NO_NEW_PRIVS`` (on by default).
+        die_with_parent: kill the sandbox when the calling process dies.
+        new_session: start the payload in a new session (no controlling tty).
+        rootfs, cgroup, capabilities, seccomp: filled in by their own modules.
+    """
+
+    namespaces: Namespace = attrs.field(default=Namespace.ALL, converter=_ns_conv)
+    uid_map: tuple[IdMap, ...] | None = attrs.field(default=None, converter=_id_maps)
+    gid_map: tuple[IdMap, ...] | None = attrs.field(default=None, converter=_id_maps)
+    hostname: str | None = attrs.field(default=None, validator=_text("hostname", 64))
+    domainname: str | None = attrs.field(default=None, validator=_text("domainname", 64))
+    time_offsets: TimeOffsets | None = None
+    join: tuple[NamespaceRef, ...] = attrs.field(default=(), converter=tuple)
+    env: tuple[tuple[str, str], ...] | None = attrs.field(default=None, converter=_env_conv)
+    cwd: str | None = attrs.field(default=None, validator=_text("cwd", 4095))
+    user: int | None = attrs.field(default=None, validator=_opt_id)
+    group: int | None = attrs.field(default=None, validator=_opt_id)
+    groups: tuple[int, ...] | None = None
+    rlimits: tuple[Rlimit, ...] = attrs.field(default=(), converter=tuple)
+    init: bool = True
+    no_new_privs: bool = True
+    die_with_parent: bool = True
+    new_session: bool = True
+    rootfs: Any = None
+    cgroup: Any = None
+    capabilities: Any = None
+    seccomp: Any = None
+
+    # ------------------------------------------------------------ builders
+    def with_namespaces(self, namespaces: Namespace | str | Iterable[str | Namespace]) -> Container:
+        """Create exactly these namespaces (``Namespace.NONE`` for none)."""
+        return attrs.evolve(self, namespaces=Namespace.parse(namespaces))
+
+    def without_namespaces(self, namespaces: Namespace | str | Iterable[str | Namespace]) -> Container:
+        """Create every namespace of this spec except these."""
+        return attrs.evolve(self, namespaces=self.namespaces & ~Namespace.parse(namespaces))
+
+    def with_uid_map(self, *maps: IdMap | tuple[int, int, int]) -> Container:
+        """Map uids of the new user namespace: ``IdMap(inside, outside, count)`` each."""
+        return attrs.evolve(self, uid_map=tuple(m if isinstance(m, IdMap) else IdMap(*m) for m in maps))
+
+    def with_gid_map(self, *maps: IdMap | tuple[int, int, int]) -> Container:
+        """Map gids of the new user namespace: ``IdMap(inside, outside, count)`` each."""
+        return attrs.evolve(self, gid_map=tuple(m if isinstance(m, IdMap) else IdMap(*m) for m in maps))
+
+    def with_hostname(self, hostname: str | None) -> Container:
+        """Set the hostname of the new uts namespace (None: the default, ``nscg``)."""
+        return attrs.evolve(self, hostname=hostname)
+
+    def with_domainname(self, domainname: str | None) -> Container:
+        """Set the NIS domain name of the new uts namespace."""
+        return attrs.evolve(self, domainname=domainname)
+
+    def with_time_offsets(self, *, monotonic: float = 0.0, boottime: float = 0.0) -> Container:
+        """Create a time namespace whose monotonic/boottime clocks are shifted (seconds)."""
+        return attrs.evolve(
+            self,
+            namespaces=self.namespaces | Namespace.TIME,
+            time_offsets=TimeOffsets(monotonic=monotonic, boottime=boottime),
+        )
+
+    def with_env(self, env: Mapping[str, str] | None = None, **extra: str) -> Container:
+        """Set the payload's whole environment (``None`` and no extras: the minimal default)."""
+        if env is None and not extra:
+            return attrs.evolve(self, env=None)
+        merged = dict(env or {})
+        merged.update(extra)
+        return attrs.evolve(self, env=merged)
+
+    def with_cwd(self, cwd: str | None) -> Container:
+        """Set the working directory inside the sandbox."""
+        return attrs.evolve(self, cwd=cwd)
+
+    def with_user(
+        self, uid: int | None, gid: int | None = None, groups: Sequence[int] | None = None
+    ) -> Container:
+        """Run the payload as ``uid``/``gid`` (as seen inside) with supplementary ``groups``."""
+        return attrs.evolve(
+            self,
+            user=uid,
+            group=gid if gid is not None else uid,
+            groups=None if groups is None else tuple(groups),
+        )
+
+    def with_rlimit(self, res: int | str, soft: int | None, hard: int | None | str = "same") -> Container:
+        """Add a resource limit (``with_rlimit("nofile", 256)``); replaces one for the same resource."""
+        lim = Rlimit.of(res, soft, hard)
+        rest = tuple(r for r in self.rlimits if r.resource != lim.resource)
+        return attrs.evolve(self, rlimits=(*rest, lim))
+
+    def with_init(self, init: bool = True) -> Container:
+        """Run (or not) the minimal init as pid 1 of the new pid namespace."""
+        return attrs.evolve(self, init=init)
+
+    def with_no_new_privs(self, on: bool = True) -> Container:
+        """Set or clear ``no_new_privs`` (needed for seccomp without CAP_SYS_ADMIN)."""
+        return attrs.evolve(self, no_new_privs=on)
+
+    def with_die_with_parent(self, on: bool = True) -> Container:
+        """Kill (or not) the sandbox when the calling process dies."""
+        return attrs.evolve(self, die_with_parent=on)
+
+    def with_new_session(self, on: bool = True) -> Container:
+        """Start (or not) the payload in a new session, detached from the terminal."""
+        return attrs.evolve(self, new_session=on)
+
+    def joining(
+        self,
+        target: Process | int | NamespaceRef | Iterable[NamespaceRef],
+        kinds: Namespace | str | None = None,
+    ) -> Container:
+        """Join existing namespaces: those of a process (or pid), or given references.
+
+        Joined kinds are no longer created anew. The references stay owned by the
+        returned spec's caller: close them when the spec is no longer needed.
+
+        Args:
+            target: a :class:`Process`, a pid, or namespace references.
+            kinds: which kinds to join from a process/pid (default: all but those
+                the caller already shares).
+        """
+        refs: list[NamespaceRef]
+        if isinstance(target, NamespaceRef):
+            refs = [target]
+        elif isinstance(target, Iterable):
+            refs = list(target)
+        else:
+            pid = target if isinstance(target, int) else target.pid
+            wanted = Namespace.parse(kinds) if kinds is not None else Namespace.ALL | Namespace.TIME
+            refs = []
+            try:
+                for k in wanted.kinds():
+                    ref = NamespaceRef.of_pid(pid, k)
+                    if ref.is_current():
+                        ref.close()
+                    else:
+                        refs.append(ref)
+            except BaseException:
+                for r in refs:
+                    r.close()
+                raise
+        joined = Namespace.NONE
+        for r in refs:
+            joined |= r.kind
+        new = self.namespaces & ~joined
+        return attrs.evolve(self, join=(*self.join, *refs), namespaces=new)
+
+    def entering(self, target: Process | int) -> Container:
+        """A spec for a new process inside a running sandbox (``docker exec``).
+
+        It joins every namespace of ``target`` and creates none; it keeps this
+        spec's user, environment, working directory, limits and security settings.
+        """
+        base = attrs.evolve(
+            self,
+            namespaces=Namespace.NONE,
+            join=(),
+            uid_map=None,
+            gid_map=None,
+            hostname=None,
+            domainname=None,
+            time_offsets=None,
+            init=False,
+            rootfs=None,
+            cgroup=None,
+        )
+        return base.joining(target)
+
+    # -------------------------------------------------------------- checks
+    def validate(self) -> None:
+        """Check the rules that span several fields; raise :class:`SpecError` if broken.
+
+        Called by :meth:`spawn` before anything runs.
+        """
+        ns = self.namespaces
+        joined = Namespace.NONE
+        for r in self.join:
+            if r.closed:
+                raise SpecError(f"namespace reference {r!r} is closed")
+            joined |= r.kind
+        if self.time_offsets is not None and not ns & Namespace.TIME:
+            raise SpecError("time offsets need a new time namespace (Namespace.TIME)")
+        if (self.uid_map is not None or self.gid_map is not None) and not ns & Namespace.USER:
+            raise SpecError("uid/gid maps need a new user namespace (Namespace.USER)")
+        if self.hostname is not None and not ns & Namespace.UTS:
+            raise SpecError("setting the hostname needs a new uts namespace (Namespace.UTS)")
+        if self.domainname is not None and not ns & Namespace.UTS:
+            raise SpecError("setting the domain name needs a new uts namespace (Namespace.UTS)")
+        for what, maps in (("uid_map", self.uid_map), ("gid_map", self.gid_map)):
+            if maps is not None:
+                if not maps:
+                    raise SpecError(f"{what} is empty")
+                check_id_maps(maps, what)
+        if ns & Namespace.USER:
+            for what, ident, maps in (
+                ("user", self.user, self.uid_map),
+                ("group", self.group, self.gid_map),
+            ):
+                if ident is not None and maps is not None and not any(m.contains_inside(ident) for m in maps):
+                    raise SpecError(f"{what} {ident} is not mapped by the {what[0]}id map {maps}")
+        if self.groups is not None:
+            if len(self.groups) > 65536:
+                raise SpecError("too many supplementary groups")
+            for g in self.groups:
+                _opt_id(None, attrs.fields(Container).group, g)
+            if ns & Namespace.USER and os.geteuid() != 0 and self.groups:
+                raise SpecError(
+                    "supplementary groups inside a user namespace made by an unprivileged "
+                    "caller are not allowed (setgroups is denied there)"
+                )
+        seen: set[int] = set()
+        for lim in self.rlimits:
+            if lim.resource in seen:
+                raise SpecError(f"rlimit {lim.resource} given twice")
+            seen.add(lim.resource)
+        if self.cwd is not None and not self.cwd.startswith("/"):
+            raise SpecError(f"cwd must be an absolute path, got {self.cwd!r}")
+        if ns & joined:
+            raise SpecError(f"cannot both create and join {ns & joined!r}")
+
+    # --------------------------------------------------------------- running
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: StdioSpec = None,
+        stdout: StdioSpec = None,
+        stderr: StdioSpec = None,
+        pass_fds: Sequence[int] = (),
+        executable: str | None = None,
+    ) -> Process:
+        """Start ``argv`` in a new sandbox and return its :class:`Process`.
+
+        Args:
+            argv: the program and its arguments; the program is looked up on the
+                sandbox's PATH unless it contains a slash.
+            stdin, stdout, stderr: None (inherit), ``nscg.PIPE``, ``nscg.DEVNULL``,
+                ``nscg.STDOUT`` (stderr only), an fd or a file object.
+            pass_fds: more fds to keep open, at the same numbers.
+            executable: run this file instead of looking up ``argv[0]``.
+
+        Raises:
+            SpecError: the spec or the arguments are invalid (nothing ran).
+            ExecutableNotFoundError: the program does not exist (nothing ran).
+            SpawnError: the child failed while setting up (stage and errno say where).
+            UnsupportedError: the host lacks something the spec asks for.
+        """
+        from nscg._spawn import spawn
+
+        return spawn(
+            self, argv, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=pass_fds,
+            executable=executable,
+        )
+
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        input: bytes | None = None,
+        capture_output: bool = False,
+        stdin: StdioSpec = None,
+        stdout: StdioSpec = None,
+        stderr: StdioSpec = None,
+        timeout: float | None = None,
+        check: bool = False,
+        pass_fds: Sequence[int] = (),
+        executable: str | None = None,
+    ) -> Result:
+        """Run ``argv`` in a new sandbox to completion; like :func:`subprocess.run`.
+
+        On timeout (or any exception, KeyboardInterrupt included) the whole
+        sandbox is killed before the exception propagates.
+
+        Raises:
+            TimeoutExpired: ``timeout`` passed; carries the partial output.
+            CalledProcessError: ``check`` was set and the status is non-zero.
+            SpecError, ExecutableNotFoundError, SpawnError, UnsupportedError: as spawn.
+        """
+        from nscg._spawn import run
+
+        return run(
+            self, argv, input=input, capture_output=capture_output, stdin=stdin, stdout=stdout,
+            stderr=stderr, timeout=timeout, check=check, pass_fds=pass_fds, executable=executable,
+        )

@@ -1,0 +1,100 @@
+"""What this host supports, and why not: :func:`features`."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import platform
+import shutil
+
+import attrs
+
+from nscg._native import lib
+
+__all__ = ["Features", "features"]
+
+_SYS_CLONE3 = {"x86_64": 435, "aarch64": 435}
+
+
+@attrs.frozen
+class Features:
+    """A report of the kernel features nscg uses on this host.
+
+    Attributes:
+        kernel: the running kernel's release.
+        clone3: ``clone3(2)`` exists (else nscg falls back to ``clone`` + pidfd).
+        clone_into_cgroup: a child can be born in its cgroup (``CLONE_INTO_CGROUP``).
+        pidfd: pidfds work (``pidfd_open``).
+        namespaces: each namespace kind and whether the kernel has it.
+        user_namespaces: whether this caller may create a user namespace.
+        userns_restriction: why not, if something restricts it.
+        newuidmap, newgidmap: paths of the setuid helpers, if installed.
+        seccomp: the kernel has seccomp filters.
+        notes: other findings, one sentence each.
+    """
+
+    kernel: str
+    clone3: bool
+    clone_into_cgroup: bool
+    pidfd: bool
+    namespaces: dict[str, bool]
+    user_namespaces: bool
+    userns_restriction: str | None
+    newuidmap: str | None
+    newgidmap: str | None
+    seccomp: bool
+    notes: tuple[str, ...] = ()
+
+
+def _probe_clone3() -> bool:
+    nr = _SYS_CLONE3.get(platform.machine())
+    if nr is None:
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    r = libc.syscall(ctypes.c_long(nr), None, ctypes.c_size_t(0))
+    return not (r < 0 and ctypes.get_errno() == errno.ENOSYS)
+
+
+def _seccomp() -> bool:
+    try:
+        with open("/proc/self/status") as f:
+            return any(line.startswith("Seccomp:") for line in f)
+    except OSError:
+        return False
+
+
+def features() -> Features:
+    """Probe the host (read-only: nothing is created or changed) and report.
+
+    Returns:
+        A :class:`Features` snapshot.
+    """
+    from nscg._spawn import userns_restriction
+
+    notes: list[str] = []
+    clone3 = _probe_clone3()
+    if not clone3:
+        notes.append("clone3 is missing (Linux < 5.3): nscg uses clone + pidfd_open")
+    fd = lib.nscg_pidfd_open(os.getpid())
+    pidfd = fd >= 0
+    if pidfd:
+        os.close(fd)
+    ns = {}
+    for name in ("user", "pid", "mnt", "net", "uts", "ipc", "cgroup", "time"):
+        ns[name] = os.path.exists(f"/proc/self/ns/{name}")
+    why = userns_restriction() if ns["user"] else "the kernel has no user namespaces"
+    return Features(
+        kernel=platform.release(),
+        clone3=clone3,
+        clone_into_cgroup=clone3 and tuple(map(int, platform.release().split(".")[:2])) >= (5, 7),
+        pidfd=pidfd,
+        namespaces=ns,
+        user_namespaces=ns["user"] and why is None,
+        userns_restriction=why,
+        newuidmap=shutil.which("newuidmap"),
+        newgidmap=shutil.which("newgidmap"),
+        seccomp=_seccomp(),
+        notes=tuple(notes),
+    )

@@ -1,0 +1,303 @@
+"""Namespaces: which to create, which existing ones to join, and id maps."""
+
+from __future__ import annotations
+
+import enum
+import os
+import stat
+from collections.abc import Iterable
+
+import attrs
+
+from nscg._native import lib
+from nscg.errors import SpecError, SyscallError
+
+__all__ = ["IdMap", "Namespace", "NamespaceRef", "TimeOffsets"]
+
+
+class Namespace(enum.IntFlag):
+    """The kinds of Linux namespaces, with the kernel's ``CLONE_NEW*`` values.
+
+    Combine them with ``|``; ``Namespace.ALL`` is every kind but ``TIME``
+    (a time namespace only makes sense with offsets).
+    """
+
+    NONE = 0
+    USER = lib.NSCG_CLONE_NEWUSER
+    PID = lib.NSCG_CLONE_NEWPID
+    MOUNT = lib.NSCG_CLONE_NEWNS
+    NET = lib.NSCG_CLONE_NEWNET
+    UTS = lib.NSCG_CLONE_NEWUTS
+    IPC = lib.NSCG_CLONE_NEWIPC
+    CGROUP = lib.NSCG_CLONE_NEWCGROUP
+    TIME = lib.NSCG_CLONE_NEWTIME
+    ALL = USER | PID | MOUNT | NET | UTS | IPC | CGROUP
+
+    @property
+    def proc_name(self) -> str:
+        """The name of this (single) kind under ``/proc/PID/ns/``."""
+        return _PROC_NAMES[Namespace(self)]
+
+    @classmethod
+    def parse(cls, value: str | int | Namespace | Iterable[str | Namespace]) -> Namespace:
+        """Parse ``"user,pid"``, ``["net", Namespace.UTS]``, an int or a Namespace.
+
+        Raises:
+            SpecError: an unknown namespace name or bit.
+        """
+        if isinstance(value, Namespace):
+            return value
+        if isinstance(value, int):
+            known = sum(int(m) for m in _PROC_NAMES)
+            if value & ~known:
+                raise SpecError(f"unknown namespace bits {value & ~known:#x}")
+            return cls(value)
+        items = value.split(",") if isinstance(value, str) else list(value)
+        out = cls.NONE
+        for item in items:
+            if isinstance(item, Namespace):
+                out |= item
+                continue
+            name = item.strip().lower()
+            if not name:
+                continue
+            try:
+                out |= _BY_NAME[name]
+            except KeyError:
+                raise SpecError(
+                    f"unknown namespace {item!r}; known: {', '.join(sorted(_BY_NAME))}"
+                ) from None
+        return out
+
+    def kinds(self) -> list[Namespace]:
+        """The single kinds in this set, in the order they are joined."""
+        return [k for k in JOIN_ORDER if self & k]
+
+
+_PROC_NAMES: dict[Namespace, str] = {
+    Namespace.USER: "user",
+    Namespace.PID: "pid",
+    Namespace.MOUNT: "mnt",
+    Namespace.NET: "net",
+    Namespace.UTS: "uts",
+    Namespace.IPC: "ipc",
+    Namespace.CGROUP: "cgroup",
+    Namespace.TIME: "time",
+}
+_BY_NAME: dict[str, Namespace] = {
+    "user": Namespace.USER,
+    "pid": Namespace.PID,
+    "mount": Namespace.MOUNT,
+    "mnt": Namespace.MOUNT,
+    "net": Namespace.NET,
+    "network": Namespace.NET,
+    "uts": Namespace.UTS,
+    "ipc": Namespace.IPC,
+    "cgroup": Namespace.CGROUP,
+    "time": Namespace.TIME,
+    "all": Namespace.ALL,
+}
+#: The order in which existing namespaces are joined (as nsenter(1) does):
+#: the user namespace first, so that the others can be entered with its
+#: capabilities; the mount namespace late, since it changes the root.
+JOIN_ORDER: tuple[Namespace, ...] = (
+    Namespace.USER,
+    Namespace.CGROUP,
+    Namespace.IPC,
+    Namespace.UTS,
+    Namespace.NET,
+    Namespace.PID,
+    Namespace.MOUNT,
+    Namespace.TIME,
+)
+
+_MAX_ID = 2**32 - 1
+
+
+def _nonneg_id(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < _MAX_ID:
+        raise SpecError(f"{attribute.name} must be an integer in [0, 2**32-1), got {value!r}")
+
+
+@attrs.frozen
+class IdMap:
+    """One line of a uid_map or gid_map: ``count`` ids from ``outside`` appear as ``inside``.
+
+    Args:
+        inside: the first id as seen inside the user namespace.
+        outside: the first id as seen by the parent (the caller's namespace).
+        count: how many consecutive ids are mapped.
+    """
+
+    inside: int = attrs.field(validator=_nonneg_id)
+    outside: int = attrs.field(validator=_nonneg_id)
+    count: int = attrs.field(default=1, validator=_nonneg_id)
+
+    def __attrs_post_init__(self) -> None:
+        if self.count < 1:
+            raise SpecError("an id map range needs count >= 1")
+        if self.inside + self.count > _MAX_ID or self.outside + self.count > _MAX_ID:
+            raise SpecError(f"id map range {self} runs past 2**32-1")
+
+    def line(self) -> str:
+        """This range as a line of ``/proc/PID/uid_map``."""
+        return f"{self.inside} {self.outside} {self.count}\n"
+
+    def contains_inside(self, ident: int) -> bool:
+        """Whether ``ident`` (as seen inside) is mapped by this range."""
+        return self.inside <= ident < self.inside + self.count
+
+
+def check_id_maps(maps: tuple[IdMap, ...], what: str) -> None:
+    """Reject overlapping ranges (on either side) and too many lines.
+
+    Raises:
+        SpecError: the maps overlap or have more than 340 lines.
+    """
+    if len(maps) > 340:
+        raise SpecError(f"{what}: at most 340 ranges are allowed, got {len(maps)}")
+    for side in ("inside", "outside"):
+        spans = sorted((getattr(m, side), getattr(m, side) + m.count) for m in maps)
+        for (_a0, a1), (b0, _b1) in zip(spans, spans[1:]):
+            if b0 < a1:
+                raise SpecError(f"{what}: ranges overlap on the {side} side ({spans})")
+
+
+def _offset(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(f"time offset {attribute.name} must be a number of seconds")
+    if abs(value) > 2**40:
+        raise SpecError(f"time offset {attribute.name}={value} is out of range")
+
+
+@attrs.frozen
+class TimeOffsets:
+    """Offsets of a new time namespace, in seconds (may be negative).
+
+    ``CLOCK_MONOTONIC`` and ``CLOCK_BOOTTIME`` inside the sandbox read the host's
+    value plus these offsets. Needs Linux >= 5.6 (time namespaces).
+    """
+
+    monotonic: float = attrs.field(default=0.0, validator=_offset)
+    boottime: float = attrs.field(default=0.0, validator=_offset)
+
+    def text(self) -> str:
+        """The offsets as written to ``/proc/PID/timens_offsets``."""
+        out = []
+        for name, value in (("monotonic", self.monotonic), ("boottime", self.boottime)):
+            ns = round(value * 1e9)
+            secs, nsec = divmod(ns, 1_000_000_000)
+            out.append(f"{name} {secs} {nsec}\n")
+        return "".join(out)
+
+
+class NamespaceRef:
+    """An open namespace (an fd on an ``nsfs`` file), to be joined at spawn.
+
+    Open one with :meth:`of_pid`, :meth:`from_path` or :meth:`from_fd`. The
+    reference owns its fd: close it (or use it as a context manager) when done.
+    """
+
+    __slots__ = ("_fd", "kind")
+
+    def __init__(self, fd: int, kind: Namespace) -> None:
+        self._fd = fd
+        #: The kind of namespace.
+        self.kind = kind
+
+    @classmethod
+    def of_pid(cls, pid: int, kind: Namespace | str) -> NamespaceRef:
+        """Open namespace ``kind`` of process ``pid`` (``/proc/PID/ns/KIND``).
+
+        For ``TIME`` and ``PID`` the namespace the process's *children* get is
+        opened, which is the sandbox's own for a sandbox's init.
+
+        Raises:
+            SpecError: ``kind`` is not a single namespace kind.
+            SyscallError: the file cannot be opened.
+        """
+        k = Namespace.parse(kind)
+        if k not in _PROC_NAMES:
+            raise SpecError(f"of_pid() takes a single namespace kind, got {k!r}")
+        name = k.proc_name
+        if k in (Namespace.TIME, Namespace.PID):
+            name += "_for_children"
+        return cls.from_path(f"/proc/{int(pid)}/ns/{name}", k)
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str], kind: Namespace | str) -> NamespaceRef:
+        """Open a namespace file (``/proc/PID/ns/net``, a bind-mounted ``/run/netns/x``).
+
+        Raises:
+            SyscallError: the file cannot be opened.
+        """
+        k = Namespace.parse(kind)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SyscallError(e.errno or 0, "open", os.fspath(path)) from None
+        return cls(fd, k)
+
+    @classmethod
+    def from_fd(cls, fd: int, kind: Namespace | str) -> NamespaceRef:
+        """Take a duplicate of an existing namespace fd (the caller keeps ``fd``).
+
+        Raises:
+            SyscallError: ``fd`` is not open.
+        """
+        k = Namespace.parse(kind)
+        try:
+            new = os.dup(fd)
+        except OSError as e:
+            raise SyscallError(e.errno or 0, "dup") from None
+        return cls(new, k)
+
+    def fileno(self) -> int:
+        """The fd (-1 once closed)."""
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._fd < 0
+
+    def inode(self) -> tuple[int, int]:
+        """The namespace's identity: (st_dev, st_ino) of its nsfs file."""
+        st = os.fstat(self._fd)
+        return (st.st_dev, st.st_ino)
+
+    def is_current(self) -> bool:
+        """Whether the calling process is already in this namespace."""
+        name = self.kind.proc_name
+        if self.kind in (Namespace.TIME, Namespace.PID):
+            name += "_for_children"
+        st = os.stat(f"/proc/self/ns/{name}")
+        return (st.st_dev, st.st_ino) == self.inode()
+
+    def close(self) -> None:
+        """Close the fd. Idempotent."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __enter__(self) -> NamespaceRef:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<NamespaceRef {self.kind.name} fd={self._fd}>"
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", -1) >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+
+
+def is_nsfs(fd: int) -> bool:
+    """Whether ``fd`` looks like a namespace file (a regular, empty nsfs inode)."""
+    st = os.fstat(fd)
+    return stat.S_ISREG(st.st_mode) and st.st_size == 0

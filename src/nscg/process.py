@@ -1,0 +1,448 @@
+"""A running sandbox (:class:`Process`) and the outcome of a run (:class:`Result`)."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import mmap
+import os
+import selectors
+import signal as _signal
+import struct
+import threading
+import time
+import warnings
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+import attrs
+
+from nscg._native import ffi, lib
+from nscg.errors import CalledProcessError, SyscallError, TimeoutExpired
+
+if TYPE_CHECKING:
+    from nscg.container import Container
+
+__all__ = ["Process", "Result", "Stage", "Usage"]
+
+_CLD_EXITED = 1
+_CLD_KILLED = 2
+_CLD_DUMPED = 3
+_P_PIDFD = 3
+
+
+class Stage(enum.IntEnum):
+    """The setup stage a child failed in (see :class:`nscg.SpawnError`)."""
+
+    NONE = lib.NSCG_STAGE_NONE
+    CLONE = lib.NSCG_STAGE_CLONE
+    SIGNALS = lib.NSCG_STAGE_SIGNALS
+    PDEATHSIG = lib.NSCG_STAGE_PDEATHSIG
+    FDS = lib.NSCG_STAGE_FDS
+    SETSID = lib.NSCG_STAGE_SETSID
+    WAIT_PARENT = lib.NSCG_STAGE_WAIT_PARENT
+    SETNS = lib.NSCG_STAGE_SETNS
+    UNSHARE = lib.NSCG_STAGE_UNSHARE
+    FORK = lib.NSCG_STAGE_FORK
+    HOSTNAME = lib.NSCG_STAGE_HOSTNAME
+    DOMAINNAME = lib.NSCG_STAGE_DOMAINNAME
+    LOOPBACK = lib.NSCG_STAGE_LOOPBACK
+    TIMENS = lib.NSCG_STAGE_TIMENS
+    MOUNTS = lib.NSCG_STAGE_MOUNTS
+    PIVOT_ROOT = lib.NSCG_STAGE_PIVOT_ROOT
+    RLIMITS = lib.NSCG_STAGE_RLIMITS
+    CHDIR = lib.NSCG_STAGE_CHDIR
+    SETGROUPS = lib.NSCG_STAGE_SETGROUPS
+    SETGID = lib.NSCG_STAGE_SETGID
+    SETUID = lib.NSCG_STAGE_SETUID
+    CAPS = lib.NSCG_STAGE_CAPS
+    NO_NEW_PRIVS = lib.NSCG_STAGE_NO_NEW_PRIVS
+    SECCOMP = lib.NSCG_STAGE_SECCOMP
+    EXEC = lib.NSCG_STAGE_EXEC
+    ID_MAPS = lib.NSCG_STAGE_ID_MAPS
+    CGROUP = lib.NSCG_STAGE_CGROUP
+
+
+@attrs.frozen
+class Usage:
+    """Resources a finished sandbox used (from the kernel's rusage of the reaped child).
+
+    Attributes:
+        cpu_user: user CPU time in seconds (the payload and every descendant reaped
+            inside the sandbox).
+        cpu_system: system CPU time in seconds.
+        max_rss: peak resident set size in bytes of the largest process.
+    """
+
+    cpu_user: float = 0.0
+    cpu_system: float = 0.0
+    max_rss: int = 0
+
+    @property
+    def cpu_total(self) -> float:
+        """User plus system CPU time, in seconds."""
+        return self.cpu_user + self.cpu_system
+
+
+@attrs.frozen
+class Result:
+    """What :meth:`nscg.Container.run` returns: like :class:`subprocess.CompletedProcess`.
+
+    Attributes:
+        args: the argv that ran.
+        returncode: exit status, or ``-N`` when the payload was killed by signal N.
+        stdout: captured standard output (bytes) or None.
+        stderr: captured standard error (bytes) or None.
+        wall_time: seconds from spawn to reaping.
+        usage: CPU time and peak memory.
+        oom_killed: whether the kernel's OOM killer ended the sandbox (cgroup only).
+        changes: the filesystem change report (overlay roots only), else None.
+    """
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: bytes | None = None
+    stderr: bytes | None = None
+    wall_time: float = 0.0
+    usage: Usage = attrs.field(factory=Usage)
+    oom_killed: bool = False
+    changes: Any = None
+
+    @property
+    def signal(self) -> int | None:
+        """The signal that killed the payload, or None if it exited."""
+        return -self.returncode if self.returncode < 0 else None
+
+    def check_returncode(self) -> None:
+        """Raise :class:`nscg.CalledProcessError` if the return code is non-zero."""
+        if self.returncode:
+            raise CalledProcessError(self.returncode, list(self.args), self.stdout, self.stderr)
+
+
+class Process:
+    """A running sandbox: owns the pidfd of its first process.
+
+    Created by :meth:`nscg.Container.spawn`. The names follow
+    :class:`subprocess.Popen` where the meaning is the same. ``kill()`` and
+    timeouts end the *whole* sandbox: with a pid namespace, killing its pid 1
+    makes the kernel kill every process in it.
+
+    Use it as a context manager: on exit the sandbox is killed if still running,
+    reaped, and every fd closed.
+    """
+
+    def __init__(
+        self,
+        *,
+        args: Sequence[str],
+        pid: int,
+        pidfd: int,
+        shared: mmap.mmap | None,
+        container: Container,
+        stdin: IO[bytes] | None,
+        stdout: IO[bytes] | None,
+        stderr: IO[bytes] | None,
+        whole_sandbox_by_pid1: bool,
+        process_group: bool,
+    ) -> None:
+        #: The argv.
+        self.args: tuple[str, ...] = tuple(args)
+        #: The pid of the sandbox's first process, as seen by the caller.
+        self.pid = pid
+        #: The spec this process was spawned from.
+        self.container = container
+        #: Pipe ends when PIPE was asked for, else None.
+        self.stdin = stdin
+        self.stdout = stdout
+        self.stderr = stderr
+        #: The exit status once reaped (negative for a signal), else None.
+        self.returncode: int | None = None
+        #: Resource usage once reaped.
+        self.usage: Usage | None = None
+        self._pidfd = pidfd
+        self._shared = shared
+        self._lock = threading.Lock()
+        self._started = time.monotonic()
+        self._ended: float | None = None
+        self._pid1 = whole_sandbox_by_pid1
+        self._pgroup = process_group
+        self._cleanups: list[Any] = []
+        self._chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+
+    # ---------------------------------------------------------------- basics
+    def fileno(self) -> int:
+        """The pidfd (readable once the process has exited); -1 once reaped and closed."""
+        return self._pidfd
+
+    @property
+    def wall_time(self) -> float:
+        """Seconds since spawn (until reaping, once reaped)."""
+        end = self._ended if self._ended is not None else time.monotonic()
+        return end - self._started
+
+    def __repr__(self) -> str:
+        return f"<nscg.Process pid={self.pid} returncode={self.returncode} args={list(self.args)!r}>"
+
+    def _reap(self, block: bool) -> bool:
+        """Reap if exited; return whether a status is available."""
+        with self._lock:
+            if self.returncode is not None:
+                return True
+            if self._pidfd < 0:
+                return False
+            out = ffi.new("struct nscg_wait_out *")
+            options = os.WEXITED | (0 if block else os.WNOHANG)
+            while True:
+                r = lib.nscg_wait(self._pidfd, options, out)
+                if r != -4:  # EINTR
+                    break
+            if r < 0:
+                raise SyscallError(-r, "waitid", str(self.pid))
+            if out.pid == 0:
+                return False
+            self._ended = time.monotonic()
+            code, status = int(out.code), int(out.status)
+            rc = -status if code in (_CLD_KILLED, _CLD_DUMPED) else status
+            if self._shared is not None:
+                has, raw = struct.unpack_from("=Ii", self._shared, 4)
+                if has:
+                    rc = os.waitstatus_to_exitcode(raw)
+            self.returncode = rc
+            self.usage = Usage(
+                cpu_user=out.utime_usec / 1e6,
+                cpu_system=out.stime_usec / 1e6,
+                max_rss=int(out.maxrss_kb) * 1024,
+            )
+            self._close_pidfd()
+            for fn in self._cleanups:
+                fn()
+            self._cleanups.clear()
+            return True
+
+    def _close_pidfd(self) -> None:
+        fd, self._pidfd = self._pidfd, -1
+        if fd >= 0:
+            os.close(fd)
+        if self._shared is not None:
+            self._shared.close()
+            self._shared = None
+
+    def poll(self) -> int | None:
+        """Return the exit status if the sandbox has ended, else None (never blocks)."""
+        self._reap(block=False)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the sandbox's first process to end and return its status.
+
+        Args:
+            timeout: seconds to wait, or None for no limit.
+
+        Raises:
+            TimeoutExpired: the timeout passed; the sandbox keeps running.
+        """
+        if self.returncode is not None:
+            return self.returncode
+        if timeout is not None:
+            deadline = time.monotonic() + timeout
+            while not self._reap(block=False):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutExpired(list(self.args), timeout)
+                self._wait_readable(left)
+        else:
+            self._reap(block=True)
+        assert self.returncode is not None
+        return self.returncode
+
+    def _wait_readable(self, timeout: float) -> None:
+        fd = self._pidfd
+        if fd < 0:
+            return
+        sel = selectors.DefaultSelector()
+        try:
+            sel.register(fd, selectors.EVENT_READ)
+            sel.select(timeout)
+        except (OSError, ValueError):
+            pass  # closed concurrently by another thread's reap
+        finally:
+            sel.close()
+
+    async def wait_async(self) -> int:
+        """Wait on the running asyncio loop (through the pidfd) and return the status."""
+        if self.returncode is not None:
+            return self.returncode
+        loop = asyncio.get_running_loop()
+        while not self._reap(block=False):
+            fut: asyncio.Future[None] = loop.create_future()
+            fd = self._pidfd
+            if fd < 0:
+                break
+
+            def ready(f: asyncio.Future[None] = fut) -> None:
+                if not f.done():
+                    f.set_result(None)
+
+            loop.add_reader(fd, ready)
+            try:
+                await fut
+            finally:
+                loop.remove_reader(fd)
+        assert self.returncode is not None
+        return self.returncode
+
+    # --------------------------------------------------------------- signals
+    def send_signal(self, sig: int) -> None:
+        """Send ``sig`` to the sandbox's first process (its init forwards it to the payload).
+
+        Does nothing once the process has been reaped (never hits a recycled pid).
+        """
+        with self._lock:
+            if self.returncode is not None or self._pidfd < 0:
+                return
+            r = lib.nscg_pidfd_send_signal(self._pidfd, int(sig))
+        if r < 0 and r != -3:  # ESRCH: already exited
+            raise SyscallError(-r, "pidfd_send_signal", str(self.pid))
+
+    def terminate(self) -> None:
+        """Send SIGTERM (forwarded to the payload by the sandbox's init)."""
+        self.send_signal(_signal.SIGTERM)
+
+    def kill(self) -> None:
+        """Kill the whole sandbox with SIGKILL: every process in it, not just the first.
+
+        With a pid namespace, SIGKILL to its pid 1 makes the kernel kill all of
+        its processes; without one, the payload's process group is killed too.
+        """
+        with self._lock:
+            if self.returncode is not None or self._pidfd < 0:
+                return
+            if self._pgroup and not self._pid1:
+                try:
+                    os.killpg(self.pid, _signal.SIGKILL)
+                except OSError:
+                    pass
+            r = lib.nscg_pidfd_send_signal(self._pidfd, _signal.SIGKILL)
+        if r < 0 and r != -3:
+            raise SyscallError(-r, "pidfd_send_signal", str(self.pid))
+
+    # ----------------------------------------------------------------- I/O
+    def communicate(
+        self, input: bytes | None = None, timeout: float | None = None
+    ) -> tuple[bytes | None, bytes | None]:
+        """Send ``input``, read stdout/stderr to EOF, wait; like ``Popen.communicate``.
+
+        Raises:
+            TimeoutExpired: the timeout passed (the sandbox keeps running; the
+                exception carries the output read so far, and a later call
+                goes on from there).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        sel = selectors.DefaultSelector()
+        names: dict[int, str] = {}
+        inbuf = memoryview(input or b"")
+        try:
+            if self.stdin is not None and not self.stdin.closed:
+                if inbuf:
+                    os.set_blocking(self.stdin.fileno(), False)
+                    sel.register(self.stdin.fileno(), selectors.EVENT_WRITE)
+                else:
+                    self.stdin.close()
+            for name in ("stdout", "stderr"):
+                s = getattr(self, name)
+                if s is not None and not s.closed:
+                    sel.register(s.fileno(), selectors.EVENT_READ)
+                    names[s.fileno()] = name
+            while sel.get_map():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutExpired(list(self.args), timeout or 0.0, *self._output())
+                for key, _ev in sel.select(left):
+                    fd = int(key.fd)
+                    if fd not in names:  # stdin
+                        try:
+                            n = os.write(fd, inbuf[:65536])
+                        except BrokenPipeError:
+                            n = len(inbuf)
+                        inbuf = inbuf[n:]
+                        if not inbuf:
+                            sel.unregister(fd)
+                            assert self.stdin is not None
+                            self.stdin.close()
+                        continue
+                    data = os.read(fd, 65536)
+                    if data:
+                        self._chunks[names[fd]].append(data)
+                    else:
+                        sel.unregister(fd)
+                        getattr(self, names[fd]).close()
+        finally:
+            sel.close()
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            self.wait(left)
+        except TimeoutExpired:
+            raise TimeoutExpired(list(self.args), timeout or 0.0, *self._output()) from None
+        return self._output()
+
+    def _output(self) -> tuple[bytes | None, bytes | None]:
+        out = b"".join(self._chunks["stdout"]) if self.stdout is not None else None
+        err = b"".join(self._chunks["stderr"]) if self.stderr is not None else None
+        return out, err
+
+    # ------------------------------------------------------------- lifetime
+    def close(self) -> None:
+        """Kill the sandbox if it still runs, reap it, and close every fd. Idempotent."""
+        if self.returncode is None and self._pidfd >= 0:
+            self.kill()
+            self._reap(block=True)
+        for s in (self.stdin, self.stdout, self.stderr):
+            if s is not None:
+                try:
+                    s.close()
+                except OSError:
+                    pass
+        self._close_pidfd()
+
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_pidfd", -1) >= 0 and self.returncode is None:
+            warnings.warn(
+                f"nscg.Process {self.pid} was not waited for or closed; killing it",
+                ResourceWarning,
+                stacklevel=1,
+            )
+            try:
+                self.close()
+            except Exception:
+                pass
+
+    # ------------------------------------------------------------- entering
+    def exec(self, argv: Sequence[str], **kwargs: Any) -> Process:
+        """Start another process inside this running sandbox (like ``docker exec``).
+
+        It joins every namespace of the sandbox and keeps the sandbox's user,
+        environment and working directory unless given in ``kwargs`` (the
+        keyword arguments of :meth:`nscg.Container.spawn`).
+        """
+        return self.container.entering(self).spawn(argv, **kwargs)
+
+    def run_inside(self, argv: Sequence[str], **kwargs: Any) -> Result:
+        """Run a command inside this running sandbox and return its :class:`Result`."""
+        return self.container.entering(self).run(argv, **kwargs)
+
+    def _result(self, stdout: bytes | None, stderr: bytes | None) -> Result:
+        assert self.returncode is not None
+        return Result(
+            args=self.args,
+            returncode=self.returncode,
+            stdout=stdout,
+            stderr=stderr,
+            wall_time=self.wall_time,
+            usage=self.usage or Usage(),
+        )
