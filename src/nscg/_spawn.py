@@ -6,6 +6,7 @@ executes the flat ``struct nscg_plan`` (see ``_native/child.c``).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -27,7 +28,7 @@ from nscg.errors import (
     UnsupportedError,
 )
 from nscg.namespaces import JOIN_ORDER, IdMap, Namespace
-from nscg.process import Process, Result, Stage
+from nscg.process import Process, Result, Stage, reap_abandoned
 
 PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
@@ -94,7 +95,9 @@ def resolve_executable(
         host = c if root == "/" else os.path.join(root, c.lstrip("/"))
         if os.path.isfile(host) and os.access(host, os.X_OK):
             return c
-    where = f"on PATH {path_var!r}" if "/" not in (executable or name) else "(not an executable file)"
+    where = (
+        f"on PATH {path_var!r}" if "/" not in (executable or name) else "(not an executable file)"
+    )
     raise ExecutableNotFoundError(errno.ENOENT, f"executable {target!r} not found {where}", target)
 
 
@@ -107,23 +110,21 @@ class _Fds:
 
     def close_child_side(self) -> None:
         for fd in self.child_side:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self.child_side.clear()
 
     def close_all(self) -> None:
         self.close_child_side()
         for fd in self.parent_side:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
         self.parent_side.clear()
 
 
-def _stdio(spec: StdioSpec, target: int, fds: _Fds, stdout_fd: int | None) -> tuple[int | None, int | None]:
+def _stdio(
+    spec: StdioSpec, target: int, fds: _Fds, stdout_fd: int | None
+) -> tuple[int | None, int | None]:
     """Return (fd the child gets at ``target``, parent's pipe end)."""
     if spec is None:
         try:
@@ -217,7 +218,11 @@ def _write_maps(
         r = subprocess.run(args, capture_output=True, check=False)
         if r.returncode:
             raise SpawnError(
-                errno.EPERM, os.path.basename(tool), Stage.ID_MAPS, -1, path,
+                errno.EPERM,
+                os.path.basename(tool),
+                Stage.ID_MAPS,
+                -1,
+                path,
                 detail=r.stderr.decode(errors="replace").strip(),
             )
 
@@ -262,9 +267,13 @@ def _clone_error(err: int, syscall: str, ns: Namespace) -> Exception:
     if err in (errno.EPERM, errno.ENOSPC, errno.EACCES) and ns & Namespace.USER:
         why = userns_restriction()
         if why:
-            return UnsupportedError(f"{syscall} failed: {os.strerror(err)} — {why}", feature="userns")
+            return UnsupportedError(
+                f"{syscall} failed: {os.strerror(err)} — {why}", feature="userns"
+            )
     if err == errno.EPERM and ns and not ns & Namespace.USER and not _has_cap(21):
-        detail = "creating namespaces without a user namespace needs CAP_SYS_ADMIN; add Namespace.USER"
+        detail = (
+            "creating namespaces without a user namespace needs CAP_SYS_ADMIN; add Namespace.USER"
+        )
     return SpawnError(err, syscall, Stage.CLONE, -1, detail=detail)
 
 
@@ -305,7 +314,9 @@ class _Plan:
         return arr
 
 
-def _failure_object(stage: Stage, index: int, c: Container, path: str, joins: Sequence[Any]) -> str | None:
+def _failure_object(
+    stage: Stage, index: int, c: Container, path: str, joins: Sequence[Any]
+) -> str | None:
     if stage == Stage.EXEC:
         return path
     if stage == Stage.CHDIR:
@@ -333,8 +344,13 @@ def spawn(
     pass_fds: Sequence[int] = (),
     executable: str | None = None,
     _fault: tuple[Stage, int, int] | None = None,
+    _extra_flags: int = 0,
 ) -> Process:
-    """Spawn ``argv`` in the sandbox ``c`` (see :meth:`Container.spawn`)."""
+    """Spawn ``argv`` in the sandbox ``c`` (see :meth:`Container.spawn`).
+
+    ``_fault`` (stage, errno, op index) makes that stage fail on purpose and
+    ``_extra_flags`` adds NSCG_F_* flags: both are for tests only.
+    """
     if isinstance(argv, (str, bytes)) or not argv:
         raise SpecError("argv must be a non-empty sequence of strings")
     argv = [os.fsdecode(a) if isinstance(a, bytes) else a for a in argv]
@@ -342,18 +358,24 @@ def spawn(
         if not isinstance(a, str) or "\0" in a:
             raise SpecError(f"invalid argument {a!r}")
     c.validate()
+    if _abandoned_pending():
+        reap_abandoned()
     ns = c.namespaces
     joins = sorted(c.join, key=lambda r: JOIN_ORDER.index(r.kind))
 
     uid_in = c.user if c.user is not None else 0
-    env = dict(c.env) if c.env is not None else _default_env(uid_in if ns & Namespace.USER else os.geteuid())
+    env = (
+        dict(c.env)
+        if c.env is not None
+        else _default_env(uid_in if ns & Namespace.USER else os.geteuid())
+    )
     path = resolve_executable(argv[0], env.get("PATH", DEFAULT_PATH), executable, cwd=c.cwd)
 
     maps = _plan_maps(c) if ns & Namespace.USER else None
 
     p = _Plan()
     plan = p.plan
-    flags = 0
+    flags = _extra_flags
     late = bool(joins) and bool(ns & ~Namespace.TIME)
     pid_joined = any(r.kind == Namespace.PID for r in joins)
     if late:
@@ -505,9 +527,9 @@ def spawn(
         pidfd=pidfd,
         shared=shared,
         container=c,
-        stdin=proc_stdio[0],  # type: ignore[arg-type]
-        stdout=proc_stdio[1],  # type: ignore[arg-type]
-        stderr=proc_stdio[2],  # type: ignore[arg-type]
+        stdin=proc_stdio[0],
+        stdout=proc_stdio[1],
+        stderr=proc_stdio[2],
         whole_sandbox_by_pid1=bool(ns & Namespace.PID),
         process_group=c.new_session,
     )
@@ -551,6 +573,12 @@ def _child_exited(pidfd: int) -> bool:
     return bool(select.select([pidfd], [], [], 1.0)[0])
 
 
+def _abandoned_pending() -> bool:
+    from nscg import process
+
+    return bool(process._abandoned)
+
+
 def _read_record(fd: int) -> tuple[int, int, int, int, bytes] | None:
     """Read one child record, or None at EOF (execve succeeded)."""
     buf = b""
@@ -583,7 +611,10 @@ def _raise_child_error(
 
 def _hint(stage: Stage, err: int) -> str:
     if stage == Stage.SETNS and err == errno.EPERM:
-        return "joining a namespace needs CAP_SYS_ADMIN in its owner user namespace; join the user namespace too"
+        return (
+            "joining a namespace needs CAP_SYS_ADMIN in its owner user namespace; "
+            "join the user namespace too"
+        )
     if stage == Stage.EXEC and err == errno.ENOENT:
         return "the program or its interpreter (#! line) or a shared library loader is missing"
     if stage == Stage.TIMENS and err == errno.EACCES:
@@ -614,9 +645,11 @@ def run(
         if stdout is not None or stderr is not None:
             raise SpecError("capture_output cannot be combined with stdout or stderr")
         stdout = stderr = PIPE
-    if timeout is not None and (timeout != timeout or timeout < 0):
+    if timeout is not None and not timeout >= 0:  # NaN too
         raise SpecError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
-    proc = spawn(c, argv, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=pass_fds, executable=executable)
+    proc = spawn(
+        c, argv, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=pass_fds, executable=executable
+    )
     with proc:
         try:
             out, err = proc.communicate(input, timeout)
@@ -634,4 +667,3 @@ def run(
     if check:
         result.check_returncode()
     return result
-

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import resource
 from collections.abc import Iterable, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any, Union
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 import attrs
 
@@ -22,7 +22,7 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 #: What spawn accepts for stdin/stdout/stderr: None (inherit), PIPE, DEVNULL,
 #: STDOUT (stderr only), an fd, or an object with ``fileno()``.
-StdioSpec = Union[None, int, IO[Any]]
+StdioSpec: TypeAlias = int | IO[Any] | None
 
 _RLIMIT_NAMES: dict[str, int] = {
     name[len("RLIMIT_") :].lower(): getattr(resource, name)
@@ -36,7 +36,9 @@ def _limit_value(v: int | None) -> int:
     if v is None or v == resource.RLIM_INFINITY:
         return _RLIM_MAX
     if isinstance(v, bool) or not isinstance(v, int) or v < 0 or v > _RLIM_MAX:
-        raise SpecError(f"an rlimit must be a non-negative integer or None (unlimited), got {v!r}")
+        raise SpecError(
+            f"an rlimit must be a non-negative integer, or None or -1 (unlimited), got {v!r}"
+        )
     return v
 
 
@@ -55,7 +57,7 @@ class Rlimit:
     hard: int
 
     @classmethod
-    def of(cls, res: int | str, soft: int | None, hard: int | None | str = "same") -> Rlimit:
+    def of(cls, res: int | str, soft: int | None, hard: int | str | None = "same") -> Rlimit:
         """Build and validate a limit; ``hard`` defaults to ``soft``.
 
         Raises:
@@ -64,7 +66,9 @@ class Rlimit:
         if isinstance(res, str):
             key = res.lower().removeprefix("rlimit_")
             if key not in _RLIMIT_NAMES:
-                raise SpecError(f"unknown rlimit {res!r}; known: {', '.join(sorted(_RLIMIT_NAMES))}")
+                raise SpecError(
+                    f"unknown rlimit {res!r}; known: {', '.join(sorted(_RLIMIT_NAMES))}"
+                )
             num = _RLIMIT_NAMES[key]
         else:
             if res not in _RLIMIT_NAMES.values():
@@ -77,6 +81,14 @@ class Rlimit:
         return cls(num, s, h)
 
 
+def _tuple_refs(value: Iterable[NamespaceRef]) -> tuple[NamespaceRef, ...]:
+    return tuple(value)
+
+
+def _tuple_rlimits(value: Iterable[Rlimit]) -> tuple[Rlimit, ...]:
+    return tuple(value)
+
+
 def _ns_conv(value: Any) -> Namespace:
     return Namespace.parse(value)
 
@@ -85,11 +97,14 @@ def _id_maps(value: Iterable[IdMap] | None) -> tuple[IdMap, ...] | None:
     return None if value is None else tuple(value)
 
 
-def _env_conv(value: Mapping[str, str] | None) -> tuple[tuple[str, str], ...] | None:
+def _env_conv(
+    value: Mapping[str, str] | Iterable[tuple[str, str]] | None,
+) -> tuple[tuple[str, str], ...] | None:
     if value is None:
         return None
+    items = value.items() if isinstance(value, Mapping) else value
     out = []
-    for k, v in value.items():
+    for k, v in items:
         if not isinstance(k, str) or not isinstance(v, str):
             raise SpecError(f"environment entries must be str=str, got {k!r}={v!r}")
         if not k or "=" in k or "\0" in k or "\0" in v:
@@ -156,13 +171,13 @@ class Container:
     hostname: str | None = attrs.field(default=None, validator=_text("hostname", 64))
     domainname: str | None = attrs.field(default=None, validator=_text("domainname", 64))
     time_offsets: TimeOffsets | None = None
-    join: tuple[NamespaceRef, ...] = attrs.field(default=(), converter=tuple)
+    join: tuple[NamespaceRef, ...] = attrs.field(default=(), converter=_tuple_refs)
     env: tuple[tuple[str, str], ...] | None = attrs.field(default=None, converter=_env_conv)
     cwd: str | None = attrs.field(default=None, validator=_text("cwd", 4095))
     user: int | None = attrs.field(default=None, validator=_opt_id)
     group: int | None = attrs.field(default=None, validator=_opt_id)
     groups: tuple[int, ...] | None = None
-    rlimits: tuple[Rlimit, ...] = attrs.field(default=(), converter=tuple)
+    rlimits: tuple[Rlimit, ...] = attrs.field(default=(), converter=_tuple_rlimits)
     init: bool = True
     no_new_privs: bool = True
     die_with_parent: bool = True
@@ -177,17 +192,23 @@ class Container:
         """Create exactly these namespaces (``Namespace.NONE`` for none)."""
         return attrs.evolve(self, namespaces=Namespace.parse(namespaces))
 
-    def without_namespaces(self, namespaces: Namespace | str | Iterable[str | Namespace]) -> Container:
+    def without_namespaces(
+        self, namespaces: Namespace | str | Iterable[str | Namespace]
+    ) -> Container:
         """Create every namespace of this spec except these."""
         return attrs.evolve(self, namespaces=self.namespaces & ~Namespace.parse(namespaces))
 
     def with_uid_map(self, *maps: IdMap | tuple[int, int, int]) -> Container:
         """Map uids of the new user namespace: ``IdMap(inside, outside, count)`` each."""
-        return attrs.evolve(self, uid_map=tuple(m if isinstance(m, IdMap) else IdMap(*m) for m in maps))
+        return attrs.evolve(
+            self, uid_map=tuple(m if isinstance(m, IdMap) else IdMap(*m) for m in maps)
+        )
 
     def with_gid_map(self, *maps: IdMap | tuple[int, int, int]) -> Container:
         """Map gids of the new user namespace: ``IdMap(inside, outside, count)`` each."""
-        return attrs.evolve(self, gid_map=tuple(m if isinstance(m, IdMap) else IdMap(*m) for m in maps))
+        return attrs.evolve(
+            self, gid_map=tuple(m if isinstance(m, IdMap) else IdMap(*m) for m in maps)
+        )
 
     def with_hostname(self, hostname: str | None) -> Container:
         """Set the hostname of the new uts namespace (None: the default, ``nscg``)."""
@@ -228,8 +249,10 @@ class Container:
             groups=None if groups is None else tuple(groups),
         )
 
-    def with_rlimit(self, res: int | str, soft: int | None, hard: int | None | str = "same") -> Container:
-        """Add a resource limit (``with_rlimit("nofile", 256)``); replaces one for the same resource."""
+    def with_rlimit(
+        self, res: int | str, soft: int | None, hard: int | str | None = "same"
+    ) -> Container:
+        """Add a resource limit (``with_rlimit("nofile", 256)``), replacing one of the same kind."""
         lim = Rlimit.of(res, soft, hard)
         rest = tuple(r for r in self.rlimits if r.resource != lim.resource)
         return attrs.evolve(self, rlimits=(*rest, lim))
@@ -342,7 +365,11 @@ class Container:
                 ("user", self.user, self.uid_map),
                 ("group", self.group, self.gid_map),
             ):
-                if ident is not None and maps is not None and not any(m.contains_inside(ident) for m in maps):
+                if (
+                    ident is not None
+                    and maps is not None
+                    and not any(m.contains_inside(ident) for m in maps)
+                ):
                     raise SpecError(f"{what} {ident} is not mapped by the {what[0]}id map {maps}")
         if self.groups is not None:
             if len(self.groups) > 65536:
@@ -394,7 +421,12 @@ class Container:
         from nscg._spawn import spawn
 
         return spawn(
-            self, argv, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=pass_fds,
+            self,
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=pass_fds,
             executable=executable,
         )
 
@@ -425,6 +457,15 @@ class Container:
         from nscg._spawn import run
 
         return run(
-            self, argv, input=input, capture_output=capture_output, stdin=stdin, stdout=stdout,
-            stderr=stderr, timeout=timeout, check=check, pass_fds=pass_fds, executable=executable,
+            self,
+            argv,
+            input=input,
+            capture_output=capture_output,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            timeout=timeout,
+            check=check,
+            pass_fds=pass_fds,
+            executable=executable,
         )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import itertools
 import os
 import stat
 from collections.abc import Iterable
@@ -158,7 +160,7 @@ def check_id_maps(maps: tuple[IdMap, ...], what: str) -> None:
         raise SpecError(f"{what}: at most 340 ranges are allowed, got {len(maps)}")
     for side in ("inside", "outside"):
         spans = sorted((getattr(m, side), getattr(m, side) + m.count) for m in maps)
-        for (_a0, a1), (b0, _b1) in zip(spans, spans[1:]):
+        for (_a0, a1), (b0, _b1) in itertools.pairwise(spans):
             if b0 < a1:
                 raise SpecError(f"{what}: ranges overlap on the {side} side ({spans})")
 
@@ -291,10 +293,8 @@ class NamespaceRef:
 
     def __del__(self) -> None:
         if getattr(self, "_fd", -1) >= 0:
-            try:
+            with contextlib.suppress(OSError):
                 os.close(self._fd)
-            except OSError:
-                pass
 
 
 def is_nsfs(fd: int) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import mmap
 import os
@@ -119,6 +120,20 @@ class Result:
             raise CalledProcessError(self.returncode, list(self.args), self.stdout, self.stderr)
 
 
+_abandoned: list[Process] = []
+
+
+def reap_abandoned() -> None:
+    """Reap sandboxes whose Process object was dropped while they ran."""
+    for proc in list(_abandoned):
+        try:
+            done = proc.poll() is not None
+        except OSError:
+            done = True
+        if done:
+            _abandoned.remove(proc)
+
+
 class Process:
     """A running sandbox: owns the pidfd of its first process.
 
@@ -181,7 +196,9 @@ class Process:
         return end - self._started
 
     def __repr__(self) -> str:
-        return f"<nscg.Process pid={self.pid} returncode={self.returncode} args={list(self.args)!r}>"
+        return (
+            f"<nscg.Process pid={self.pid} returncode={self.returncode} args={list(self.args)!r}>"
+        )
 
     def _reap(self, block: bool) -> bool:
         """Reap if exited; return whether a status is available."""
@@ -318,10 +335,8 @@ class Process:
             if self.returncode is not None or self._pidfd < 0:
                 return
             if self._pgroup and not self._pid1:
-                try:
+                with contextlib.suppress(OSError):
                     os.killpg(self.pid, _signal.SIGKILL)
-                except OSError:
-                    pass
             r = lib.nscg_pidfd_send_signal(self._pidfd, _signal.SIGKILL)
         if r < 0 and r != -3:
             raise SyscallError(-r, "pidfd_send_signal", str(self.pid))
@@ -398,10 +413,8 @@ class Process:
             self._reap(block=True)
         for s in (self.stdin, self.stdout, self.stderr):
             if s is not None:
-                try:
+                with contextlib.suppress(OSError):
                     s.close()
-                except OSError:
-                    pass
         self._close_pidfd()
 
     def __enter__(self) -> Process:
@@ -412,15 +425,14 @@ class Process:
 
     def __del__(self) -> None:
         if getattr(self, "_pidfd", -1) >= 0 and self.returncode is None:
+            # Like subprocess.Popen: warn, keep the sandbox running, and reap
+            # it later (at a following spawn) so it never stays a zombie.
             warnings.warn(
-                f"nscg.Process {self.pid} was not waited for or closed; killing it",
+                f"nscg.Process {self.pid} was neither waited for nor closed; it keeps running",
                 ResourceWarning,
                 stacklevel=1,
             )
-            try:
-                self.close()
-            except Exception:
-                pass
+            _abandoned.append(self)
 
     # ------------------------------------------------------------- entering
     def exec(self, argv: Sequence[str], **kwargs: Any) -> Process:

@@ -32,8 +32,12 @@ ffibuilder.cdef((HERE / "abi.h").read_text())
 ffibuilder.set_source(
     "nscg._native._nscg",
     '#include "nscg.h"\n',
-    sources=[str((HERE / s).relative_to(Path.cwd())) if (HERE / s).is_relative_to(Path.cwd())
-             else str(HERE / s) for s in SOURCES],
+    sources=[
+        str((HERE / s).relative_to(Path.cwd()))
+        if (HERE / s).is_relative_to(Path.cwd())
+        else str(HERE / s)
+        for s in SOURCES
+    ],
     include_dirs=[str(HERE)],
     define_macros=[("_GNU_SOURCE", None), ("NSCG_BUILD_HASH", f'"{source_hash()}"')],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter", "-fno-strict-aliasing"],

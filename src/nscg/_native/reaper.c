@@ -39,7 +39,6 @@ void nscg_reaper(const struct nscg_plan *p, pid_t payload, const sigset_t *oldma
     sigprocmask(SIG_SETMASK, &all, NULL);
     syscall(SYS_close_range, 0U, ~0U, 0U);
     prctl(PR_SET_NAME, (unsigned long)"nscg-init", 0, 0, 0);
-    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     if (p->shared)
         p->shared->payload_pid = payload;
     for (;;) {

@@ -1,0 +1,81 @@
+"""Development sessions: tests, lint, typecheck, the cgroup v2 VM, benchmarks.
+
+``nox -s tests`` runs the suite on this host (as root it includes the rootless
+tests, which drop to uid 65534); ``nox -s vm`` runs the ``cgroup2`` tests in a
+throw-away VM with a pure cgroup v2 kernel.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+# The rootless tests run this venv's interpreter as uid 65534: the venv and the
+# interpreter it was made from must be reachable by that uid. Debian's python3
+# is; a pyenv build under a 0700 /root is not.
+PYTHON = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
+
+
+def _world_reachable(path: Path) -> bool:
+    for p in [path, *path.parents]:
+        try:
+            if not os.stat(p).st_mode & stat.S_IXOTH:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+if not _world_reachable(ROOT):
+    nox.options.envdir = f"/var/tmp/nscg-nox-{os.getuid()}"
+
+
+def _install(session: nox.Session, *extra: str) -> None:
+    session.install("--upgrade", "pip")
+    session.install(".[test]", *extra)
+
+
+@nox.session(python=PYTHON)
+def tests(session: nox.Session) -> None:
+    """Run the test suite on this host (everything but the cgroup v2 VM tests)."""
+    _install(session)
+    # run from a directory where ./src is not importable: test the installed package
+    session.run(
+        "python",
+        "-m",
+        "pytest",
+        "-m",
+        "not cgroup2",
+        "-p",
+        "no:cacheprovider",
+        *(session.posargs or [str(ROOT / "tests")]),
+    )
+
+
+@nox.session(python=PYTHON)
+def lint(session: nox.Session) -> None:
+    """ruff: lint and format check."""
+    session.install("ruff")
+    session.run("ruff", "check", "src", "tests", "examples", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "examples", "benchmarks", "noxfile.py")
+
+
+@nox.session(python=PYTHON)
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package, tests, examples and benchmarks."""
+    _install(session, "mypy", "nox")
+    session.run("mypy", "--strict")
+
+
+@nox.session(python=PYTHON)
+def bench(session: nox.Session) -> None:
+    """Benchmarks side by side with the peers (see benchmarks/README.md)."""
+    _install(session)
+    session.run("python", str(ROOT / "benchmarks" / "bench_spawn.py"), *session.posargs)

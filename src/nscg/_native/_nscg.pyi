@@ -1,0 +1,75 @@
+"""Typed stub of the compiled cffi module ``nscg._native._nscg`` (generated from abi.h; a unit test keeps it in sync)."""
+
+from typing import Any, Final
+
+class _FFI:
+    NULL: Any
+    def new(self, cdecl: str, init: Any = ...) -> Any: ...
+    def cast(self, cdecl: str, value: Any) -> Any: ...
+    def string(self, cdata: Any, maxlen: int = ...) -> bytes: ...
+    def from_buffer(self, python_buffer: Any, require_writable: bool = ...) -> Any: ...
+    def release(self, cdata: Any) -> None: ...
+
+class _Lib:
+    NSCG_ABI_VERSION: Final[int]
+    NSCG_STAGE_NONE: Final[int]
+    NSCG_STAGE_CLONE: Final[int]
+    NSCG_STAGE_SIGNALS: Final[int]
+    NSCG_STAGE_PDEATHSIG: Final[int]
+    NSCG_STAGE_FDS: Final[int]
+    NSCG_STAGE_SETSID: Final[int]
+    NSCG_STAGE_WAIT_PARENT: Final[int]
+    NSCG_STAGE_SETNS: Final[int]
+    NSCG_STAGE_UNSHARE: Final[int]
+    NSCG_STAGE_FORK: Final[int]
+    NSCG_STAGE_HOSTNAME: Final[int]
+    NSCG_STAGE_DOMAINNAME: Final[int]
+    NSCG_STAGE_LOOPBACK: Final[int]
+    NSCG_STAGE_TIMENS: Final[int]
+    NSCG_STAGE_MOUNTS: Final[int]
+    NSCG_STAGE_PIVOT_ROOT: Final[int]
+    NSCG_STAGE_RLIMITS: Final[int]
+    NSCG_STAGE_CHDIR: Final[int]
+    NSCG_STAGE_SETGROUPS: Final[int]
+    NSCG_STAGE_SETGID: Final[int]
+    NSCG_STAGE_SETUID: Final[int]
+    NSCG_STAGE_CAPS: Final[int]
+    NSCG_STAGE_NO_NEW_PRIVS: Final[int]
+    NSCG_STAGE_SECCOMP: Final[int]
+    NSCG_STAGE_EXEC: Final[int]
+    NSCG_STAGE_ID_MAPS: Final[int]
+    NSCG_STAGE_CGROUP: Final[int]
+    NSCG_STAGE_READY: Final[int]
+    NSCG_F_INIT: Final[int]
+    NSCG_F_SETID: Final[int]
+    NSCG_F_SETGROUPS: Final[int]
+    NSCG_F_NO_NEW_PRIVS: Final[int]
+    NSCG_F_LOOPBACK: Final[int]
+    NSCG_F_NEWTIME: Final[int]
+    NSCG_F_SETSID: Final[int]
+    NSCG_F_WAIT_PARENT: Final[int]
+    NSCG_F_UNSHARE_LATE: Final[int]
+    NSCG_F_FORK_PIDNS: Final[int]
+    NSCG_F_FORCE_CLONE_FALLBACK: Final[int]
+    NSCG_F_NO_SPAWNER_THREAD: Final[int]
+    NSCG_CLONE_NEWNS: Final[int]
+    NSCG_CLONE_NEWCGROUP: Final[int]
+    NSCG_CLONE_NEWUTS: Final[int]
+    NSCG_CLONE_NEWIPC: Final[int]
+    NSCG_CLONE_NEWUSER: Final[int]
+    NSCG_CLONE_NEWPID: Final[int]
+    NSCG_CLONE_NEWNET: Final[int]
+    NSCG_CLONE_NEWTIME: Final[int]
+    NSCG_HAS_CLONE3: Final[int]
+    NSCG_HAS_CLONE_PIDFD: Final[int]
+    NSCG_HAS_CLONE_INTO_CGROUP: Final[int]
+    def nscg_abi_version(self) -> int: ...
+    def nscg_build_hash(self) -> Any: ...
+    def nscg_clone_features(self) -> int: ...
+    def nscg_spawn(self, plan: Any, out: Any) -> int: ...
+    def nscg_wait(self, pidfd: int, options: int, out: Any) -> int: ...
+    def nscg_pidfd_open(self, pid: int) -> int: ...
+    def nscg_pidfd_send_signal(self, pidfd: int, sig: int) -> int: ...
+
+ffi: _FFI
+lib: _Lib

@@ -1,0 +1,27 @@
+"""Every example in examples/ runs and does what it says."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.py"))
+
+EXPECT = {
+    "isolated_command.py": [b"hostname: example", b"my pid: 2", b"network interfaces: lo\n"],
+}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_runs(path: Path) -> None:
+    r = subprocess.run([sys.executable, str(path)], capture_output=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr.decode()
+    for needle in EXPECT.get(path.name, []):
+        assert needle in r.stdout, (needle, r.stdout)
+
+
+def test_every_example_has_expectations() -> None:
+    assert {p.name for p in EXAMPLES} <= set(EXPECT)

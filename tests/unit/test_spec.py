@@ -1,0 +1,145 @@
+"""Spec validation and marshalling: pure logic, no privileges, nothing runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import attrs
+import pytest
+
+import nscg
+from nscg import Container, IdMap, Namespace, TimeOffsets
+from nscg.container import Rlimit
+
+NATIVE = Path(nscg.__file__).parent / "_native"
+
+
+def test_namespace_parse() -> None:
+    assert Namespace.parse("user,pid") == Namespace.USER | Namespace.PID
+    assert Namespace.parse(["net", Namespace.UTS]) == Namespace.NET | Namespace.UTS
+    assert Namespace.parse("all") == Namespace.ALL
+    assert Namespace.parse("mnt") == Namespace.MOUNT
+    assert Namespace.ALL & Namespace.TIME == 0
+    with pytest.raises(nscg.SpecError, match="unknown namespace"):
+        Namespace.parse("bogus")
+    with pytest.raises(nscg.SpecError):
+        Namespace.parse(1 << 40)
+    assert next(k.proc_name for k in Namespace.ALL.kinds()) == "user"
+
+
+def test_namespace_values_are_the_kernels() -> None:
+    import os
+
+    assert getattr(os, "CLONE_NEWNET", 0x40000000) == Namespace.NET
+    assert int(Namespace.USER) == 0x10000000 and int(Namespace.TIME) == 0x80
+
+
+def test_id_maps() -> None:
+    assert IdMap(0, 1000).line() == "0 1000 1\n"
+    for bad in ((-1, 0, 1), (0, 0, 0), (0, 2**32 - 10, 100), ("0", 0, 1)):
+        with pytest.raises(nscg.SpecError):
+            IdMap(*bad)
+    with pytest.raises(nscg.SpecError, match="overlap"):
+        Container().with_uid_map((0, 1000, 10), (5, 5000, 10)).validate()
+    with pytest.raises(nscg.SpecError, match="overlap"):
+        Container().with_uid_map((0, 1000, 10), (100, 1005, 10)).validate()
+    with pytest.raises(nscg.SpecError, match="not mapped"):
+        Container().with_uid_map((0, 1000, 1)).with_user(5).validate()
+
+
+def test_time_offsets() -> None:
+    assert (
+        TimeOffsets(monotonic=1.5, boottime=-2).text() == "monotonic 1 500000000\nboottime -2 0\n"
+    )
+    with pytest.raises(nscg.SpecError, match="time namespace"):
+        attrs.evolve(Container(), time_offsets=TimeOffsets(1)).validate()
+    with pytest.raises(nscg.SpecError):
+        TimeOffsets(monotonic="x")  # type: ignore[arg-type]  # wrong on purpose
+
+
+def test_rlimits() -> None:
+    assert Rlimit.of("nofile", 10).hard == 10
+    assert Rlimit.of("RLIMIT_NOFILE", None).soft == 2**64 - 1
+    with pytest.raises(nscg.SpecError, match="non-negative"):
+        Container().with_rlimit("nofile", -2)
+    with pytest.raises(nscg.SpecError, match="above the hard"):
+        Container().with_rlimit("nofile", 10, 5)
+    with pytest.raises(nscg.SpecError, match="unknown rlimit"):
+        Container().with_rlimit("bogus", 1)
+    c = Container().with_rlimit("nofile", 10).with_rlimit("nofile", 20)
+    assert len(c.rlimits) == 1 and c.rlimits[0].soft == 20
+
+
+def test_cross_field_rules() -> None:
+    with pytest.raises(nscg.SpecError, match="uts"):
+        Container().without_namespaces("uts").with_hostname("x").validate()
+    with pytest.raises(nscg.SpecError, match="user namespace"):
+        Container().without_namespaces("user").with_uid_map((0, 0, 1)).validate()
+    with pytest.raises(nscg.SpecError, match="absolute"):
+        Container().with_cwd("relative").validate()
+    with pytest.raises(nscg.SpecError):
+        Container().with_hostname("a" * 65)
+    with pytest.raises(nscg.SpecError):
+        Container().with_env({"A=B": "x"})
+    with pytest.raises(nscg.SpecError):
+        Container().with_user(-1)
+
+
+def test_bad_argv_is_spec_error() -> None:
+    for argv in ([], "true", ["a\0b"]):
+        with pytest.raises(nscg.SpecError):
+            Container().spawn(argv)
+
+
+def test_builder_is_immutable() -> None:
+    a = Container()
+    b = a.with_hostname("x")
+    assert a.hostname is None and b.hostname == "x"
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        a.hostname = "y"  # type: ignore[misc]  # frozen on purpose
+
+
+def test_errors_are_in_the_nscg_namespace() -> None:
+    for name in (
+        "NscgError",
+        "SpecError",
+        "SyscallError",
+        "SpawnError",
+        "UnsupportedError",
+        "ExecutableNotFoundError",
+        "TimeoutExpired",
+        "CalledProcessError",
+    ):
+        assert getattr(nscg, name).__module__ == "nscg"
+    assert issubclass(nscg.SpecError, ValueError)
+    assert issubclass(nscg.SpawnError, OSError)
+    assert issubclass(nscg.ExecutableNotFoundError, FileNotFoundError)
+    e = nscg.SpawnError(22, "pivot_root", nscg.Stage.PIVOT_ROOT, 3, "/proc")
+    assert (
+        str(e) == "pivot_root failed at stage PIVOT_ROOT (op #3 '/proc'): "
+        "[Errno 22 EINVAL] Invalid argument"
+    )
+
+
+def test_stub_matches_cdef() -> None:
+    abi = (NATIVE / "abi.h").read_text()
+    stub = (NATIVE / "_nscg.pyi").read_text()
+    consts = set(re.findall(r"^#define (NSCG_\w+) ", abi, re.M))
+    funcs = set(re.findall(r"^\w[\w\s\*]*?\b(nscg_\w+)\(", abi, re.M))
+    stub_consts = set(re.findall(r"^    (NSCG_\w+): Final\[int\]", stub, re.M))
+    stub_funcs = set(re.findall(r"^    def (nscg_\w+)\(", stub, re.M))
+    assert consts == stub_consts
+    assert funcs == stub_funcs
+    for name in consts:
+        assert hasattr(nscg._native.lib, name)
+
+
+def test_stale_build_is_detected(tmp_path: Path) -> None:
+    from nscg import _native
+
+    for name in _native._SOURCES:
+        (tmp_path / name).write_bytes((NATIVE / name).read_bytes())
+    assert _native._source_hash(tmp_path) == _native._source_hash(NATIVE)
+    (tmp_path / "child.c").write_text("changed")
+    assert _native._source_hash(tmp_path) != _native._source_hash(NATIVE)
