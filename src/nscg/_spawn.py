@@ -10,10 +10,8 @@ import contextlib
 import errno
 import mmap
 import os
-import shutil
 import signal
 import struct
-import subprocess
 import threading
 from collections.abc import Sequence
 from typing import Any
@@ -30,13 +28,23 @@ from nscg.errors import (
 from nscg.namespaces import JOIN_ORDER, IdMap, Namespace
 from nscg.process import Process, Result, Stage, reap_abandoned
 
-PIPE = subprocess.PIPE
-DEVNULL = subprocess.DEVNULL
-STDOUT = subprocess.STDOUT
+#: The same values as subprocess.PIPE, DEVNULL and STDOUT (not imported: import time).
+PIPE = -1
+DEVNULL = -3
+STDOUT = -2
 
 _REC = struct.Struct("=IIii24s")
 _self_pidfd: tuple[int, int] = (-1, -1)  # (pid, fd): our own pidfd, for the pdeathsig race
 _self_pidfd_lock = threading.Lock()
+
+
+def which(name: str, path: str | None = None) -> str | None:
+    """Like shutil.which (without importing shutil): the first executable ``name`` on PATH."""
+    for d in (path if path is not None else os.environ.get("PATH", DEFAULT_PATH)).split(":"):
+        cand = os.path.join(d or ".", name)
+        if os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    return None
 
 
 def _own_pidfd() -> int:
@@ -186,7 +194,7 @@ def _plan_maps(c: Container) -> tuple[tuple[IdMap, ...], tuple[IdMap, ...], str,
             if helper == "newgidmap" and not _has_cap(cap):
                 deny = True
             continue
-        found = shutil.which(helper)
+        found = which(helper)
         if not found:
             raise UnsupportedError(
                 f"mapping {_map_text(maps).strip()!r} needs {helper}(1) (package uidmap) and "
@@ -212,6 +220,8 @@ def _write_maps(
             raise SpawnError(e.errno or 0, "write", Stage.ID_MAPS, -1, path) from None
 
     def helper(tool: str, maps: Sequence[IdMap], path: str) -> None:
+        import subprocess
+
         args = [tool, str(pid)]
         for m in maps:
             args += [str(m.inside), str(m.outside), str(m.count)]

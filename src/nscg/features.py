@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import platform
-import shutil
 
 import attrs
 
@@ -48,6 +46,8 @@ class Features:
 
 
 def _probe_clone3() -> bool:
+    import ctypes
+
     nr = _SYS_CLONE3.get(platform.machine())
     if nr is None:
         return False
@@ -71,7 +71,7 @@ def features() -> Features:
     Returns:
         A :class:`Features` snapshot.
     """
-    from nscg._spawn import userns_restriction
+    from nscg._spawn import userns_restriction, which
 
     notes: list[str] = []
     clone3 = _probe_clone3()
@@ -93,8 +93,8 @@ def features() -> Features:
         namespaces=ns,
         user_namespaces=ns["user"] and why is None,
         userns_restriction=why,
-        newuidmap=shutil.which("newuidmap"),
-        newgidmap=shutil.which("newgidmap"),
+        newuidmap=which("newuidmap"),
+        newgidmap=which("newgidmap"),
         seccomp=_seccomp(),
         notes=tuple(notes),
     )

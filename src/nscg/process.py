@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import mmap
@@ -287,6 +286,8 @@ class Process:
 
     async def wait_async(self) -> int:
         """Wait on the running asyncio loop (through the pidfd) and return the status."""
+        import asyncio
+
         if self.returncode is not None:
             return self.returncode
         loop = asyncio.get_running_loop()

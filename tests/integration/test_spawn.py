@@ -269,8 +269,9 @@ def go():
 t = threading.Thread(target=go); t.start(); t.join()  # the spawning thread is gone
 sys.stdin.read()
 """
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     import subprocess
+
+    env = dict(os.environ)
 
     parent = subprocess.Popen(
         [PY, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
