@@ -143,3 +143,11 @@ def test_stale_build_is_detected(tmp_path: Path) -> None:
     assert _native._source_hash(tmp_path) == _native._source_hash(NATIVE)
     (tmp_path / "child.c").write_text("changed")
     assert _native._source_hash(tmp_path) != _native._source_hash(NATIVE)
+
+
+def test_lazy_exports_are_complete() -> None:
+    assert set(nscg.__all__) == set(nscg._EXPORTS)
+    for name in nscg.__all__:
+        assert getattr(nscg, name) is not None
+    with pytest.raises(AttributeError):
+        _ = nscg.NoSuchThing
