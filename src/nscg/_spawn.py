@@ -392,7 +392,7 @@ def spawn(
         flags |= lib.NSCG_F_UNSHARE_LATE
     if maps is not None:
         flags |= lib.NSCG_F_WAIT_PARENT
-    if pid_joined or (late and ns & Namespace.PID):
+    if pid_joined or ns & Namespace.PID:
         flags |= lib.NSCG_F_FORK_PIDNS
     if c.init and ns & Namespace.PID:
         flags |= lib.NSCG_F_INIT
@@ -500,7 +500,7 @@ def spawn(
             plan.parent_pidfd = _own_pidfd()
         else:
             flags |= lib.NSCG_F_NO_SPAWNER_THREAD
-        if flags & (lib.NSCG_F_INIT | lib.NSCG_F_FORK_PIDNS):
+        if flags & lib.NSCG_F_FORK_PIDNS:
             shared = mmap.mmap(-1, mmap.PAGESIZE)
             shared_buf = ffi.from_buffer(shared)
             plan.shared = ffi.cast("struct nscg_shared *", shared_buf)
@@ -511,9 +511,10 @@ def spawn(
         out = ffi.new("struct nscg_spawn_out *")
         lib.nscg_spawn(plan, out)
         fds.close_child_side()
+        stack = (int(out.stack_addr), int(out.stack_size))
         if out.err:
+            lib.nscg_release_stack(*stack)
             raise _clone_error(out.err, ffi.string(out.syscall).decode(), ns)
-        pid, pidfd = int(out.pid), int(out.pidfd)
     except BaseException:
         fds.close_all()
         for fd in (sync_w, err_r):
@@ -527,22 +528,11 @@ def spawn(
     if shared_buf is not None:
         ffi.release(shared_buf)
 
-    proc_stdio = [
-        None if fd is None else open(fd, "wb" if i == 0 else "rb", buffering=0)  # noqa: SIM115
-        for i, fd in enumerate(parent_ends)
-    ]
-    proc = Process(
-        args=argv,
-        pid=pid,
-        pidfd=pidfd,
-        shared=shared,
-        container=c,
-        stdin=proc_stdio[0],
-        stdout=proc_stdio[1],
-        stderr=proc_stdio[2],
-        whole_sandbox_by_pid1=bool(ns & Namespace.PID),
-        process_group=c.new_session,
-    )
+    # The first child shares our memory until it execs or exits: its stack is
+    # released only then. With a pid namespace it forks the process that
+    # lives on (a child of ours) and exits.
+    first = _Child(int(out.pid), int(out.pidfd))
+    later: _Child | None = None
     try:
         if flags & lib.NSCG_F_WAIT_PARENT:
             if late:
@@ -551,18 +541,30 @@ def spawn(
                     _raise_child_error(rec, c, path, joins)
             try:
                 if _fault is not None and _fault[0] == Stage.ID_MAPS:
-                    raise SpawnError(_fault[1], "write", Stage.ID_MAPS, -1, f"/proc/{pid}/uid_map")
+                    raise SpawnError(
+                        _fault[1], "write", Stage.ID_MAPS, -1, f"/proc/{first.pid}/uid_map"
+                    )
                 if maps is not None:
-                    _write_maps(pid, *maps)
+                    _write_maps(first.pid, *maps)
                 os.write(sync_w, b"\x01")
             except OSError:
                 # the child died before the go: its own report explains why
-                rec = _read_record(err_r) if _child_exited(pidfd) else None
+                rec = _read_record(err_r) if _child_exited(first.pidfd) else None
                 if rec is not None:
                     _raise_child_error(rec, c, path, joins)
                 raise
             os.close(sync_w)
             sync_w = -1
+        if flags & lib.NSCG_F_FORK_PIDNS:
+            status = first.reap()
+            if status != 0:
+                _raise_child_error(_read_record(err_r), c, path, joins)
+            assert shared is not None
+            (g,) = struct.unpack_from("=i", shared, 16)
+            gfd = lib.nscg_pidfd_open(g)
+            if gfd < 0:
+                raise SpawnError(-gfd, "pidfd_open", Stage.FORK, -1, str(g))
+            later = _Child(g, gfd)
         rec = _read_record(err_r)
         if rec is not None:
             _raise_child_error(rec, c, path, joins)
@@ -570,10 +572,62 @@ def spawn(
         if sync_w >= 0:
             os.close(sync_w)
         os.close(err_r)
-        proc.close()
+        for child in (later, first):
+            if child is not None:
+                child.kill_and_reap()
+        lib.nscg_release_stack(*stack)
+        for fd in parent_ends:
+            if fd is not None:
+                os.close(fd)
+        if shared is not None:
+            shared.close()
         raise
     os.close(err_r)
-    return proc
+    lib.nscg_release_stack(*stack)  # the first child has exec'd or exited
+    main = later or first
+    proc_stdio = [
+        None if fd is None else open(fd, "wb" if i == 0 else "rb", buffering=0)  # noqa: SIM115
+        for i, fd in enumerate(parent_ends)
+    ]
+    return Process(
+        args=argv,
+        pid=main.pid,
+        pidfd=main.pidfd,
+        shared=shared,
+        container=c,
+        stdin=proc_stdio[0],
+        stdout=proc_stdio[1],
+        stderr=proc_stdio[2],
+        whole_sandbox_by_pid1=bool(ns & Namespace.PID),
+        process_group=main.pid if c.new_session else None,
+    )
+
+
+class _Child:
+    """A child during the spawn, before it becomes a :class:`Process`."""
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+
+    def reap(self) -> int:
+        """Wait for it to exit; return its raw exit code (or -signal); close the pidfd."""
+        out = ffi.new("struct nscg_wait_out *")
+        while True:
+            r = lib.nscg_wait(self.pidfd, os.WEXITED, out)
+            if r != -errno.EINTR:
+                break
+        os.close(self.pidfd)
+        self.pidfd = -1
+        if r < 0:
+            return -255
+        return int(out.status) if out.code == 1 else -int(out.status)
+
+    def kill_and_reap(self) -> None:
+        """Kill (SIGKILL) and reap it, if not reaped yet."""
+        if self.pidfd >= 0:
+            lib.nscg_pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            self.reap()
 
 
 def _child_exited(pidfd: int) -> bool:

@@ -157,7 +157,7 @@ class Process:
         stdout: IO[bytes] | None,
         stderr: IO[bytes] | None,
         whole_sandbox_by_pid1: bool,
-        process_group: bool,
+        process_group: int | None,
     ) -> None:
         #: The argv.
         self.args: tuple[str, ...] = tuple(args)
@@ -335,9 +335,12 @@ class Process:
         with self._lock:
             if self.returncode is not None or self._pidfd < 0:
                 return
-            if self._pgroup and not self._pid1:
+            if self._pgroup is not None and not self._pid1:
+                # the payload's process group, while the payload (not reaped,
+                # so its pid is not reused) is still in it
                 with contextlib.suppress(OSError):
-                    os.killpg(self.pid, _signal.SIGKILL)
+                    if os.getpgid(self.pid) == self._pgroup:
+                        os.killpg(self._pgroup, _signal.SIGKILL)
             r = lib.nscg_pidfd_send_signal(self._pidfd, _signal.SIGKILL)
         if r < 0 and r != -3:
             raise SyscallError(-r, "pidfd_send_signal", str(self.pid))

@@ -21,6 +21,7 @@ REACHABLE = {
     Stage.FDS: "fcntl",
     Stage.SETSID: "setsid",
     Stage.WAIT_PARENT: "read",
+    Stage.UNSHARE: "unshare",
     Stage.FORK: "clone",
     Stage.HOSTNAME: "sethostname",
     Stage.DOMAINNAME: "setdomainname",

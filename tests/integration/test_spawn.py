@@ -45,7 +45,7 @@ def test_default_sandbox_isolation() -> None:
     assert p["uid"] == 0 and p["gid"] == 0
     assert p["uid_map"] == ["0", str(os.geteuid()), "1"]
     assert p["nnp"] == "1"
-    assert p["sid"] == 1  # a new session, led by the init
+    assert p["sid"] == p["pid"]  # a new session, led by the payload
     assert p["fds"][:3] == [0, 1, 2] and max(p["fds"]) <= 3  # 3: the probe's own listdir
     assert set(p["env"]) - {"LC_CTYPE"} == {"PATH", "HOME", "TERM"}  # LC_CTYPE: PEP 538
 

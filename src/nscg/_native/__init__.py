@@ -19,8 +19,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 __all__ = ["ffi", "lib", "check_build"]
 
-EXPECTED_ABI = 1
-_SOURCES = ["abi.h", "child.c", "nscg.h", "reaper.c", "spawn.c", "util.c"]
+EXPECTED_ABI = 2
+_SOURCES = ["abi.h", "child.c", "nscg.h", "reaper.c", "spawn.c", "trampoline.c", "util.c"]
 
 
 def _source_hash(here: Path) -> str | None:

@@ -6,7 +6,7 @@
  * boundary. Bump NSCG_ABI_VERSION whenever a struct or a signature changes.
  */
 
-#define NSCG_ABI_VERSION 1
+#define NSCG_ABI_VERSION 2
 
 /* ---- stages of the child's setup (reported in struct nscg_child_error) ---- */
 #define NSCG_STAGE_NONE 0
@@ -92,6 +92,8 @@ struct nscg_shared {
     uint32_t has_status;
     int32_t payload_status;
     int32_t payload_pid;
+    int32_t init_pid;
+    int32_t reserved;
 };
 
 /* One fixed-size record, written with a single write(2) to the error pipe. */
@@ -144,6 +146,8 @@ struct nscg_spawn_out {
     int32_t err;
     uint32_t stage;
     char syscall[24];
+    uint64_t stack_addr;
+    uint64_t stack_size;
 };
 
 struct nscg_wait_out {
@@ -163,3 +167,4 @@ int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out);
 int nscg_wait(int pidfd, int options, struct nscg_wait_out *out);
 int nscg_pidfd_open(int pid);
 int nscg_pidfd_send_signal(int pidfd, int sig);
+void nscg_release_stack(uint64_t addr, uint64_t size);

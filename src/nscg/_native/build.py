@@ -14,7 +14,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["spawn.c", "child.c", "reaper.c", "util.c"]
+SOURCES = ["spawn.c", "child.c", "reaper.c", "trampoline.c", "util.c"]
 HEADERS = ["abi.h", "nscg.h"]
 
 

@@ -212,18 +212,37 @@ static void set_pdeathsig(struct child_ctx *c)
     }
 }
 
-/* fork for a new or joined pid namespace, or to run an init: the original
- * process becomes the reaper and never returns; the new one goes on. */
-static void fork_payload(struct child_ctx *c)
+/* The payload of an init: pid 2, started with CLONE_VM | CLONE_VFORK (the
+ * init is suspended until the payload has exec'd or failed, so it can run on
+ * this stack in the init's own, private copy of memory). */
+static char payload_stack[128 * 1024] __attribute__((aligned(64)));
+
+static void payload_steps(struct child_ctx *c) __attribute__((noreturn));
+
+static void payload_entry(void *arg)
 {
-    pid_t pid;
-    STEP(c, NSCG_STAGE_FORK, -1, "clone", pid = nscg_raw_fork());
-    if (pid > 0) {
-        nscg_reaper(c->p, pid, &c->oldmask);
-    }
-    /* the payload: die with the reaper */
-    STEP(c, NSCG_STAGE_PDEATHSIG, -1, "prctl", prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0));
+    struct child_ctx *c = arg;
     c->forked = 1;
+    STEP(c, NSCG_STAGE_PDEATHSIG, -1, "prctl", prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0));
+    payload_steps(c);
+}
+
+static pid_t start_payload(struct child_ctx *c)
+{
+    struct nscg_clone_args args;
+    memset(&args, 0, sizeof args);
+    args.flags = CLONE_VM | CLONE_VFORK;
+    args.exit_signal = SIGCHLD;
+    args.stack = (uint64_t)(uintptr_t)payload_stack;
+    args.stack_size = sizeof payload_stack;
+    long pid = nscg_clone3_run(&args, payload_entry, c);
+    if (pid == -ENOSYS) {
+        pid = clone((int (*)(void *))(void *)payload_entry, payload_stack + sizeof payload_stack,
+                    CLONE_VM | CLONE_VFORK | SIGCHLD, c);
+        if (pid < 0)
+            pid = -errno;
+    }
+    return (pid_t)pid;
 }
 
 void nscg_child_main(const struct nscg_plan *p)
@@ -251,8 +270,6 @@ void nscg_child_main(const struct nscg_plan *p)
     }
     set_pdeathsig(c);
     setup_fds(c);
-    if (p->flags & NSCG_F_SETSID)
-        STEP(c, NSCG_STAGE_SETSID, -1, "setsid", setsid());
 
     if ((p->flags & NSCG_F_WAIT_PARENT) && !(p->flags & NSCG_F_UNSHARE_LATE))
         wait_parent(c);
@@ -266,7 +283,7 @@ void nscg_child_main(const struct nscg_plan *p)
             close(p->scratch[p->n_fdmap + i]);
     }
     if (p->flags & NSCG_F_UNSHARE_LATE) {
-        uint64_t ns = p->ns_new & ~(uint64_t)NSCG_CLONE_NEWTIME;
+        uint64_t ns = p->ns_new & ~(uint64_t)(NSCG_CLONE_NEWTIME | NSCG_CLONE_NEWPID);
         if (ns)
             STEP(c, NSCG_STAGE_UNSHARE, -1, "unshare", unshare((int)ns));
         if (p->flags & NSCG_F_WAIT_PARENT) {
@@ -278,11 +295,23 @@ void nscg_child_main(const struct nscg_plan *p)
         close(c->sync_fd);
         c->sync_fd = -1;
     }
-    /* the pid namespace we joined or unshared applies to children only */
-    if (p->flags & NSCG_F_FORK_PIDNS)
-        fork_payload(c);
+    /* A pid namespace (new or joined) applies to children only: fork the
+     * process that lives on, as a child of the caller (CLONE_PARENT), and
+     * leave. This first child shares the caller's memory (CLONE_VM) and must
+     * never outlive the spawn; the fork gets a private copy. */
+    if (p->flags & NSCG_F_FORK_PIDNS) {
+        pid_t g;
+        if (p->ns_new & NSCG_CLONE_NEWPID)
+            STEP(c, NSCG_STAGE_UNSHARE, -1, "unshare", unshare(CLONE_NEWPID));
+        STEP(c, NSCG_STAGE_FORK, -1, "clone", g = nscg_raw_fork(CLONE_PARENT));
+        if (g > 0) {
+            __atomic_store_n(&p->shared->init_pid, g, __ATOMIC_RELEASE);
+            _exit(0);
+        }
+        set_pdeathsig(c); /* the new process's parent is the caller */
+    }
 
-    /* 3. namespace-wide setup, done once (by pid 1 when there is one) */
+    /* namespace-wide setup, done once (by pid 1 when there is one) */
     if (p->hostname)
         STEP(c, NSCG_STAGE_HOSTNAME, -1, "sethostname",
              sethostname(p->hostname, cstrlen(p->hostname)));
@@ -297,11 +326,26 @@ void nscg_child_main(const struct nscg_plan *p)
             write_file(c, NSCG_STAGE_TIMENS, "/proc/self/timens_offsets", p->timens_offsets);
     }
 
-    /* 4. pid 1 stays behind as init; the payload goes on. A new time
-     * namespace is entered by the fork, or else by execve. */
-    if (p->flags & NSCG_F_INIT)
-        fork_payload(c);
-    /* 5. the payload's own process attributes */
+    /* pid 1 stays behind as init; the payload goes on. A new time namespace
+     * is entered by the payload's creation, or else by execve. */
+    if (p->flags & NSCG_F_INIT) {
+        pid_t payload;
+        if (injected(c, NSCG_STAGE_FORK, -1))
+            fail(c, NSCG_STAGE_FORK, p->fail_errno, -1, "clone3");
+        payload = start_payload(c);
+        if (payload < 0)
+            fail(c, NSCG_STAGE_FORK, -payload, -1, "clone3");
+        nscg_reaper(p, payload, &c->oldmask);
+    }
+    payload_steps(c);
+}
+
+/* The payload's own process attributes, then execve. */
+static void payload_steps(struct child_ctx *c)
+{
+    const struct nscg_plan *p = c->p;
+    if (p->flags & NSCG_F_SETSID)
+        STEP(c, NSCG_STAGE_SETSID, -1, "setsid", setsid());
     for (int i = 0; i < p->n_rlimits; i++) {
         struct rlimit64 rl = {.rlim_cur = p->rlimits[i].cur, .rlim_max = p->rlimits[i].max};
         STEP(c, NSCG_STAGE_RLIMITS, i, "setrlimit", setrlimit64(p->rlimits[i].resource, &rl));

@@ -33,8 +33,24 @@ __attribute__((noreturn)) void nscg_child_main(const struct nscg_plan *plan);
 __attribute__((noreturn)) void nscg_reaper(const struct nscg_plan *plan, pid_t payload,
                                            const sigset_t *oldmask);
 
+struct nscg_clone_args {
+    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
+        set_tid, set_tid_size, cgroup;
+};
+
+#ifndef CLONE_PIDFD
+#define CLONE_PIDFD 0x00001000
+#endif
+#ifndef CLONE_INTO_CGROUP
+#define CLONE_INTO_CGROUP 0x200000000ULL
+#endif
+
+/* trampoline.c: clone3 with args->stack set; the child runs fn(arg) there.
+ * Returns the child's pid, or -errno (-ENOSYS where there is no clone3). */
+long nscg_clone3_run(struct nscg_clone_args *args, void (*fn)(void *), void *arg);
+
 /* A fork(2) that bypasses glibc's fork wrapper (no atfork handlers, no lock
  * juggling): safe in a child created by a raw clone. Returns as fork(). */
-pid_t nscg_raw_fork(void);
+pid_t nscg_raw_fork(unsigned long extra_flags);
 
 #endif

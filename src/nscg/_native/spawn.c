@@ -10,22 +10,11 @@
  */
 #include "nscg.h"
 
-#include <linux/sched.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
-
-#ifndef CLONE_PIDFD
-#define CLONE_PIDFD 0x00001000
-#endif
-#ifndef CLONE_INTO_CGROUP
-#define CLONE_INTO_CGROUP 0x200000000ULL
-#endif
-
-struct nscg_clone_args {
-    uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
-        set_tid, set_tid_size, cgroup;
-};
+#include <sys/mman.h>
 
 static atomic_int clone3_state; /* 0 unknown, 1 works, -1 ENOSYS */
 
@@ -45,13 +34,49 @@ static void set_out_err(struct nscg_spawn_out *out, int err, uint32_t stage, con
     out->syscall[sizeof out->syscall - 1] = 0;
 }
 
-/* Runs in a spawner thread (or the caller's thread). Fills out. */
+/* The child's stack: it shares our memory (CLONE_VM) until it execs or
+ * exits, so it gets a region of its own with a guard page below. Released by
+ * the caller once the child is past execve (nscg_release_stack). */
+#define NSCG_CHILD_STACK (256 * 1024)
+
+static void *stack_alloc(size_t *size)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    *size = NSCG_CHILD_STACK;
+    void *p = mmap(NULL, *size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
+                   -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    if (mprotect(p, page, PROT_NONE) < 0) {
+        munmap(p, *size);
+        return NULL;
+    }
+    return p;
+}
+
+static void child_entry(void *plan) { nscg_child_main(plan); }
+
+static int child_entry_int(void *plan)
+{
+    nscg_child_main(plan);
+    return NSCG_CHILD_FAILED;
+}
+
+/* Runs in a spawner thread (or the caller's thread). Fills out.
+ *
+ * The child is created with CLONE_VM: no copy of the (large) Python address
+ * space, as vfork does for subprocess. It runs on its own stack, reads only
+ * the plan, and either execs, or exits after forking the process that will
+ * live on (pid 1 of a new pid namespace, with a private copy of memory). */
 static void do_clone(const struct nscg_plan *plan, struct nscg_spawn_out *out)
 {
     uint64_t ns = (plan->flags & NSCG_F_UNSHARE_LATE) ? 0 : plan->ns_new;
-    ns &= ~(uint64_t)NSCG_CLONE_NEWTIME; /* always unshared by the child */
+    /* a new pid namespace is unshared by the child and entered by a fork;
+     * a new time namespace is unshared by the child (offsets come first) */
+    ns &= ~(uint64_t)(NSCG_CLONE_NEWTIME | NSCG_CLONE_NEWPID);
     int pidfd = -1;
     long pid = -1;
+    size_t size = 0;
 
     out->pid = -1;
     out->pidfd = -1;
@@ -60,45 +85,48 @@ static void do_clone(const struct nscg_plan *plan, struct nscg_spawn_out *out)
         set_out_err(out, plan->fail_errno, NSCG_STAGE_CLONE, "clone3");
         return;
     }
+    void *stack = stack_alloc(&size);
+    if (!stack) {
+        set_out_err(out, errno, NSCG_STAGE_CLONE, "mmap");
+        return;
+    }
+    out->stack_addr = (uint64_t)(uintptr_t)stack;
+    out->stack_size = size;
 
     if (!(plan->flags & NSCG_F_FORCE_CLONE_FALLBACK) && atomic_load(&clone3_state) >= 0) {
         struct nscg_clone_args args;
         memset(&args, 0, sizeof args);
-        args.flags = ns | CLONE_PIDFD;
+        args.flags = ns | CLONE_PIDFD | CLONE_VM;
         args.pidfd = (uint64_t)(uintptr_t)&pidfd;
         args.exit_signal = SIGCHLD;
+        args.stack = (uint64_t)(uintptr_t)stack;
+        args.stack_size = size;
         if (plan->cgroup_fd >= 0) {
             args.flags |= CLONE_INTO_CGROUP;
             args.cgroup = (uint64_t)plan->cgroup_fd;
         }
-        pid = syscall(SYS_clone3, &args, sizeof args);
-        if (pid == 0)
-            nscg_child_main(plan);
+        pid = nscg_clone3_run(&args, child_entry, (void *)plan);
         if (pid > 0) {
             atomic_store(&clone3_state, 1);
             out->pid = (int32_t)pid;
             out->pidfd = pidfd;
             return;
         }
-        if (errno != ENOSYS) {
-            set_out_err(out, errno, NSCG_STAGE_CLONE, "clone3");
+        if (pid != -ENOSYS) {
+            set_out_err(out, (int)-pid, NSCG_STAGE_CLONE, "clone3");
             return;
         }
         atomic_store(&clone3_state, -1);
     }
-    if (plan->cgroup_fd >= 0) {
-        /* The caller places the child through cgroup.procs instead; it must
-         * have asked the child to wait (NSCG_F_WAIT_PARENT). */
-        if (!(plan->flags & NSCG_F_WAIT_PARENT)) {
-            set_out_err(out, EINVAL, NSCG_STAGE_CLONE, "clone");
-            return;
-        }
+    if (plan->cgroup_fd >= 0 && !(plan->flags & NSCG_F_WAIT_PARENT)) {
+        /* without clone3 the caller places the child through cgroup.procs,
+         * which needs the child to wait for it */
+        set_out_err(out, EINVAL, NSCG_STAGE_CLONE, "clone");
+        return;
     }
-    /* clone(2): flags, stack, parent_tid, child_tid, tls (x86_64 order);
-     * with CLONE_PIDFD the pidfd is stored through parent_tid. */
-    pid = syscall(SYS_clone, (unsigned long)(ns | CLONE_PIDFD | SIGCHLD), 0UL, &pidfd, 0UL, 0UL);
-    if (pid == 0)
-        nscg_child_main(plan);
+    /* glibc's clone(): the legacy call, stores the pidfd through parent_tid */
+    pid = clone(child_entry_int, (char *)stack + size, (int)(ns | CLONE_PIDFD | CLONE_VM | SIGCHLD),
+                (void *)plan, &pidfd, NULL, NULL);
     if (pid < 0) {
         set_out_err(out, errno, NSCG_STAGE_CLONE, "clone");
         return;
@@ -212,6 +240,7 @@ static void release_spawner(struct spawner *s)
 int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
 {
     memset(out, 0, sizeof *out);
+    out->stack_addr = 0;
     out->pid = -1;
     out->pidfd = -1;
     if (plan->abi != NSCG_ABI_VERSION) {

@@ -1,6 +1,7 @@
 /* Small syscall wrappers used by the parent: waiting with rusage, pidfds. */
 #include "nscg.h"
 
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 
@@ -12,13 +13,16 @@ uint32_t nscg_abi_version(void) { return NSCG_ABI_VERSION; }
 
 const char *nscg_build_hash(void) { return NSCG_BUILD_HASH; }
 
-pid_t nscg_raw_fork(void)
+pid_t nscg_raw_fork(unsigned long extra_flags)
 {
-#if defined(__x86_64__) || defined(__aarch64__) || defined(__i386__) || defined(__arm__)
-    return (pid_t)syscall(SYS_clone, (unsigned long)SIGCHLD, 0UL, 0UL, 0UL, 0UL);
-#else
-    return (pid_t)syscall(SYS_clone, (unsigned long)SIGCHLD, 0UL, 0UL, 0UL, 0UL);
-#endif
+    /* no new stack: the child goes on with a copy of this one */
+    return (pid_t)syscall(SYS_clone, extra_flags | (unsigned long)SIGCHLD, 0UL, 0UL, 0UL, 0UL);
+}
+
+void nscg_release_stack(uint64_t addr, uint64_t size)
+{
+    if (addr)
+        munmap((void *)(uintptr_t)addr, (size_t)size);
 }
 
 int nscg_wait(int pidfd, int options, struct nscg_wait_out *out)
