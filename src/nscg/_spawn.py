@@ -576,9 +576,9 @@ def spawn(
             if child is not None:
                 child.kill_and_reap()
         lib.nscg_release_stack(*stack)
-        for fd in parent_ends:
-            if fd is not None:
-                os.close(fd)
+        for end in parent_ends:
+            if end is not None:
+                os.close(end)
         if shared is not None:
             shared.close()
         raise
