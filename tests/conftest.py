@@ -116,6 +116,7 @@ def _no_leaks_per_module() -> Iterator[None]:
     import nscg._spawn as sp
 
     sp._own_pidfd()  # opened once per process, on purpose
+    sp._init_fd()
     fds, kids, mounts = open_fds(), set(children()), mount_count()
     yield
     import gc

@@ -36,6 +36,7 @@ STDOUT = -2
 _REC = struct.Struct("=IIii24s")
 _self_pidfd: tuple[int, int] = (-1, -1)  # (pid, fd): our own pidfd, for the pdeathsig race
 _self_pidfd_lock = threading.Lock()
+_init_fd_cache: tuple[int, int] = (-1, -1)
 
 
 def which(name: str, path: str | None = None) -> str | None:
@@ -45,6 +46,18 @@ def which(name: str, path: str | None = None) -> str | None:
         if os.path.isfile(cand) and os.access(cand, os.X_OK):
             return cand
     return None
+
+
+def _init_fd() -> int:
+    """An O_PATH fd of nscg-init, opened once per process (exec'd by fd in the sandbox)."""
+    global _init_fd_cache
+    pid = os.getpid()
+    with _self_pidfd_lock:
+        if _init_fd_cache[0] != pid:
+            from nscg._native import INIT_PATH
+
+            _init_fd_cache = (pid, os.open(INIT_PATH, os.O_PATH | os.O_CLOEXEC))
+        return _init_fd_cache[1]
 
 
 def _own_pidfd() -> int:
@@ -299,6 +312,8 @@ class _Plan:
         self.plan.parent_pidfd = -1
         self.plan.err_fd = -1
         self.plan.sync_fd = -1
+        self.plan.status_fd = -1
+        self.plan.init_fd = -1
         self.plan.fail_stage = -1
         self.plan.fail_index = -1
 
@@ -501,10 +516,18 @@ def spawn(
         else:
             flags |= lib.NSCG_F_NO_SPAWNER_THREAD
         if flags & lib.NSCG_F_FORK_PIDNS:
-            shared = mmap.mmap(-1, mmap.PAGESIZE)
+            # a page the first child writes the new pid to, and nscg-init
+            # the payload's wait status (it survives the init's execve)
+            memfd = os.memfd_create("nscg-status", os.MFD_CLOEXEC)
+            fds.child_side.append(memfd)
+            os.ftruncate(memfd, mmap.PAGESIZE)
+            shared = mmap.mmap(memfd, mmap.PAGESIZE)
             shared_buf = ffi.from_buffer(shared)
             plan.shared = ffi.cast("struct nscg_shared *", shared_buf)
             plan.shared.abi = lib.NSCG_ABI_VERSION
+            plan.status_fd = memfd
+            if flags & lib.NSCG_F_INIT:
+                plan.init_fd = _init_fd()
         plan.flags = flags
         plan.ns_new = int(ns)
 

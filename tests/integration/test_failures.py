@@ -22,7 +22,7 @@ REACHABLE = {
     Stage.SETSID: "setsid",
     Stage.WAIT_PARENT: "read",
     Stage.UNSHARE: "unshare",
-    Stage.FORK: "clone",
+    Stage.FORK: "clone3",
     Stage.HOSTNAME: "sethostname",
     Stage.DOMAINNAME: "setdomainname",
     Stage.LOOPBACK: "socket",
@@ -127,3 +127,12 @@ def test_pass_fds_reach_the_payload() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_init_exec_failure_kills_the_started_payload() -> None:
+    fds, kids = open_fds(), set(children())
+    with pytest.raises(nscg.SpawnError) as ei:
+        spawn(Container(), ["sleep", "100"], _fault=(Stage.FORK, errno.ENOEXEC, 1))
+    assert (ei.value.stage, ei.value.op_index, ei.value.syscall) == (Stage.FORK, 1, "execveat")
+    assert open_fds() == fds
+    assert set(children()) == kids

@@ -7,6 +7,7 @@ missing or was built from other C sources than the ones beside it.
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 try:
@@ -17,10 +18,12 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
         "reinstall with `pip install .` (or `pip install -e .`)"
     ) from exc
 
-__all__ = ["ffi", "lib", "check_build"]
+__all__ = ["INIT_PATH", "check_build", "ffi", "lib"]
 
 EXPECTED_ABI = 2
-_SOURCES = ["abi.h", "child.c", "nscg.h", "reaper.c", "spawn.c", "trampoline.c", "util.c"]
+_SOURCES = ["abi.h", "child.c", "init.c", "nscg.h", "spawn.c", "trampoline.c", "util.c"]
+#: pid 1 of a sandbox's pid namespace, built by setup.py beside the extension
+INIT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nscg-init")
 
 
 def _source_hash(here: Path) -> str | None:
@@ -46,6 +49,11 @@ def check_build() -> None:
         raise ImportError(
             f"nscg's C extension has ABI {abi} but the Python code expects {EXPECTED_ABI}: "
             "the build is stale, rebuild it with `pip install .` (or `pip install -e .`)"
+        )
+    if not os.access(INIT_PATH, os.X_OK):
+        raise ImportError(
+            f"nscg's init helper {INIT_PATH} is missing: the build is incomplete, "
+            "rebuild it with `pip install .` (or `pip install -e .`)"
         )
     built = ffi.string(lib.nscg_build_hash()).decode()
     current = _source_hash(Path(__file__).resolve().parent)

@@ -1,4 +1,7 @@
-"""Typed stub of the compiled cffi module ``nscg._native._nscg`` (generated from abi.h; a unit test keeps it in sync)."""
+"""Typed stub of the compiled cffi module ``nscg._native._nscg``.
+
+Generated from abi.h; a unit test keeps it in sync.
+"""
 
 from typing import Any, Final
 

@@ -85,8 +85,9 @@ struct nscg_join {
     uint32_t nstype;
 };
 
-/* Written by an init or forwarder process (pid 1 / the nsenter-style shim)
- * into a MAP_SHARED page that the parent reads after reaping it. */
+/* A page of a memfd the parent has mapped: the first child writes the pid of
+ * the process it forked into the pid namespace; nscg-init writes has_status
+ * and the payload's raw wait status (offset 4) before it exits. */
 struct nscg_shared {
     uint32_t abi;
     uint32_t has_status;
@@ -134,6 +135,10 @@ struct nscg_plan {
     const uint32_t *groups;
     const struct nscg_rlimit *rlimits;
     struct nscg_shared *shared;
+    int32_t status_fd;
+    int32_t init_fd;
+    uint64_t aux_stacks;
+    uint64_t aux_stack_size;
     int32_t fail_stage;
     int32_t fail_errno;
     int32_t fail_index;

@@ -14,8 +14,9 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["spawn.c", "child.c", "reaper.c", "trampoline.c", "util.c"]
-HEADERS = ["abi.h", "nscg.h"]
+SOURCES = ["spawn.c", "child.c", "trampoline.c", "util.c"]
+#: hashed too: init.c is built into nscg-init by setup.py
+HEADERS = ["abi.h", "nscg.h", "init.c"]
 
 
 def source_hash() -> str:

@@ -25,7 +25,9 @@ struct child_ctx {
     int err_fd;
     int sync_fd;
     int parent_pidfd;
-    int forked; /* the payload's parent is our own reaper */
+    int status_fd;
+    int init_fd;
+    int forked; /* the payload's parent is the sandbox's init */
     sigset_t oldmask;
 };
 
@@ -126,6 +128,14 @@ static void setup_fds(struct child_ctx *c)
         STEP(c, NSCG_STAGE_FDS, -1, "fcntl", c->parent_pidfd = dup_above(c->parent_pidfd, floor));
         keep[nkeep++] = c->parent_pidfd;
     }
+    if (c->status_fd >= 0) {
+        STEP(c, NSCG_STAGE_FDS, -1, "fcntl", c->status_fd = dup_above(c->status_fd, floor));
+        keep[nkeep++] = c->status_fd;
+    }
+    if (c->init_fd >= 0) {
+        STEP(c, NSCG_STAGE_FDS, -1, "fcntl", c->init_fd = dup_above(c->init_fd, floor));
+        keep[nkeep++] = c->init_fd;
+    }
     for (int i = 0; i < p->n_fdmap; i++)
         STEP(c, NSCG_STAGE_FDS, i, "fcntl", scratch[i] = dup_above(p->fdmap[i].src, floor));
     for (int i = 0; i < p->n_join; i++) {
@@ -212,37 +222,117 @@ static void set_pdeathsig(struct child_ctx *c)
     }
 }
 
-/* The payload of an init: pid 2, started with CLONE_VM | CLONE_VFORK (the
- * init is suspended until the payload has exec'd or failed, so it can run on
- * this stack in the init's own, private copy of memory). */
-static char payload_stack[128 * 1024] __attribute__((aligned(64)));
+/* The extra stacks: the parent mapped them below the first child's own.
+ * Stack 0 is for the process forked into the pid namespace, stack 1 for the
+ * payload started by the init. */
+static void *aux_stack(const struct nscg_plan *p, int i)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    return (char *)(uintptr_t)p->aux_stacks + page + (size_t)i * (p->aux_stack_size + page);
+}
+
+/* Start fn on aux stack i, sharing memory, with the caller suspended until
+ * the new task has exec'd or exited (CLONE_VM | CLONE_VFORK). */
+static long start_on_stack(const struct nscg_plan *p, int i, unsigned long extra,
+                           void (*fn)(void *), void *arg)
+{
+    struct nscg_clone_args args;
+    memset(&args, 0, sizeof args);
+    args.flags = CLONE_VM | CLONE_VFORK | extra;
+    /* with CLONE_PARENT the child inherits our exit signal; clone3 wants 0 */
+    args.exit_signal = (extra & CLONE_PARENT) ? 0 : SIGCHLD;
+    args.stack = (uint64_t)(uintptr_t)aux_stack(p, i);
+    args.stack_size = p->aux_stack_size;
+    long pid = nscg_clone3_run(&args, fn, arg);
+    if (pid == -ENOSYS) {
+        pid = clone((int (*)(void *))(void *)fn, (char *)args.stack + args.stack_size,
+                    (int)(CLONE_VM | CLONE_VFORK | extra | SIGCHLD), arg);
+        if (pid < 0)
+            pid = -errno;
+    }
+    return pid;
+}
 
 static void payload_steps(struct child_ctx *c) __attribute__((noreturn));
 
 static void payload_entry(void *arg)
 {
-    struct child_ctx *c = arg;
+    struct child_ctx ctx = *(struct child_ctx *)arg, *c = &ctx;
     c->forked = 1;
     STEP(c, NSCG_STAGE_PDEATHSIG, -1, "prctl", prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0));
     payload_steps(c);
 }
 
-static pid_t start_payload(struct child_ctx *c)
+static char *utoa(char *end, unsigned long v)
 {
-    struct nscg_clone_args args;
-    memset(&args, 0, sizeof args);
-    args.flags = CLONE_VM | CLONE_VFORK;
-    args.exit_signal = SIGCHLD;
-    args.stack = (uint64_t)(uintptr_t)payload_stack;
-    args.stack_size = sizeof payload_stack;
-    long pid = nscg_clone3_run(&args, payload_entry, c);
-    if (pid == -ENOSYS) {
-        pid = clone((int (*)(void *))(void *)payload_entry, payload_stack + sizeof payload_stack,
-                    CLONE_VM | CLONE_VFORK | SIGCHLD, c);
-        if (pid < 0)
-            pid = -errno;
+    *--end = 0;
+    do {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return end;
+}
+
+/* Become nscg-init (pid 1): the payload is already running. */
+static void exec_init(struct child_ctx *c, pid_t payload)
+{
+    char pidbuf[24], fdbuf[24];
+    int sfd = -1;
+    if (c->status_fd >= 0) /* the init keeps it: not close-on-exec */
+        STEP(c, NSCG_STAGE_FORK, -1, "fcntl", sfd = fcntl(c->status_fd, F_DUPFD, 3));
+    char *argv[] = {"nscg-init", utoa(pidbuf + sizeof pidbuf, (unsigned long)payload),
+                    sfd >= 0 ? utoa(fdbuf + sizeof fdbuf, (unsigned long)sfd) : "-1", NULL};
+    char *envp[] = {NULL};
+    if (!injected(c, NSCG_STAGE_FORK, 1))
+        syscall(SYS_execveat, c->init_fd, "", argv, envp, AT_EMPTY_PATH);
+    int err = injected(c, NSCG_STAGE_FORK, 1) ? c->p->fail_errno : errno;
+    kill(payload, SIGKILL);
+    fail(c, NSCG_STAGE_FORK, err, 1, "execveat");
+}
+
+/* Namespace-wide setup, done once, by the process that becomes pid 1 (or the
+ * payload itself when there is no new pid namespace). */
+static void setup_namespaces(struct child_ctx *c)
+{
+    const struct nscg_plan *p = c->p;
+    if (p->hostname)
+        STEP(c, NSCG_STAGE_HOSTNAME, -1, "sethostname",
+             sethostname(p->hostname, cstrlen(p->hostname)));
+    if (p->domainname)
+        STEP(c, NSCG_STAGE_DOMAINNAME, -1, "setdomainname",
+             setdomainname(p->domainname, cstrlen(p->domainname)));
+    if (p->flags & NSCG_F_LOOPBACK)
+        loopback_up(c);
+    if (p->flags & NSCG_F_NEWTIME) {
+        STEP(c, NSCG_STAGE_TIMENS, -1, "unshare", unshare(CLONE_NEWTIME));
+        if (p->timens_offsets)
+            write_file(c, NSCG_STAGE_TIMENS, "/proc/self/timens_offsets", p->timens_offsets);
     }
-    return (pid_t)pid;
+}
+
+/* After setup: start the payload, then become the init if there is one. A
+ * new time namespace is entered by the payload's creation, or by execve. */
+static void finish(struct child_ctx *c)
+{
+    setup_namespaces(c);
+    if (c->p->flags & NSCG_F_INIT) {
+        long payload;
+        if (injected(c, NSCG_STAGE_FORK, 0))
+            fail(c, NSCG_STAGE_FORK, c->p->fail_errno, 0, "clone3");
+        payload = start_on_stack(c->p, 1, 0, payload_entry, c);
+        if (payload < 0)
+            fail(c, NSCG_STAGE_FORK, (int)-payload, 0, "clone3");
+        exec_init(c, (pid_t)payload);
+    }
+    payload_steps(c);
+}
+
+/* The process forked into the pid namespace: a child of the caller. */
+static void pidns_entry(void *arg)
+{
+    struct child_ctx ctx = *(struct child_ctx *)arg, *c = &ctx;
+    set_pdeathsig(c);
+    finish(c);
 }
 
 void nscg_child_main(const struct nscg_plan *p)
@@ -252,11 +342,13 @@ void nscg_child_main(const struct nscg_plan *p)
     c->err_fd = p->err_fd;
     c->sync_fd = p->sync_fd;
     c->parent_pidfd = p->parent_pidfd;
+    c->status_fd = p->status_fd;
+    c->init_fd = p->init_fd;
     c->forked = 0;
     sigemptyset(&c->oldmask);
 
-    /* 1. signals: every handler back to default; the mask stays full (the
-     * spawner blocked everything) until right before execve. */
+    /* signals: every handler back to default; the mask stays full (the
+     * spawner blocked everything) until right before execve */
     {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
@@ -274,14 +366,12 @@ void nscg_child_main(const struct nscg_plan *p)
     if ((p->flags & NSCG_F_WAIT_PARENT) && !(p->flags & NSCG_F_UNSHARE_LATE))
         wait_parent(c);
 
-    /* 2. join existing namespaces (user first: the parent ordered them) */
+    /* join existing namespaces (user first: the parent ordered them) */
     for (int i = 0; i < p->n_join; i++)
         STEP(c, NSCG_STAGE_SETNS, i, "setns",
              setns(p->scratch[p->n_fdmap + i], (int)p->joins[i].nstype));
-    if (p->n_join > 0) {
-        for (int i = 0; i < p->n_join; i++)
-            close(p->scratch[p->n_fdmap + i]);
-    }
+    for (int i = 0; i < p->n_join; i++)
+        close(p->scratch[p->n_fdmap + i]);
     if (p->flags & NSCG_F_UNSHARE_LATE) {
         uint64_t ns = p->ns_new & ~(uint64_t)(NSCG_CLONE_NEWTIME | NSCG_CLONE_NEWPID);
         if (ns)
@@ -295,49 +385,24 @@ void nscg_child_main(const struct nscg_plan *p)
         close(c->sync_fd);
         c->sync_fd = -1;
     }
-    /* A pid namespace (new or joined) applies to children only: fork the
-     * process that lives on, as a child of the caller (CLONE_PARENT), and
-     * leave. This first child shares the caller's memory (CLONE_VM) and must
-     * never outlive the spawn; the fork gets a private copy. */
+
+    /* A pid namespace (new or joined) applies to children only: start the
+     * process that lives on there, as a child of the caller (CLONE_PARENT),
+     * then leave. This first child shares the caller's memory (CLONE_VM)
+     * and runs on a stack of its own; so does the new one, until it execs. */
     if (p->flags & NSCG_F_FORK_PIDNS) {
-        pid_t g;
+        long g;
         if (p->ns_new & NSCG_CLONE_NEWPID)
             STEP(c, NSCG_STAGE_UNSHARE, -1, "unshare", unshare(CLONE_NEWPID));
-        STEP(c, NSCG_STAGE_FORK, -1, "clone", g = nscg_raw_fork(CLONE_PARENT));
-        if (g > 0) {
-            __atomic_store_n(&p->shared->init_pid, g, __ATOMIC_RELEASE);
-            _exit(0);
-        }
-        set_pdeathsig(c); /* the new process's parent is the caller */
-    }
-
-    /* namespace-wide setup, done once (by pid 1 when there is one) */
-    if (p->hostname)
-        STEP(c, NSCG_STAGE_HOSTNAME, -1, "sethostname",
-             sethostname(p->hostname, cstrlen(p->hostname)));
-    if (p->domainname)
-        STEP(c, NSCG_STAGE_DOMAINNAME, -1, "setdomainname",
-             setdomainname(p->domainname, cstrlen(p->domainname)));
-    if (p->flags & NSCG_F_LOOPBACK)
-        loopback_up(c);
-    if (p->flags & NSCG_F_NEWTIME) {
-        STEP(c, NSCG_STAGE_TIMENS, -1, "unshare", unshare(CLONE_NEWTIME));
-        if (p->timens_offsets)
-            write_file(c, NSCG_STAGE_TIMENS, "/proc/self/timens_offsets", p->timens_offsets);
-    }
-
-    /* pid 1 stays behind as init; the payload goes on. A new time namespace
-     * is entered by the payload's creation, or else by execve. */
-    if (p->flags & NSCG_F_INIT) {
-        pid_t payload;
         if (injected(c, NSCG_STAGE_FORK, -1))
             fail(c, NSCG_STAGE_FORK, p->fail_errno, -1, "clone3");
-        payload = start_payload(c);
-        if (payload < 0)
-            fail(c, NSCG_STAGE_FORK, -payload, -1, "clone3");
-        nscg_reaper(p, payload, &c->oldmask);
+        g = start_on_stack(p, 0, CLONE_PARENT, pidns_entry, c);
+        if (g < 0)
+            fail(c, NSCG_STAGE_FORK, (int)-g, -1, "clone3");
+        __atomic_store_n(&p->shared->init_pid, (int32_t)g, __ATOMIC_RELEASE);
+        _exit(0);
     }
-    payload_steps(c);
+    finish(c);
 }
 
 /* The payload's own process attributes, then execve. */

@@ -28,11 +28,6 @@
 /* child.c: the code between clone and execve. Never returns. */
 __attribute__((noreturn)) void nscg_child_main(const struct nscg_plan *plan);
 
-/* reaper.c: pid 1 of a new pid namespace, or the forwarder that sits between
- * the caller and a payload forked into a joined pid namespace. */
-__attribute__((noreturn)) void nscg_reaper(const struct nscg_plan *plan, pid_t payload,
-                                           const sigset_t *oldmask);
-
 struct nscg_clone_args {
     uint64_t flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, tls,
         set_tid, set_tid_size, cgroup;

@@ -34,22 +34,28 @@ static void set_out_err(struct nscg_spawn_out *out, int err, uint32_t stage, con
     out->syscall[sizeof out->syscall - 1] = 0;
 }
 
-/* The child's stack: it shares our memory (CLONE_VM) until it execs or
- * exits, so it gets a region of its own with a guard page below. Released by
- * the caller once the child is past execve (nscg_release_stack). */
-#define NSCG_CHILD_STACK (256 * 1024)
+/* The children's stacks: they share our memory (CLONE_VM) until they exec or
+ * exit, so each gets a region of its own, with a guard page below:
+ *   [guard][aux 0][guard][aux 1][guard][first child]
+ * aux 0 is for the process started in a pid namespace, aux 1 for the payload
+ * started by an init. Released by the caller once every child that used them
+ * is past execve or gone (nscg_release_stack). */
+#define NSCG_CHILD_STACK (128 * 1024)
 
-static void *stack_alloc(size_t *size)
+static void *stack_alloc(size_t *total)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    *size = NSCG_CHILD_STACK;
-    void *p = mmap(NULL, *size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK,
-                   -1, 0);
+    size_t slot = NSCG_CHILD_STACK + page;
+    *total = 3 * slot;
+    char *p = mmap(NULL, *total, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED)
         return NULL;
-    if (mprotect(p, page, PROT_NONE) < 0) {
-        munmap(p, *size);
-        return NULL;
+    for (int i = 0; i < 3; i++) {
+        if (mprotect(p + (size_t)i * slot, page, PROT_NONE) < 0) {
+            munmap(p, *total);
+            return NULL;
+        }
     }
     return p;
 }
@@ -85,13 +91,24 @@ static void do_clone(const struct nscg_plan *plan, struct nscg_spawn_out *out)
         set_out_err(out, plan->fail_errno, NSCG_STAGE_CLONE, "clone3");
         return;
     }
-    void *stack = stack_alloc(&size);
-    if (!stack) {
+    void *region = stack_alloc(&size);
+    if (!region) {
         set_out_err(out, errno, NSCG_STAGE_CLONE, "mmap");
         return;
     }
-    out->stack_addr = (uint64_t)(uintptr_t)stack;
+    out->stack_addr = (uint64_t)(uintptr_t)region;
     out->stack_size = size;
+    {
+        /* the plan is the caller's memory, handed to us for this call */
+        struct nscg_plan *wp = (struct nscg_plan *)(uintptr_t)plan;
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        wp->aux_stacks = (uint64_t)(uintptr_t)region;
+        wp->aux_stack_size = NSCG_CHILD_STACK;
+        /* the first child's stack: the last slot */
+        region = (char *)region + 2 * (NSCG_CHILD_STACK + page) + page;
+        size = NSCG_CHILD_STACK;
+    }
+    void *stack = region;
 
     if (!(plan->flags & NSCG_F_FORCE_CLONE_FALLBACK) && atomic_load(&clone3_state) >= 0) {
         struct nscg_clone_args args;
