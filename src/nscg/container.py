@@ -13,7 +13,9 @@ from nscg.errors import SpecError
 from nscg.namespaces import IdMap, Namespace, NamespaceRef, TimeOffsets, check_id_maps
 
 if TYPE_CHECKING:
+    from nscg.capabilities import Capabilities
     from nscg.process import Process, Result
+    from nscg.seccomp import Seccomp
 
 __all__ = ["DEFAULT_PATH", "Container", "Rlimit"]
 
@@ -89,6 +91,11 @@ def _tuple_rlimits(value: Iterable[Rlimit]) -> tuple[Rlimit, ...]:
     return tuple(value)
 
 
+def _seccomp_check(_inst: object, _attr: object, value: object) -> None:
+    if isinstance(value, str) and value not in ("default", "unconfined"):
+        raise SpecError(f"seccomp must be a Seccomp, 'default' or 'unconfined', got {value!r}")
+
+
 def _ns_conv(value: Any) -> Namespace:
     return Namespace.parse(value)
 
@@ -136,8 +143,9 @@ class Container:
 
     The default is a sandbox in new user, pid, mount, net, uts, ipc and cgroup
     namespaces, with the caller mapped to root inside, a minimal init as pid 1,
-    the hostname ``nscg``, only ``lo`` (up) as network, a new session, no new
-    privileges, a minimal environment, and death with the calling process.
+    the hostname ``nscg``, only ``lo`` (up) as network, no capabilities,
+    Docker's default seccomp profile, no new privileges, a new session, a
+    minimal environment, and death with the calling process.
 
     Example:
         >>> import nscg
@@ -162,7 +170,12 @@ class Container:
         no_new_privs: set ``PR_SET_NO_NEW_PRIVS`` (on by default).
         die_with_parent: kill the sandbox when the calling process dies.
         new_session: start the payload in a new session (no controlling tty).
-        rootfs, cgroup, capabilities, seccomp: filled in by their own modules.
+        capabilities: the payload's capability sets (None: none at all, as
+            :meth:`nscg.capabilities.Capabilities.none`).
+        seccomp: a :class:`nscg.seccomp.Seccomp` filter, ``"default"`` (Docker's
+            default profile for the capabilities kept, with ``ptrace`` refused
+            too) or ``"unconfined"``.
+        rootfs, cgroup: filled in by their own modules.
     """
 
     namespaces: Namespace = attrs.field(default=Namespace.ALL, converter=_ns_conv)
@@ -182,10 +195,10 @@ class Container:
     no_new_privs: bool = True
     die_with_parent: bool = True
     new_session: bool = True
+    capabilities: Capabilities | None = None
+    seccomp: Seccomp | str = attrs.field(default="default", validator=_seccomp_check)
     rootfs: Any = None
     cgroup: Any = None
-    capabilities: Any = None
-    seccomp: Any = None
 
     # ------------------------------------------------------------ builders
     def with_namespaces(self, namespaces: Namespace | str | Iterable[str | Namespace]) -> Container:
@@ -256,6 +269,14 @@ class Container:
         lim = Rlimit.of(res, soft, hard)
         rest = tuple(r for r in self.rlimits if r.resource != lim.resource)
         return attrs.evolve(self, rlimits=(*rest, lim))
+
+    def with_capabilities(self, caps: Capabilities | None) -> Container:
+        """Give the payload these capability sets (None: none at all, the default)."""
+        return attrs.evolve(self, capabilities=caps)
+
+    def with_seccomp(self, seccomp: Seccomp | str) -> Container:
+        """Filter system calls: a Seccomp spec, ``"default"`` or ``"unconfined"``."""
+        return attrs.evolve(self, seccomp=seccomp)
 
     def with_init(self, init: bool = True) -> Container:
         """Run (or not) the minimal init as pid 1 of the new pid namespace."""
@@ -390,6 +411,16 @@ class Container:
             raise SpecError(f"cwd must be an absolute path, got {self.cwd!r}")
         if ns & joined:
             raise SpecError(f"cannot both create and join {ns & joined!r}")
+        if self.capabilities is not None:
+            self.capabilities.check_spawnable()
+        if self.seccomp != "unconfined" and not self.no_new_privs:
+            from nscg.capabilities import Capability
+
+            if self.capabilities is None or Capability.SYS_ADMIN not in self.capabilities.effective:
+                raise SpecError(
+                    "a seccomp filter without no_new_privs needs CAP_SYS_ADMIN in the "
+                    "payload's effective set; keep no_new_privs on or unconfine seccomp"
+                )
 
     # --------------------------------------------------------------- running
     def spawn(

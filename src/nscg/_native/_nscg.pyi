@@ -66,6 +66,9 @@ class _Lib:
     NSCG_HAS_CLONE3: Final[int]
     NSCG_HAS_CLONE_PIDFD: Final[int]
     NSCG_HAS_CLONE_INTO_CGROUP: Final[int]
+    NSCG_F_CAPS: Final[int]
+    NSCG_F_CAPS_BOUNDING: Final[int]
+    NSCG_F_SECCOMP: Final[int]
     def nscg_abi_version(self) -> int: ...
     def nscg_build_hash(self) -> Any: ...
     def nscg_clone_features(self) -> int: ...

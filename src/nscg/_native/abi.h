@@ -6,7 +6,7 @@
  * boundary. Bump NSCG_ABI_VERSION whenever a struct or a signature changes.
  */
 
-#define NSCG_ABI_VERSION 2
+#define NSCG_ABI_VERSION 3
 
 /* ---- stages of the child's setup (reported in struct nscg_child_error) ---- */
 #define NSCG_STAGE_NONE 0
@@ -52,6 +52,9 @@
 #define NSCG_F_FORK_PIDNS 512
 #define NSCG_F_FORCE_CLONE_FALLBACK 1024
 #define NSCG_F_NO_SPAWNER_THREAD 2048
+#define NSCG_F_CAPS 4096
+#define NSCG_F_CAPS_BOUNDING 8192
+#define NSCG_F_SECCOMP 16384
 
 /* ---- namespace flags (values of the kernel's CLONE_NEW*) ---- */
 #define NSCG_CLONE_NEWNS 131072
@@ -142,7 +145,15 @@ struct nscg_plan {
     int32_t fail_stage;
     int32_t fail_errno;
     int32_t fail_index;
-    int32_t reserved;
+    int32_t cap_last;
+    uint64_t cap_bounding;
+    uint64_t cap_permitted;
+    uint64_t cap_effective;
+    uint64_t cap_inheritable;
+    uint64_t cap_ambient;
+    const void *seccomp_filter;
+    uint32_t seccomp_len;
+    uint32_t seccomp_flags;
 };
 
 struct nscg_spawn_out {

@@ -14,6 +14,9 @@
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <grp.h>
+#include <linux/capability.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
@@ -405,6 +408,53 @@ void nscg_child_main(const struct nscg_plan *p)
     finish(c);
 }
 
+/* Capabilities, in the order man 7 capabilities requires (see
+ * nscg/capabilities.py): the bounding set first (needs CAP_SETPCAP, which
+ * the uid change and capset take away), keep-caps across the uid change,
+ * then capset, then the ambient set. */
+static void drop_bounding(struct child_ctx *c)
+{
+    const struct nscg_plan *p = c->p;
+    for (int cap = 0; cap <= p->cap_last && cap < 64; cap++) {
+        if (p->cap_bounding & (1ULL << cap))
+            continue;
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
+            fail(c, NSCG_STAGE_CAPS, errno, cap, "prctl");
+    }
+    STEP(c, NSCG_STAGE_CAPS, 0, "prctl", 0);
+}
+
+static void set_caps(struct child_ctx *c)
+{
+    const struct nscg_plan *p = c->p;
+    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    for (int i = 0; i < 2; i++) {
+        data[i].effective = (uint32_t)(p->cap_effective >> (32 * i));
+        data[i].permitted = (uint32_t)(p->cap_permitted >> (32 * i));
+        data[i].inheritable = (uint32_t)(p->cap_inheritable >> (32 * i));
+    }
+    STEP(c, NSCG_STAGE_CAPS, 1, "capset", syscall(SYS_capset, &hdr, data));
+    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
+        fail(c, NSCG_STAGE_CAPS, errno, 2, "prctl");
+    for (int cap = 0; cap <= p->cap_last && cap < 64; cap++) {
+        if (p->cap_ambient & (1ULL << cap))
+            STEP(c, NSCG_STAGE_CAPS, 2, "prctl",
+                 prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0));
+    }
+}
+
+/* The last step before execve: from here on the filter judges every call. */
+static void load_seccomp(struct child_ctx *c)
+{
+    const struct nscg_plan *p = c->p;
+    struct sock_fprog prog = {.len = (unsigned short)p->seccomp_len,
+                              .filter = (struct sock_filter *)(uintptr_t)p->seccomp_filter};
+    STEP(c, NSCG_STAGE_SECCOMP, -1, "seccomp",
+         syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, p->seccomp_flags, &prog));
+}
+
 /* The payload's own process attributes, then execve. */
 static void payload_steps(struct child_ctx *c)
 {
@@ -417,6 +467,10 @@ static void payload_steps(struct child_ctx *c)
     }
     if (p->cwd)
         STEP(c, NSCG_STAGE_CHDIR, -1, "chdir", chdir(p->cwd));
+    if (p->flags & NSCG_F_CAPS_BOUNDING)
+        drop_bounding(c);
+    if ((p->flags & NSCG_F_CAPS) && (p->flags & NSCG_F_SETID) && p->uid != 0)
+        STEP(c, NSCG_STAGE_CAPS, 3, "prctl", prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0));
     if (p->flags & NSCG_F_SETGROUPS)
         STEP(c, NSCG_STAGE_SETGROUPS, -1, "setgroups",
              syscall(SYS_setgroups, (size_t)p->n_groups, p->groups));
@@ -437,6 +491,11 @@ static void payload_steps(struct child_ctx *c)
         close(c->parent_pidfd);
         c->parent_pidfd = -1;
     }
+    if (p->flags & NSCG_F_CAPS) {
+        if ((p->flags & NSCG_F_SETID) && p->uid != 0)
+            STEP(c, NSCG_STAGE_CAPS, 3, "prctl", prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0));
+        set_caps(c);
+    }
     if (p->flags & NSCG_F_NO_NEW_PRIVS)
         STEP(c, NSCG_STAGE_NO_NEW_PRIVS, -1, "prctl", prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
 
@@ -446,6 +505,8 @@ static void payload_steps(struct child_ctx *c)
         sigemptyset(&empty);
         sigprocmask(SIG_SETMASK, &empty, NULL);
     }
+    if (p->flags & NSCG_F_SECCOMP)
+        load_seccomp(c);
     if (injected(c, NSCG_STAGE_EXEC, -1))
         fail(c, NSCG_STAGE_EXEC, p->fail_errno, -1, "execve");
     execve(p->path, p->argv, p->envp);
