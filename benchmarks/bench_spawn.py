@@ -105,12 +105,15 @@ def cases() -> dict[str, Callable[[], None] | str]:
         if bwrap
         else "bwrap not installed (apt-get install bubblewrap)"
     )
-    base = nscg.Container()
+    # the levels of the spawn benchmark: isolation only, no capability or
+    # seccomp changes (those are the "full" level's)
+    base = nscg.Container().with_capabilities("inherit").with_seccomp("unconfined")
     out["nscg no namespaces"] = _nscg(
         base.with_namespaces(nscg.Namespace.NONE).with_new_session(False)
     )
     out["nscg 6 ns"] = _nscg(base.with_namespaces(NS6))
     out["nscg 6 ns, no init"] = _nscg(base.with_namespaces(NS6).with_init(False))
+    out["nscg 6 ns + caps + seccomp"] = _nscg(nscg.Container().with_namespaces(NS6))
     return out
 
 

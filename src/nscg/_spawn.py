@@ -106,6 +106,10 @@ def _seccomp_program(seccomp: Any, caps: Any) -> bytes:
     from nscg.seccomp import Seccomp
 
     if seccomp == "default":
+        if caps == "inherit":
+            from nscg.capabilities import Capabilities
+
+            caps = Capabilities.all()
         kept = sorted(c.name for c in caps.permitted) if caps is not None else []
         # Docker's profile, and ptrace refused too: moby allows it on kernels
         # >= 4.8, but a sandbox for untrusted code has no use for it and it
@@ -471,12 +475,15 @@ def spawn(
     elif c.groups is not None:
         flags |= lib.NSCG_F_SETGROUPS
     # capabilities and seccomp: applied last, right before execve
-    caps = _caps_masks(c.capabilities)
-    flags |= lib.NSCG_F_CAPS
-    plan.cap_bounding, plan.cap_permitted, plan.cap_effective = caps[0], caps[1], caps[2]
-    plan.cap_inheritable, plan.cap_ambient, plan.cap_last = caps[3], caps[4], caps[5]
+    if c.capabilities != "inherit":
+        caps = _caps_masks(c.capabilities)
+        flags |= lib.NSCG_F_CAPS
+        plan.cap_bounding, plan.cap_permitted, plan.cap_effective = caps[0], caps[1], caps[2]
+        plan.cap_inheritable, plan.cap_ambient, plan.cap_last = caps[3], caps[4], caps[5]
     joins_user = any(r.kind == Namespace.USER for r in joins)
-    if ns & Namespace.USER or joins_user or _has_cap(_CAP_SETPCAP):
+    if not flags & lib.NSCG_F_CAPS:
+        pass
+    elif ns & Namespace.USER or joins_user or _has_cap(_CAP_SETPCAP):
         flags |= lib.NSCG_F_CAPS_BOUNDING
     elif not c.no_new_privs:
         raise UnsupportedError(

@@ -91,7 +91,12 @@ def _tuple_rlimits(value: Iterable[Rlimit]) -> tuple[Rlimit, ...]:
     return tuple(value)
 
 
-def _seccomp_check(_inst: object, _attr: object, value: object) -> None:
+def _caps_check(_inst: object, _attr: object, value: Any) -> None:
+    if isinstance(value, str) and value != "inherit":
+        raise SpecError(f"capabilities must be a Capabilities, None or 'inherit', got {value!r}")
+
+
+def _seccomp_check(_inst: object, _attr: object, value: Any) -> None:
     if isinstance(value, str) and value not in ("default", "unconfined"):
         raise SpecError(f"seccomp must be a Seccomp, 'default' or 'unconfined', got {value!r}")
 
@@ -171,7 +176,8 @@ class Container:
         die_with_parent: kill the sandbox when the calling process dies.
         new_session: start the payload in a new session (no controlling tty).
         capabilities: the payload's capability sets (None: none at all, as
-            :meth:`nscg.capabilities.Capabilities.none`).
+            :meth:`nscg.capabilities.Capabilities.none`; ``"inherit"``: leave them
+            as the kernel gives them, like subprocess does).
         seccomp: a :class:`nscg.seccomp.Seccomp` filter, ``"default"`` (Docker's
             default profile for the capabilities kept, with ``ptrace`` refused
             too) or ``"unconfined"``.
@@ -195,7 +201,7 @@ class Container:
     no_new_privs: bool = True
     die_with_parent: bool = True
     new_session: bool = True
-    capabilities: Capabilities | None = None
+    capabilities: Capabilities | str | None = attrs.field(default=None, validator=_caps_check)
     seccomp: Seccomp | str = attrs.field(default="default", validator=_seccomp_check)
     rootfs: Any = None
     cgroup: Any = None
@@ -270,8 +276,12 @@ class Container:
         rest = tuple(r for r in self.rlimits if r.resource != lim.resource)
         return attrs.evolve(self, rlimits=(*rest, lim))
 
-    def with_capabilities(self, caps: Capabilities | None) -> Container:
-        """Give the payload these capability sets (None: none at all, the default)."""
+    def with_capabilities(self, caps: Capabilities | str | None) -> Container:
+        """Give the payload these capability sets (None: none at all, the default).
+
+        ``"inherit"`` leaves them as the kernel gives them (full inside a new user
+        namespace; the caller's without one), as subprocess does.
+        """
         return attrs.evolve(self, capabilities=caps)
 
     def with_seccomp(self, seccomp: Seccomp | str) -> Container:
@@ -411,12 +421,15 @@ class Container:
             raise SpecError(f"cwd must be an absolute path, got {self.cwd!r}")
         if ns & joined:
             raise SpecError(f"cannot both create and join {ns & joined!r}")
-        if self.capabilities is not None:
+        if self.capabilities is not None and not isinstance(self.capabilities, str):
             self.capabilities.check_spawnable()
         if self.seccomp != "unconfined" and not self.no_new_privs:
             from nscg.capabilities import Capability
 
-            if self.capabilities is None or Capability.SYS_ADMIN not in self.capabilities.effective:
+            caps = self.capabilities
+            if caps is None or (
+                not isinstance(caps, str) and Capability.SYS_ADMIN not in caps.effective
+            ):
                 raise SpecError(
                     "a seccomp filter without no_new_privs needs CAP_SYS_ADMIN in the "
                     "payload's effective set; keep no_new_privs on or unconfine seccomp"
