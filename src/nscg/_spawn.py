@@ -14,8 +14,8 @@ import os
 import signal
 import struct
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from nscg._native import ffi, lib
 from nscg.container import DEFAULT_PATH, Container, StdioSpec
@@ -439,7 +439,7 @@ def spawn(
     pid_joined = any(r.kind == Namespace.PID for r in joins)
     if late:
         flags |= lib.NSCG_F_UNSHARE_LATE
-    if maps is not None:
+    if maps is not None or _parent_hooks(c):
         flags |= lib.NSCG_F_WAIT_PARENT
     if pid_joined or ns & Namespace.PID:
         flags |= lib.NSCG_F_FORK_PIDNS
@@ -613,6 +613,7 @@ def spawn(
     # lives on (a child of ours) and exits.
     first = _Child(int(out.pid), int(out.pidfd))
     later: _Child | None = None
+    cleanups: list[Callable[[], None]] = []
     try:
         if flags & lib.NSCG_F_WAIT_PARENT:
             if late:
@@ -626,6 +627,8 @@ def spawn(
                     )
                 if maps is not None:
                     _write_maps(first.pid, *maps)
+                for hook in _parent_hooks(c):
+                    cleanups.append(hook.attach(first.pid))
                 os.write(sync_w, b"\x01")
             except OSError:
                 # the child died before the go: its own report explains why
@@ -655,6 +658,7 @@ def spawn(
         for child in (later, first):
             if child is not None:
                 child.kill_and_reap()
+        _run_cleanups(cleanups)
         lib.nscg_release_stack(*stack)
         for end in parent_ends:
             if end is not None:
@@ -669,7 +673,7 @@ def spawn(
         None if fd is None else open(fd, "wb" if i == 0 else "rb", buffering=0)  # noqa: SIM115
         for i, fd in enumerate(parent_ends)
     ]
-    return Process(
+    proc = Process(
         args=argv,
         pid=main.pid,
         pidfd=main.pidfd,
@@ -681,6 +685,36 @@ def spawn(
         whole_sandbox_by_pid1=bool(ns & Namespace.PID),
         process_group=main.pid if c.new_session else None,
     )
+    proc._cleanups.extend(cleanups)
+    return proc
+
+
+class ParentHook(Protocol):
+    """Something the parent sets up for a sandbox while its first child waits.
+
+    ``attach(pid)`` runs after the id maps are written and before the child is
+    let go (the child is in its new namespaces, e.g. its network namespace is
+    ``/proc/PID/ns/net``); it returns a callable that undoes the setup, called
+    once the sandbox has been reaped, or at once if the spawn fails.
+    """
+
+    def attach(self, pid: int) -> Callable[[], None]:
+        """Set up for the child ``pid``; return the undo callable."""
+        ...
+
+
+def _parent_hooks(c: Container) -> list[ParentHook]:
+    hooks: list[ParentHook] = []
+    if c.network is not None:
+        hooks.append(c.network)
+    return hooks
+
+
+def _run_cleanups(cleanups: list[Callable[[], None]]) -> None:
+    for fn in reversed(cleanups):
+        with contextlib.suppress(Exception):
+            fn()
+    cleanups.clear()
 
 
 class _Child:

@@ -181,7 +181,9 @@ class Container:
         seccomp: a :class:`nscg.seccomp.Seccomp` filter, ``"default"`` (Docker's
             default profile for the capabilities kept, with ``ptrace`` refused
             too) or ``"unconfined"``.
-        rootfs, cgroup: filled in by their own modules.
+        rootfs, cgroup, network: filled in by their own modules (a network
+            is a :class:`nscg._spawn.ParentHook`: the parent sets it up while
+            the child waits in its new network namespace).
     """
 
     namespaces: Namespace = attrs.field(default=Namespace.ALL, converter=_ns_conv)
@@ -205,6 +207,7 @@ class Container:
     seccomp: Seccomp | str = attrs.field(default="default", validator=_seccomp_check)
     rootfs: Any = None
     cgroup: Any = None
+    network: Any = None
 
     # ------------------------------------------------------------ builders
     def with_namespaces(self, namespaces: Namespace | str | Iterable[str | Namespace]) -> Container:

@@ -230,8 +230,11 @@ class Process:
                 max_rss=int(out.maxrss_kb) * 1024,
             )
             self._close_pidfd()
-            for fn in self._cleanups:
-                fn()
+            for fn in reversed(self._cleanups):
+                try:
+                    fn()
+                except Exception as e:  # cleanup must not hide the status
+                    warnings.warn(f"nscg: cleanup after {self.pid} failed: {e!r}", stacklevel=2)
             self._cleanups.clear()
             return True
 

@@ -386,3 +386,38 @@ def _wait_gone(marker: str, timeout: float = 5.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+class _RecordingHook:
+    """A parent hook that records what it saw of the waiting child."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.seen: list[tuple[int, int]] = []
+        self.undone = 0
+
+    def attach(self, pid: int) -> Any:
+        self.seen.append((pid, os.stat(f"/proc/{pid}/ns/net").st_ino))
+        if self.fail:
+            raise nscg.SyscallError(1, "netlink", "veth0")
+
+        def undo() -> None:
+            self.undone += 1
+
+        return undo
+
+
+def test_parent_hook_runs_while_the_child_waits_and_is_undone_after() -> None:
+    import attrs
+
+    hook = _RecordingHook()
+    c = attrs.evolve(Container(), network=hook)
+    r = c.run(["sh", "-c", "readlink /proc/self/ns/net"], capture_output=True, check=True)
+    assert len(hook.seen) == 1
+    assert (r.stdout or b"").decode().strip() == f"net:[{hook.seen[0][1]}]"
+    assert hook.seen[0][1] != host_ns("net")
+    assert hook.undone == 1
+    bad = _RecordingHook(fail=True)
+    with pytest.raises(nscg.SyscallError):
+        attrs.evolve(Container(), network=bad).run(["true"])
+    assert bad.undone == 0 and len(bad.seen) == 1
