@@ -23,6 +23,7 @@ from nscg.errors import (
     ExecutableNotFoundError,
     SpawnError,
     SpecError,
+    SyscallError,
     TimeoutExpired,
     UnsupportedError,
 )
@@ -519,8 +520,7 @@ def spawn(
         plan.fail_stage, plan.fail_errno, plan.fail_index = int(_fault[0]), _fault[1], _fault[2]
 
     fds = _Fds()
-    shared: mmap.mmap | None = None
-    shared_buf: Any = None
+    shared: Any = None  # struct nscg_shared *, mapped from a memfd
     sync_w = -1
     err_r = -1
     try:
@@ -578,10 +578,11 @@ def spawn(
             memfd = os.memfd_create("nscg-status", os.MFD_CLOEXEC)
             fds.child_side.append(memfd)
             os.ftruncate(memfd, mmap.PAGESIZE)
-            shared = mmap.mmap(memfd, mmap.PAGESIZE)
-            shared_buf = ffi.from_buffer(shared)
-            plan.shared = ffi.cast("struct nscg_shared *", shared_buf)
-            plan.shared.abi = lib.NSCG_ABI_VERSION
+            shared = lib.nscg_map_shared(memfd)
+            if shared == ffi.NULL:
+                raise SyscallError(ffi.errno, "mmap", "status memfd")
+            plan.shared = shared
+            shared.abi = lib.NSCG_ABI_VERSION
             plan.status_fd = memfd
             if flags & lib.NSCG_F_INIT:
                 plan.init_fd = _init_fd()
@@ -600,13 +601,9 @@ def spawn(
         for fd in (sync_w, err_r):
             if fd >= 0:
                 os.close(fd)
-        if shared_buf is not None:
-            ffi.release(shared_buf)
         if shared is not None:
-            shared.close()
+            lib.nscg_unmap_shared(shared)
         raise
-    if shared_buf is not None:
-        ffi.release(shared_buf)
 
     # The first child shares our memory until it execs or exits: its stack is
     # released only then. With a pid namespace it forks the process that
@@ -643,7 +640,7 @@ def spawn(
             if status != 0:
                 _raise_child_error(_read_record(err_r), c, path, joins)
             assert shared is not None
-            (g,) = struct.unpack_from("=i", shared, 16)
+            g = int(shared.init_pid)
             gfd = lib.nscg_pidfd_open(g)
             if gfd < 0:
                 raise SpawnError(-gfd, "pidfd_open", Stage.FORK, -1, str(g))
@@ -664,7 +661,7 @@ def spawn(
             if end is not None:
                 os.close(end)
         if shared is not None:
-            shared.close()
+            lib.nscg_unmap_shared(shared)
         raise
     os.close(err_r)
     lib.nscg_release_stack(*stack)  # the first child has exec'd or exited

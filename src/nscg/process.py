@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import mmap
 import os
 import selectors
 import signal as _signal
-import struct
 import threading
 import time
 import warnings
@@ -151,7 +149,7 @@ class Process:
         args: Sequence[str],
         pid: int,
         pidfd: int,
-        shared: mmap.mmap | None,
+        shared: Any,
         container: Container,
         stdin: IO[bytes] | None,
         stdout: IO[bytes] | None,
@@ -219,10 +217,8 @@ class Process:
             self._ended = time.monotonic()
             code, status = int(out.code), int(out.status)
             rc = -status if code in (_CLD_KILLED, _CLD_DUMPED) else status
-            if self._shared is not None:
-                has, raw = struct.unpack_from("=Ii", self._shared, 4)
-                if has:
-                    rc = os.waitstatus_to_exitcode(raw)
+            if self._shared is not None and self._shared.has_status:
+                rc = os.waitstatus_to_exitcode(int(self._shared.payload_status))
             self.returncode = rc
             self.usage = Usage(
                 cpu_user=out.utime_usec / 1e6,
@@ -243,7 +239,7 @@ class Process:
         if fd >= 0:
             os.close(fd)
         if self._shared is not None:
-            self._shared.close()
+            lib.nscg_unmap_shared(self._shared)
             self._shared = None
 
     def poll(self) -> int | None:

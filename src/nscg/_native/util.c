@@ -19,6 +19,20 @@ pid_t nscg_raw_fork(unsigned long extra_flags)
     return (pid_t)syscall(SYS_clone, extra_flags | (unsigned long)SIGCHLD, 0UL, 0UL, 0UL, 0UL);
 }
 
+/* Map the status memfd (one page) without keeping an fd open, unlike
+ * Python's mmap, which holds a dup of it for the mapping's lifetime. */
+struct nscg_shared *nscg_map_shared(int fd)
+{
+    void *p = mmap(NULL, (size_t)sysconf(_SC_PAGESIZE), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+void nscg_unmap_shared(struct nscg_shared *page)
+{
+    if (page)
+        munmap(page, (size_t)sysconf(_SC_PAGESIZE));
+}
+
 void nscg_release_stack(uint64_t addr, uint64_t size)
 {
     if (addr)
