@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import itertools
+import math
 import os
 import stat
 from collections.abc import Iterable
@@ -168,7 +169,7 @@ def check_id_maps(maps: tuple[IdMap, ...], what: str) -> None:
 def _offset(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise SpecError(f"time offset {attribute.name} must be a number of seconds")
-    if abs(value) > 2**40:
+    if not math.isfinite(value) or abs(value) > 2**40:
         raise SpecError(f"time offset {attribute.name}={value} is out of range")
 
 
