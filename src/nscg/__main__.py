@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--timeout", type=float, help="kill the sandbox after SECONDS")
     r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
     sub.add_parser("features", help="print what this host supports, as JSON")
+    ch = sub.add_parser("check", help="what this host supports for sandboxes, and why not")
+    ch.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
@@ -41,6 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     import nscg
 
+    if args.command == "check":
+        from nscg.check import render, run_checks
+
+        checks = run_checks()
+        if args.json:
+            print(json.dumps([attrs.asdict(c) for c in checks], indent=2))
+        else:
+            print(render(checks))
+        return 0
     if args.command == "features":
         print(json.dumps(attrs.asdict(nscg.features()), indent=2))
         return 0
