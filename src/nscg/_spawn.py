@@ -355,7 +355,10 @@ class _Plan:
     def cstr(self, s: str | bytes | None) -> Any:
         if s is None:
             return ffi.NULL
-        b = os.fsencode(s)
+        try:
+            b = os.fsencode(s)
+        except UnicodeEncodeError:
+            raise SpecError(f"{s!r} cannot be encoded for the kernel") from None
         if b"\0" in b:
             raise SpecError(f"NUL byte in {s!r}")
         buf = ffi.new("char[]", b)
@@ -440,7 +443,8 @@ def spawn(
     pid_joined = any(r.kind == Namespace.PID for r in joins)
     if late:
         flags |= lib.NSCG_F_UNSHARE_LATE
-    if maps is not None or _parent_hooks(c):
+    if maps is not None or _parent_hooks(c) or c.cgroup is not None:
+        # (with a cgroup: the fallback without clone3 places the child while it waits)
         flags |= lib.NSCG_F_WAIT_PARENT
     if pid_joined or ns & Namespace.PID:
         flags |= lib.NSCG_F_FORK_PIDNS
@@ -521,6 +525,7 @@ def spawn(
 
     fds = _Fds()
     shared: Any = None  # struct nscg_shared *, mapped from a memfd
+    cgroup: Any = None
     sync_w = -1
     err_r = -1
     try:
@@ -560,6 +565,15 @@ def spawn(
             plan.n_join = len(joins)
         plan.scratch = p.array("int32_t[]", len(fdmap) + len(joins) + 4)
 
+        if c.cgroup is not None:
+            # created (limits written) before anything runs; raises the clear
+            # UnsupportedError on a host that cannot give what was asked
+            from nscg.cgroups import CgroupV2
+
+            cgroup = CgroupV2.create(c.cgroup.limits, parent=c.cgroup.parent)
+            cgfd = cgroup.open_fd()
+            fds.child_side.append(cgfd)
+            plan.cgroup_fd = cgfd
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         fds.child_side.append(err_w)
         plan.err_fd = err_w
@@ -603,6 +617,8 @@ def spawn(
                 os.close(fd)
         if shared is not None:
             lib.nscg_unmap_shared(shared)
+        if cgroup is not None:
+            cgroup.close()
         raise
 
     # The first child shares our memory until it execs or exits: its stack is
@@ -624,6 +640,10 @@ def spawn(
                     )
                 if maps is not None:
                     _write_maps(first.pid, *maps)
+                if cgroup is not None and not lib.nscg_clone_features() & (
+                    lib.NSCG_HAS_CLONE_INTO_CGROUP
+                ):
+                    cgroup.add_pid(first.pid)  # no clone3: placed before it runs on
                 for hook in _parent_hooks(c):
                     cleanups.append(hook.attach(first.pid))
                 os.write(sync_w, b"\x01")
@@ -662,6 +682,8 @@ def spawn(
                 os.close(end)
         if shared is not None:
             lib.nscg_unmap_shared(shared)
+        if cgroup is not None:
+            cgroup.close()
         raise
     os.close(err_r)
     lib.nscg_release_stack(*stack)  # the first child has exec'd or exited
@@ -681,6 +703,7 @@ def spawn(
         stderr=proc_stdio[2],
         whole_sandbox_by_pid1=bool(ns & Namespace.PID),
         process_group=main.pid if c.new_session else None,
+        cgroup=cgroup,
     )
     proc._cleanups.extend(cleanups)
     return proc

@@ -54,6 +54,7 @@ __all__ = [
     "CgroupEvents",
     "CgroupMode",
     "CgroupReport",
+    "CgroupSpec",
     "CgroupV2",
     "CpuMax",
     "Delegation",
@@ -755,6 +756,21 @@ class Limits:
         for h in self.hugetlb:
             w.append((f"hugetlb.{h.page_size}.max", str(h.max)))
         return tuple(w)
+
+
+@attrs.frozen
+class CgroupSpec:
+    """A cgroup for each sandbox of a :class:`nscg.Container`: its limits and where.
+
+    Attributes:
+        limits: the limits written before the payload starts (it is born in the
+            cgroup, with ``clone3(CLONE_INTO_CGROUP)``).
+        parent: the cgroup directory to create it under (default: ``nscg/``
+            under the caller's own cgroup).
+    """
+
+    limits: Limits = attrs.field(factory=Limits)
+    parent: str | None = None
 
 
 # ========================================================================= usage

@@ -14,6 +14,7 @@ from nscg.namespaces import IdMap, Namespace, NamespaceRef, TimeOffsets, check_i
 
 if TYPE_CHECKING:
     from nscg.capabilities import Capabilities
+    from nscg.cgroups import CgroupSpec, Limits
     from nscg.process import Process, Result
     from nscg.seccomp import Seccomp
 
@@ -129,7 +130,12 @@ def _text(name: str, maxlen: int) -> Any:
     def check(_inst: object, _attr: object, value: str | None) -> None:
         if value is None:
             return
-        if not isinstance(value, str) or "\0" in value or len(value.encode()) > maxlen:
+        try:
+            # as the kernel will get it: os.fsencode keeps undecodable bytes
+            size = len(os.fsencode(value)) if isinstance(value, str) else -1
+        except UnicodeEncodeError:
+            size = -1
+        if size < 0 or "\0" in value or size > maxlen:
             raise SpecError(f"{name} must be a string of at most {maxlen} bytes without NUL")
 
     return check
@@ -181,7 +187,9 @@ class Container:
         seccomp: a :class:`nscg.seccomp.Seccomp` filter, ``"default"`` (Docker's
             default profile for the capabilities kept, with ``ptrace`` refused
             too) or ``"unconfined"``.
-        rootfs, cgroup, network: filled in by their own modules (a network
+        cgroup: a cgroup v2 for each sandbox (:class:`nscg.cgroups.CgroupSpec`),
+            or None.
+        rootfs, network: filled in by their own modules (a network
             is a :class:`nscg._spawn.ParentHook`: the parent sets it up while
             the child waits in its new network namespace).
     """
@@ -206,7 +214,7 @@ class Container:
     capabilities: Capabilities | str | None = attrs.field(default=None, validator=_caps_check)
     seccomp: Seccomp | str = attrs.field(default="default", validator=_seccomp_check)
     rootfs: Any = None
-    cgroup: Any = None
+    cgroup: CgroupSpec | None = None
     network: Any = None
 
     # ------------------------------------------------------------ builders
@@ -290,6 +298,52 @@ class Container:
     def with_seccomp(self, seccomp: Seccomp | str) -> Container:
         """Filter system calls: a Seccomp spec, ``"default"`` or ``"unconfined"``."""
         return attrs.evolve(self, seccomp=seccomp)
+
+    def with_cgroup(self, limits: Limits | None = None, *, parent: str | None = None) -> Container:
+        """Give each sandbox a cgroup of its own, with ``limits``, under ``parent``.
+
+        The payload is born in it (``clone3(CLONE_INTO_CGROUP)``); it is removed
+        when the sandbox ends. Needs a pure cgroup v2 host (or a delegated
+        subtree); elsewhere spawning raises :class:`nscg.UnsupportedError`.
+        """
+        from nscg.cgroups import CgroupSpec, Limits
+
+        return attrs.evolve(self, cgroup=CgroupSpec(limits or Limits(), parent))
+
+    def with_limits(
+        self,
+        *,
+        memory: int | str | None = None,
+        cpus: float | None = None,
+        pids: int | str | None = None,
+        **more: Any,
+    ) -> Container:
+        """Limit the sandbox through its cgroup: ``with_limits(memory="256M", cpus=0.5, pids=64)``.
+
+        ``more`` takes any other :class:`nscg.cgroups.Limits` field
+        (``memory_high``, ``memory_swap_max``, ``cpu_weight``, ``io``...). Limits
+        add to (and override) those already set.
+
+        Raises:
+            SpecError: an invalid value or an unknown limit name.
+        """
+        from nscg.cgroups import CgroupSpec, Limits
+
+        base = self.cgroup or CgroupSpec()
+        known = {f.name for f in attrs.fields(Limits)}
+        bad = set(more) - known
+        if bad:
+            raise SpecError(f"unknown limit(s) {sorted(bad)}; known: {sorted(known)}")
+        changes: dict[str, Any] = dict(more)
+        if memory is not None:
+            changes["memory_max"] = memory
+        if cpus is not None:
+            changes["cpu_max"] = cpus
+        if pids is not None:
+            changes["pids_max"] = pids
+        return attrs.evolve(
+            self, cgroup=attrs.evolve(base, limits=attrs.evolve(base.limits, **changes))
+        )
 
     def with_init(self, init: bool = True) -> Container:
         """Run (or not) the minimal init as pid 1 of the new pid namespace."""

@@ -65,16 +65,28 @@ class Stage(enum.IntEnum):
 class Usage:
     """Resources a finished sandbox used (from the kernel's rusage of the reaped child).
 
+    With a cgroup, CPU time counts every process of the sandbox (daemons too),
+    and the peaks come from the cgroup.
+
     Attributes:
         cpu_user: user CPU time in seconds (the payload and every descendant reaped
-            inside the sandbox).
+            inside the sandbox; the cgroup's ``cpu.stat`` when there is one).
         cpu_system: system CPU time in seconds.
         max_rss: peak resident set size in bytes of the largest process.
+        memory_peak: the cgroup's ``memory.peak`` in bytes (None without a cgroup,
+            or before Linux 5.19).
+        pids_peak: the cgroup's ``pids.peak`` (None without a cgroup, or before 6.13).
+        oom_kills: processes the OOM killer killed in the sandbox's cgroup.
+        cgroup: the cgroup's full :class:`nscg.cgroups.Usage` snapshot, or None.
     """
 
     cpu_user: float = 0.0
     cpu_system: float = 0.0
     max_rss: int = 0
+    memory_peak: int | None = None
+    pids_peak: int | None = None
+    oom_kills: int = 0
+    cgroup: Any = None
 
     @property
     def cpu_total(self) -> float:
@@ -156,6 +168,7 @@ class Process:
         stderr: IO[bytes] | None,
         whole_sandbox_by_pid1: bool,
         process_group: int | None,
+        cgroup: Any = None,
     ) -> None:
         #: The argv.
         self.args: tuple[str, ...] = tuple(args)
@@ -179,6 +192,7 @@ class Process:
         self._pid1 = whole_sandbox_by_pid1
         self._pgroup = process_group
         self._cleanups: list[Any] = []
+        self._cgroup = cgroup
         self._chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
 
     # ---------------------------------------------------------------- basics
@@ -225,6 +239,8 @@ class Process:
                 cpu_system=out.stime_usec / 1e6,
                 max_rss=int(out.maxrss_kb) * 1024,
             )
+            if self._cgroup is not None:
+                self._finish_cgroup()
             self._close_pidfd()
             for fn in reversed(self._cleanups):
                 try:
@@ -233,6 +249,30 @@ class Process:
                     warnings.warn(f"nscg: cleanup after {self.pid} failed: {e!r}", stacklevel=2)
             self._cleanups.clear()
             return True
+
+    def _finish_cgroup(self) -> None:
+        """After the first process is reaped: kill what is left, read usage, remove."""
+        cg = self._cgroup
+        try:
+            cg.kill()
+            cu = cg.usage()
+            assert self.usage is not None
+            self.usage = Usage(
+                cpu_user=cu.cpu_user_usec / 1e6,
+                cpu_system=cu.cpu_system_usec / 1e6,
+                max_rss=self.usage.max_rss,
+                memory_peak=cu.memory_peak,
+                pids_peak=cu.pids_peak,
+                oom_kills=cu.oom_kill,
+                cgroup=cu,
+            )
+        finally:
+            cg.close()
+
+    @property
+    def cgroup(self) -> Any:
+        """The sandbox's :class:`nscg.cgroups.CgroupV2` (freeze, thaw, usage), or None."""
+        return self._cgroup
 
     def _close_pidfd(self) -> None:
         fd, self._pidfd = self._pidfd, -1
@@ -328,9 +368,15 @@ class Process:
     def kill(self) -> None:
         """Kill the whole sandbox with SIGKILL: every process in it, not just the first.
 
-        With a pid namespace, SIGKILL to its pid 1 makes the kernel kill all of
-        its processes; without one, the payload's process group is killed too.
+        With a cgroup, ``cgroup.kill`` kills every process in it; with a pid
+        namespace, SIGKILL to its pid 1 makes the kernel kill all of its
+        processes; without either, the payload's process group is killed too.
         """
+        if self._cgroup is not None and self.returncode is None:
+            # every process of the sandbox, even those that left its pid namespace's
+            # view or its process group
+            with contextlib.suppress(Exception):
+                self._cgroup.kill()
         with self._lock:
             if self.returncode is not None or self._pidfd < 0:
                 return
@@ -460,4 +506,5 @@ class Process:
             stderr=stderr,
             wall_time=self.wall_time,
             usage=self.usage or Usage(),
+            oom_killed=bool(self.usage and self.usage.oom_kills),
         )
