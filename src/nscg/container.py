@@ -14,6 +14,7 @@ from nscg.namespaces import IdMap, Namespace, NamespaceRef, TimeOffsets, check_i
 
 if TYPE_CHECKING:
     from nscg.process import Process, Result
+    from nscg.rootfs import RootFS
 
 __all__ = ["DEFAULT_PATH", "Container", "Rlimit"]
 
@@ -162,7 +163,9 @@ class Container:
         no_new_privs: set ``PR_SET_NO_NEW_PRIVS`` (on by default).
         die_with_parent: kill the sandbox when the calling process dies.
         new_session: start the payload in a new session (no controlling tty).
-        rootfs, cgroup, capabilities, seccomp: filled in by their own modules.
+        rootfs: the sandbox's root filesystem (a :class:`nscg.RootFS`); None
+            keeps the caller's view (needs ``Namespace.MOUNT`` when set).
+        cgroup, capabilities, seccomp: filled in by their own modules.
     """
 
     namespaces: Namespace = attrs.field(default=Namespace.ALL, converter=_ns_conv)
@@ -182,7 +185,7 @@ class Container:
     no_new_privs: bool = True
     die_with_parent: bool = True
     new_session: bool = True
-    rootfs: Any = None
+    rootfs: RootFS | None = None
     cgroup: Any = None
     capabilities: Any = None
     seccomp: Any = None
@@ -256,6 +259,21 @@ class Container:
         lim = Rlimit.of(res, soft, hard)
         rest = tuple(r for r in self.rlimits if r.resource != lim.resource)
         return attrs.evolve(self, rlimits=(*rest, lim))
+
+    def with_rootfs(self, rootfs: RootFS | None = None) -> Container:
+        """Give the sandbox its own root (default: ``RootFS.host()``; None: none).
+
+        The working directory defaults to ``/`` inside it.
+        """
+        if rootfs is None:
+            from nscg.rootfs import RootFS
+
+            rootfs = RootFS.host()
+        return attrs.evolve(self, rootfs=rootfs)
+
+    def without_rootfs(self) -> Container:
+        """Keep the caller's filesystem view (the default)."""
+        return attrs.evolve(self, rootfs=None)
 
     def with_init(self, init: bool = True) -> Container:
         """Run (or not) the minimal init as pid 1 of the new pid namespace."""
@@ -390,6 +408,20 @@ class Container:
             raise SpecError(f"cwd must be an absolute path, got {self.cwd!r}")
         if ns & joined:
             raise SpecError(f"cannot both create and join {ns & joined!r}")
+        if self.rootfs is not None:
+            from nscg.rootfs import RootFS
+
+            if not isinstance(self.rootfs, RootFS):
+                raise SpecError(f"rootfs must be a nscg.RootFS, got {self.rootfs!r}")
+            if not ns & Namespace.MOUNT:
+                raise SpecError("a rootfs needs a new mount namespace (Namespace.MOUNT)")
+            if self.rootfs.needs_proc() and not ns & Namespace.PID:
+                raise SpecError(
+                    "mounting proc needs a new pid namespace (Namespace.PID) and a new "
+                    "mount namespace; or build the RootFS with proc=False"
+                )
+            if self.rootfs.needs_ipc() and not ns & Namespace.IPC:
+                raise SpecError("mounting mqueue needs a new ipc namespace (Namespace.IPC)")
 
     # --------------------------------------------------------------- running
     def spawn(

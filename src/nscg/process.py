@@ -96,7 +96,8 @@ class Result:
         wall_time: seconds from spawn to reaping.
         usage: CPU time and peak memory.
         oom_killed: whether the kernel's OOM killer ended the sandbox (cgroup only).
-        changes: the filesystem change report (overlay roots only), else None.
+        changes: the filesystem change report (:class:`nscg.Changes`, overlay
+            roots only), else None.
     """
 
     args: tuple[str, ...]
@@ -181,6 +182,7 @@ class Process:
         self._pid1 = whole_sandbox_by_pid1
         self._pgroup = process_group
         self._cleanups: list[Any] = []
+        self._changes: Any = None
         self._chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
 
     # ---------------------------------------------------------------- basics
@@ -461,4 +463,5 @@ class Process:
             stderr=stderr,
             wall_time=self.wall_time,
             usage=self.usage or Usage(),
+            changes=self._changes,
         )
