@@ -10,13 +10,29 @@ import contextlib
 import os
 import shutil
 import tempfile
+import threading
 from typing import TYPE_CHECKING, Any
+
+import attrs
 
 from nscg._native import ffi, lib
 from nscg.errors import UnsupportedError
 from nscg.namespaces import Namespace
 from nscg.process import Stage
-from nscg.rootfs import Overlay, Prim, RootFS, compute_changes, flatten
+from nscg.rootfs import (
+    _MOUNTS,
+    Bind,
+    Changes,
+    Mkdir,
+    Op,
+    Overlay,
+    Prim,
+    RootFS,
+    Symlink,
+    Tmpfs,
+    compute_changes,
+    flatten,
+)
 
 if TYPE_CHECKING:
     from nscg.container import Container
@@ -95,6 +111,21 @@ def _scratch_parent(lowers: tuple[str, ...]) -> str:
     )
 
 
+def _mount_points() -> list[str]:
+    """Mount points in this process's mount namespace (from /proc/self/mountinfo)."""
+    out = []
+    with open("/proc/self/mountinfo", "rb") as f:
+        for line in f:
+            mp = line.split()[4].decode(errors="surrogateescape")
+            out.append(mp.replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\"))
+    return out
+
+
+def _has_submounts(path: str, mounts: list[str]) -> bool:
+    pre = path.rstrip("/") + "/"
+    return any(m.startswith(pre) and m != pre.rstrip("/") for m in mounts)
+
+
 class RootfsRun:
     """The temp dirs, the flattened plan and the cleanup of one spawn."""
 
@@ -110,35 +141,89 @@ class RootfsRun:
                 feature="mount_setattr",
             )
         self.temps: list[str] = []
-        self.layers: dict[int, tuple[str, str]] = {}
-        self.overlays: list[tuple[Overlay, str]] = []
+        #: (overlay as mounted, its upper): the change report reads these
+        self.overlays: list[Overlay] = []
+        ops: list[Op] = []
+        origin: list[int] = []
         try:
             for i, op in enumerate(root.ops):
-                if not isinstance(op, Overlay):
-                    continue
-                if self.userns and kernel_version() < (5, 11):
-                    raise UnsupportedError(
-                        "an overlay inside a user namespace needs kernel >= 5.11 (userxattr)",
-                        feature="overlay.userxattr",
-                    )
-                if op.upper is None:
-                    d = tempfile.mkdtemp(prefix="nscg-overlay-", dir=_scratch_parent(op.lowers))
-                    self.temps.append(d)
-                    upper, work = os.path.join(d, "upper"), os.path.join(d, "work")
-                    os.mkdir(upper, 0o755)
-                    os.mkdir(work, 0o700)
-                else:
-                    upper = op.upper
-                    work = tempfile.mkdtemp(
-                        prefix="nscg-work-", dir=os.path.dirname(upper.rstrip("/")) or "/"
-                    )
-                    self.temps.append(work)
-                self.layers[i] = (upper, work)
-                self.overlays.append((op, upper))
-            self.prims: list[Prim] = flatten(root, self.layers, self.userns)
+                later = {o.dest for o in root.ops[i + 1 :] if isinstance(o, _MOUNTS)}
+                new = self._expand(op, later) if isinstance(op, Overlay) else [op]
+                ops += new
+                origin += [i] * len(new)
+            eff = attrs.evolve(root, ops=ops)
+            self.prims: list[Prim] = [
+                pr._replace(op_index=origin[pr.op_index]) for pr in flatten(eff, self.userns)
+            ]
         except BaseException:
             self.cleanup()
             raise
+        _current.run = (c, self.prims)
+
+    def _dirs(self, op: Overlay) -> tuple[str, str]:
+        """(upper, work) for an overlay: the caller's upper or a fresh temp dir."""
+        if op.upper is None:
+            d = tempfile.mkdtemp(prefix="nscg-overlay-", dir=_scratch_parent(op.lowers))
+            self.temps.append(d)
+            upper, work = os.path.join(d, "upper"), os.path.join(d, "work")
+            os.mkdir(upper, 0o755)
+            os.mkdir(work, 0o700)
+            return upper, work
+        if op.work is not None:
+            return op.upper, op.work
+        work = tempfile.mkdtemp(prefix="nscg-work-", dir=os.path.dirname(op.upper.rstrip("/")))
+        self.temps.append(work)
+        return op.upper, work
+
+    def _expand(self, op: Overlay, replaced: set[str]) -> list[Op]:
+        """The ops that make this overlay; split per top-level entry when needed.
+
+        Inside a user namespace every mount inherited from the host is locked
+        to the mounts above it, and overlayfs refuses a lower directory with
+        locked mounts below it (EINVAL, "failed to clone lowerpath"). The
+        host's / always has some (/proc, /sys, /dev). Then the overlay root is
+        a tmpfs holding one overlay per top-level directory of the lower (upper
+        and work in per-entry subdirectories), a read-only recursive bind for
+        directories that have mounts below them, and the top-level symlinks and
+        files as they are. Writes to the top level itself are not reported.
+        """
+        if self.userns and kernel_version() < (5, 11):
+            raise UnsupportedError(
+                "an overlay inside a user namespace needs kernel >= 5.11 (userxattr)",
+                feature="overlay.userxattr",
+            )
+        upper, work = self._dirs(op)
+        mounts = _mount_points() if self.userns else []
+        if not any(_has_submounts(lo, mounts) for lo in op.lowers):
+            full = Overlay(op.lowers, upper, op.dest, work)
+            self.overlays.append(full)
+            return [full]
+        if len(op.lowers) != 1:
+            raise UnsupportedError(
+                f"an overlay of several lowers {op.lowers} with mounts below them cannot be "
+                "made inside a user namespace (the kernel refuses locked submounts)",
+                feature="overlay.locked",
+            )
+        (lower,) = op.lowers
+        base = op.dest.rstrip("/")
+        out: list[Op] = [Tmpfs(op.dest, mode=0o755, nosuid=False, nodev=False)]
+        for name in sorted(os.listdir(lower)):
+            src = os.path.join(lower, name)
+            dest = f"{base}/{name}"
+            if dest in replaced:  # a later op mounts there (/proc, /dev)
+                out.append(Mkdir(dest))
+            elif os.path.islink(src):
+                out.append(Symlink(os.readlink(src), dest))
+            elif os.path.isdir(src) and not _has_submounts(src, mounts):
+                u, w = os.path.join(upper, name), os.path.join(work, name)
+                os.mkdir(u, 0o755)
+                os.mkdir(w, 0o700)
+                part = Overlay((src,), u, dest, w)
+                self.overlays.append(part)
+                out.append(part)
+            else:
+                out.append(Bind(src, dest, readonly=True, recursive=True))
+        return out
 
     def fill(self, p: Any, plan: Any) -> None:
         """Write the mount plan into ``plan`` (buffers kept alive by ``p``)."""
@@ -177,21 +262,19 @@ class RootfsRun:
 
     def attach(self, proc: Process) -> None:
         """Compute the change report and remove the temp dirs once ``proc`` is reaped."""
+        _current.run = None
 
         def report() -> None:
-            changes = None
-            for op, upper in self.overlays:
-                ch = compute_changes(upper, op.lowers, op.dest)
-                changes = (
-                    ch
-                    if changes is None
-                    else type(ch)(
-                        changes.added | ch.added,
-                        changes.modified | ch.modified,
-                        changes.deleted | ch.deleted,
-                    )
-                )
-            proc._changes = changes
+            added: set[str] = set()
+            modified: set[str] = set()
+            deleted: set[str] = set()
+            for ov in self.overlays:
+                assert ov.upper is not None
+                ch = compute_changes(ov.upper, ov.lowers, ov.dest)
+                added |= ch.added
+                modified |= ch.modified
+                deleted |= ch.deleted
+            proc._changes = Changes(frozenset(added), frozenset(modified), frozenset(deleted))
 
         if self.overlays:
             proc._cleanups.append(report)
@@ -204,14 +287,20 @@ class RootfsRun:
             _rmtree(self.temps.pop())
 
 
+_current = threading.local()
+
+
 def failure_label(c: Container, stage: Stage, index: int) -> tuple[int, str]:
     """(RootFS op index, "type path") for a child's mount-stage failure at primitive ``index``."""
     root = c.rootfs
     assert isinstance(root, RootFS)
     if stage == Stage.PIVOT_ROOT:
         return -1, "pivot_root into the new root /"
-    layers = {i: ("upper", "work") for i, op in enumerate(root.ops) if isinstance(op, Overlay)}
-    prims = flatten(root, layers, bool(c.namespaces & Namespace.USER))
+    cur = getattr(_current, "run", None)
+    if cur is not None and cur[0] is c:
+        prims = cur[1]
+    else:
+        prims = flatten(root, bool(c.namespaces & Namespace.USER))
     if 0 <= index < len(prims):
         pr = prims[index]
         return pr.op_index, pr.label

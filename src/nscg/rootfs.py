@@ -207,6 +207,8 @@ class Overlay:
     lowers: tuple[str, ...] = attrs.field(converter=_lowers)
     upper: str | None = attrs.field(default=None, converter=_upper)
     dest: str = attrs.field(default="/", converter=_dest)
+    #: the overlay work directory (same filesystem as ``upper``); None: a temp dir
+    work: str | None = attrs.field(default=None, converter=_upper)
 
     def __attrs_post_init__(self) -> None:
         if not self.lowers:
@@ -286,6 +288,8 @@ def _check_plan(ops: tuple[Op, ...]) -> tuple[Op, ...]:
             if not isinstance(later, _MOUNTS):
                 continue
             d, ld = op.dest, later.dest
+            if isinstance(op, Mkdir) and d == ld:
+                continue  # making the mount point
             if ld in (d, "/") or d.startswith(ld + "/"):
                 what = "mounted twice" if d == ld and isinstance(op, _MOUNTS) else "hidden"
                 raise SpecError(
@@ -589,11 +593,12 @@ def _flags(**kw: bool) -> frozenset[str]:
     return frozenset(k for k, v in kw.items() if v)
 
 
-def flatten(root: RootFS, layers: Mapping[int, tuple[str, str]], userns: bool) -> list[Prim]:
+def flatten(root: RootFS, userns: bool) -> list[Prim]:
     """Expand the plan into the child's primitives.
 
+    Every overlay must have its upper and work directories set by now.
+
     Args:
-        layers: for each overlay op index, the (upper, work) directories to use.
         userns: whether the mounts happen inside a new user namespace.
     """
     out: list[Prim] = []
@@ -707,7 +712,7 @@ def flatten(root: RootFS, layers: Mapping[int, tuple[str, str]], userns: bool) -
             for k, name in enumerate(("stdin", "stdout", "stderr")):
                 add("symlink", f"{d}/{name}", source=f"/proc/self/fd/{k}".encode())
         elif isinstance(op, Overlay):
-            upper, work = layers[i]
+            upper, work = op.upper or "", op.work or ""
             ov: list[tuple[str, str | None]] = [
                 ("lowerdir", ":".join(op.lowers)),
                 ("upperdir", upper),
