@@ -417,25 +417,26 @@ def spawn(
 
 
 def _resolve_in_rootfs(c: Container, name: str, path_var: str, executable: str | None) -> str:
-    """resolve_executable, in the layers of the sandbox's root when it has its own."""
+    """resolve_executable, in the sandbox's root when it has its own (see RootFS.host_paths)."""
     if c.rootfs is None:
         return resolve_executable(name, path_var, executable, cwd=c.cwd)
-    cwd = c.cwd or "/"
-    roots = c.rootfs.exec_roots()
-    if not roots:
-        target = executable or name
-        if not target.startswith("/"):
-            raise SpecError(
-                f"cannot look up {target!r} in a root built from scratch: give an absolute path"
-            )
-        return target
-    for i, r in enumerate(roots):
-        try:
-            return resolve_executable(name, path_var, executable, root=r, cwd=cwd)
-        except ExecutableNotFoundError:
-            if i == len(roots) - 1:
-                raise
-    raise AssertionError("unreachable")
+    target = executable or name
+    if "/" in target:
+        cand = [target if target.startswith("/") else os.path.join(c.cwd or "/", target)]
+    else:
+        cand = [os.path.join(d or ".", target) for d in path_var.split(":")]
+    for sandbox_path in cand:
+        hosts = c.rootfs.host_paths(os.path.normpath(sandbox_path))
+        if hosts is None:
+            if "/" in target:
+                return sandbox_path  # made by the plan: the child's execve will tell
+            continue
+        if any(os.path.isfile(h) and os.access(h, os.X_OK) for h in hosts):
+            return sandbox_path
+    where = f"on PATH {path_var!r}" if "/" not in target else "(not an executable file)"
+    raise ExecutableNotFoundError(
+        errno.ENOENT, f"executable {target!r} not found in the sandbox's root {where}", target
+    )
 
 
 def _spawn(

@@ -546,8 +546,27 @@ class RootFS:
         """The overlay ops of the plan."""
         return tuple(op for op in self.ops if isinstance(op, Overlay))
 
+    def host_paths(self, path: str) -> list[str] | None:
+        """Where the sandbox path ``path`` comes from on the host, top layer first.
+
+        None when the plan does not say (a tmpfs or another filesystem is
+        mounted there, or a link/file op makes it): the caller cannot check.
+        """
+        for op in reversed(self.ops):
+            d = op.dest.rstrip("/")
+            if not isinstance(op, _MOUNTS) or not (path == op.dest or path.startswith(d + "/")):
+                continue
+            rest = path[len(d) :].lstrip("/")
+            if isinstance(op, Bind):
+                return [os.path.join(op.source, rest) if rest else op.source]
+            if isinstance(op, Overlay):
+                layers = [*([op.upper] if op.upper else []), *op.lowers]
+                return [os.path.join(x, rest) if rest else x for x in layers]
+            return None
+        return None
+
     def exec_roots(self) -> list[str]:
-        """Host directories in which to look up the program (the layers of ``/``)."""
+        """Host directories holding the root's own content (binds or layers of ``/``)."""
         for op in reversed(self.ops):
             if op.dest != "/":
                 continue
