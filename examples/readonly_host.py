@@ -1,6 +1,6 @@
 """Run a command on "this machine, but read-only": RootFS.host().
 
-    python examples/readonly_host.py
+python examples/readonly_host.py
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ def main() -> int:
     box = nscg.Container().with_rootfs(nscg.RootFS.host())
     script = (
         "touch /etc/nscg-example 2>/dev/null || echo 'writing /etc: refused'; "
-        "echo hello > /tmp/scratch && echo \"private /tmp: $(cat /tmp/scratch)\"; "
+        'echo hello > /tmp/scratch && echo "private /tmp: $(cat /tmp/scratch)"; '
         'echo "processes: $(ls /proc | grep -c "^[0-9]")"; '
         'echo "dev: $(ls /dev | tr "\\n" " ")"'
     )
