@@ -105,6 +105,26 @@ def cases() -> dict[str, Callable[[], None] | str]:
         if bwrap
         else "bwrap not installed (apt-get install bubblewrap)"
     )
+    out["bwrap --unshare-all ro /"] = (
+        _cmd(
+            [
+                bwrap,
+                "--unshare-all",
+                "--ro-bind",
+                "/",
+                "/",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--tmpfs",
+                "/tmp",
+                TRUE,
+            ]
+        )
+        if bwrap
+        else "bwrap not installed (apt-get install bubblewrap)"
+    )
     # the levels of the spawn benchmark: isolation only, no capability or
     # seccomp changes (those are the "full" level's)
     base = nscg.Container().with_capabilities("inherit").with_seccomp("unconfined")
@@ -113,7 +133,14 @@ def cases() -> dict[str, Callable[[], None] | str]:
     )
     out["nscg 6 ns"] = _nscg(base.with_namespaces(NS6))
     out["nscg 6 ns, no init"] = _nscg(base.with_namespaces(NS6).with_init(False))
-    out["nscg 6 ns + caps + seccomp"] = _nscg(nscg.Container().with_namespaces(NS6))
+    out["nscg 6 ns + RootFS.host()"] = _nscg(
+        base.with_namespaces(NS6).with_rootfs(nscg.RootFS.host())
+    )
+    # the "full" level of issue 8: namespaces + RootFS.host() + no capabilities
+    # + the default seccomp filter
+    out["nscg full (ns+rootfs+caps+seccomp)"] = _nscg(
+        nscg.Container().with_namespaces(NS6).with_rootfs(nscg.RootFS.host())
+    )
     return out
 
 
@@ -161,14 +188,14 @@ def report(results: dict[str, list[float] | str], imp: float) -> dict[str, objec
             "median_ms": statistics.median(s) * 1e3,
             "p95_ms": s[int(0.95 * (len(s) - 1))] * 1e3,
         }
-    refs = ["subprocess.run", "unshare(1) 6 ns", "bwrap --unshare-all"]
-    head = f"{'case':26} {'mean':>8} {'median':>8} {'p95':>8}  " + "  ".join(
-        f"{'/' + r.split()[0]:>12}" for r in refs
+    refs = ["subprocess.run", "unshare(1) 6 ns", "bwrap --unshare-all", "bwrap --unshare-all ro /"]
+    head = f"{'case':28} {'mean':>8} {'median':>8} {'p95':>8}  " + "  ".join(
+        f"{'/' + r.split()[0] + ('-ro/' if r.endswith('ro /') else ''):>12}" for r in refs
     )
     print(head)
     for k, v in results.items():
         if isinstance(v, str):
-            print(f"{k:26} skipped: {v}")
+            print(f"{k:28} skipped: {v}")
             continue
         st = stats[k]
         ratios = []
@@ -177,7 +204,7 @@ def report(results: dict[str, list[float] | str], imp: float) -> dict[str, objec
                 f"{st['median_ms'] / stats[r]['median_ms']:12.2f}" if r in stats else f"{'-':>12}"
             )
         print(
-            f"{k:26} {st['mean_ms']:8.2f} {st['median_ms']:8.2f} {st['p95_ms']:8.2f}  "
+            f"{k:28} {st['mean_ms']:8.2f} {st['median_ms']:8.2f} {st['p95_ms']:8.2f}  "
             + "  ".join(ratios)
         )
     print(f"import nscg: {imp * 1e3:.1f} ms (median of 5 fresh interpreters)")

@@ -40,12 +40,15 @@ _EXPORTS: dict[str, str] = {
     "TimeOffsets": "nscg.namespaces",
     "Process": "nscg.process",
     "Result": "nscg.process",
+    "Changes": "nscg.rootfs",
+    "RootFS": "nscg.rootfs",
     "Stage": "nscg.process",
     "Usage": "nscg.process",
 }
 
 __all__ = [
     "CalledProcessError",
+    "Changes",
     "Container",
     "DEVNULL",
     "ExecutableNotFoundError",
@@ -58,6 +61,7 @@ __all__ = [
     "Process",
     "Result",
     "Rlimit",
+    "RootFS",
     "STDOUT",
     "SpawnError",
     "SpecError",
@@ -102,3 +106,4 @@ if TYPE_CHECKING:
     from nscg.features import Features, features
     from nscg.namespaces import IdMap, Namespace, NamespaceRef, TimeOffsets
     from nscg.process import Process, Result, Stage, Usage
+    from nscg.rootfs import Changes, RootFS

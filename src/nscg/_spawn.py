@@ -394,6 +394,10 @@ def _failure_object(
         return f"rlimit {c.rlimits[index].resource}"
     if stage == Stage.TIMENS:
         return "/proc/self/timens_offsets"
+    if stage in (Stage.MOUNTS, Stage.PIVOT_ROOT) and c.rootfs is not None:
+        from nscg._rootfs_run import failure_label
+
+        return failure_label(c, stage, index)[1]
     return None
 
 
@@ -414,6 +418,78 @@ def spawn(
     ``_fault`` (stage, errno, op index) makes that stage fail on purpose and
     ``_extra_flags`` adds NSCG_F_* flags: both are for tests only.
     """
+    if c.rootfs is None:
+        return _spawn(
+            c,
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=pass_fds,
+            executable=executable,
+            _fault=_fault,
+            _extra_flags=_extra_flags,
+        )
+    from nscg._rootfs_run import RootfsRun
+
+    c.validate()
+    root = RootfsRun(c)
+    try:
+        proc = _spawn(
+            c,
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=pass_fds,
+            executable=executable,
+            _fault=_fault,
+            _extra_flags=_extra_flags,
+            _root=root,
+        )
+    except BaseException:
+        root.cleanup()
+        raise
+    root.attach(proc)
+    return proc
+
+
+def _resolve_in_rootfs(c: Container, name: str, path_var: str, executable: str | None) -> str:
+    """resolve_executable, in the sandbox's root when it has its own (see RootFS.host_paths)."""
+    if c.rootfs is None:
+        return resolve_executable(name, path_var, executable, cwd=c.cwd)
+    target = executable or name
+    if "/" in target:
+        cand = [target if target.startswith("/") else os.path.join(c.cwd or "/", target)]
+    else:
+        cand = [os.path.join(d or ".", target) for d in path_var.split(":")]
+    for sandbox_path in cand:
+        hosts = c.rootfs.host_paths(os.path.normpath(sandbox_path))
+        if hosts is None:
+            if "/" in target:
+                return sandbox_path  # made by the plan: the child's execve will tell
+            continue
+        if any(os.path.isfile(h) and os.access(h, os.X_OK) for h in hosts):
+            return sandbox_path
+    where = f"on PATH {path_var!r}" if "/" not in target else "(not an executable file)"
+    raise ExecutableNotFoundError(
+        errno.ENOENT, f"executable {target!r} not found in the sandbox's root {where}", target
+    )
+
+
+def _spawn(
+    c: Container,
+    argv: Sequence[str],
+    *,
+    stdin: StdioSpec = None,
+    stdout: StdioSpec = None,
+    stderr: StdioSpec = None,
+    pass_fds: Sequence[int] = (),
+    executable: str | None = None,
+    _fault: tuple[Stage, int, int] | None = None,
+    _extra_flags: int = 0,
+    _root: Any = None,
+) -> Process:
     if isinstance(argv, (str, bytes)) or not argv:
         raise SpecError("argv must be a non-empty sequence of strings")
     argv = [os.fsdecode(a) if isinstance(a, bytes) else a for a in argv]
@@ -432,7 +508,7 @@ def spawn(
         if c.env is not None
         else _default_env(uid_in if ns & Namespace.USER else os.geteuid())
     )
-    path = resolve_executable(argv[0], env.get("PATH", DEFAULT_PATH), executable, cwd=c.cwd)
+    path = _resolve_in_rootfs(c, argv[0], env.get("PATH", DEFAULT_PATH), executable)
 
     maps = _plan_maps(c) if ns & Namespace.USER else None
 
@@ -518,7 +594,9 @@ def spawn(
     plan.path = p.cstr(path)
     plan.argv = p.cstr_array(argv)
     plan.envp = p.cstr_array([f"{k}={v}" for k, v in env.items()])
-    plan.cwd = p.cstr(c.cwd)
+    plan.cwd = p.cstr(c.cwd if c.cwd is not None or c.rootfs is None else "/")
+    if _root is not None:
+        _root.fill(p, plan)
 
     if _fault is not None:
         plan.fail_stage, plan.fail_errno, plan.fail_index = int(_fault[0]), _fault[1], _fault[2]
@@ -804,6 +882,10 @@ def _raise_child_error(
         stage = Stage.NONE
     syscall = sc.rstrip(b"\0").decode(errors="replace")
     obj = _failure_object(stage, index, c, path, joins)
+    if stage == Stage.MOUNTS and c.rootfs is not None:
+        from nscg._rootfs_run import failure_label
+
+        index = failure_label(c, stage, index)[0]
     raise SpawnError(err, syscall, stage, index, obj, detail=_hint(stage, err))
 
 
@@ -817,6 +899,14 @@ def _hint(stage: Stage, err: int) -> str:
         return "the program or its interpreter (#! line) or a shared library loader is missing"
     if stage == Stage.TIMENS and err == errno.EACCES:
         return "time namespace offsets must be written before any process enters it"
+    if stage == Stage.PIVOT_ROOT and err == errno.EINVAL:
+        return "the new root must be a mount point and its parent mount not shared"
+    if stage == Stage.MOUNTS and err == errno.ENODEV:
+        return "the kernel does not know this filesystem type (see /proc/filesystems)"
+    if stage == Stage.MOUNTS and err == errno.EROFS:
+        return "the mount point is missing on a read-only mount: create it beforehand"
+    if stage == Stage.MOUNTS and err == errno.ENOENT:
+        return "the source or the mount point does not exist"
     return ""
 
 

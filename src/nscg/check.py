@@ -58,8 +58,15 @@ def _namespace_checks() -> list[Check]:
         c = base.with_namespaces(ns)
         if kind == "time":
             c = c.with_time_offsets(monotonic=1)
-        ok, detail = _try(lambda c=c: str(c.run(["true"], check=True).returncode) and "works")
-        out.append(Check(f"namespace {kind}{'' if root else ' (with a user namespace)'}", ok, detail))
+
+        def probe(c: nscg.Container = c) -> str:
+            c.run(["true"], check=True)
+            return "works"
+
+        ok, detail = _try(probe)
+        out.append(
+            Check(f"namespace {kind}{'' if root else ' (with a user namespace)'}", ok, detail)
+        )
     return out
 
 
@@ -90,10 +97,10 @@ def _rootless_checks() -> list[Check]:
         )
         ok, detail = _try(
             lambda: (
-                c.run([sys.executable, "-c", _ROOTLESS_PROBE], capture_output=True).stdout or b""
+                (c.run([sys.executable, "-c", _ROOTLESS_PROBE], capture_output=True).stdout or b"")
+                .decode()
+                .strip()
             )
-            .decode()
-            .strip()
         )
         works = ok and detail == "ok"
         out.append(
@@ -144,7 +151,9 @@ def _cgroup_checks() -> list[Check]:
             "cgroup v2 mode",
             rep.mode == CgroupMode.UNIFIED,
             f"{rep.mode.value}"
-            + (f" (v1 holds {', '.join(sorted(rep.v1_controllers))})" if rep.v1_controllers else ""),
+            + (
+                f" (v1 holds {', '.join(sorted(rep.v1_controllers))})" if rep.v1_controllers else ""
+            ),
         ),
         Check("cgroup2 mount", rep.mount_point is not None, rep.mount_point or "not mounted"),
         Check(
@@ -160,7 +169,9 @@ def _cgroup_checks() -> list[Check]:
             Check(
                 "delegation of the own cgroup",
                 d.ok,
-                "writable" if d.ok else f"not writable by uid {d.euid} (owner {d.owner_uid}); "
+                "writable"
+                if d.ok
+                else f"not writable by uid {d.euid} (owner {d.owner_uid}); "
                 "ask for a delegated subtree (systemd: Delegate=yes)",
             )
         )

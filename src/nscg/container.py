@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from nscg.capabilities import Capabilities
     from nscg.cgroups import CgroupSpec, Limits
     from nscg.process import Process, Result
+    from nscg.rootfs import RootFS
     from nscg.seccomp import Seccomp
 
 __all__ = ["DEFAULT_PATH", "Container", "Rlimit"]
@@ -189,9 +190,11 @@ class Container:
             too) or ``"unconfined"``.
         cgroup: a cgroup v2 for each sandbox (:class:`nscg.cgroups.CgroupSpec`),
             or None.
-        rootfs, network: filled in by their own modules (a network
-            is a :class:`nscg._spawn.ParentHook`: the parent sets it up while
-            the child waits in its new network namespace).
+        rootfs: the sandbox's root filesystem (a :class:`nscg.RootFS`); None
+            keeps the caller's view (needs ``Namespace.MOUNT`` when set).
+        network: filled in by its own module (a network is a
+            :class:`nscg._spawn.ParentHook`: the parent sets it up while the
+            child waits in its new network namespace).
     """
 
     namespaces: Namespace = attrs.field(default=Namespace.ALL, converter=_ns_conv)
@@ -213,12 +216,14 @@ class Container:
     new_session: bool = True
     capabilities: Capabilities | str | None = attrs.field(default=None, validator=_caps_check)
     seccomp: Seccomp | str = attrs.field(default="default", validator=_seccomp_check)
-    rootfs: Any = None
+    rootfs: RootFS | None = None
     cgroup: CgroupSpec | None = None
     network: Any = None
 
     # ------------------------------------------------------------ builders
-    def with_namespaces(self, namespaces: Namespace | str | Iterable[str | Namespace]) -> Container:
+    def with_namespaces(
+        self, namespaces: Namespace | int | str | Iterable[str | Namespace]
+    ) -> Container:
         """Create exactly these namespaces (``Namespace.NONE`` for none)."""
         return attrs.evolve(self, namespaces=Namespace.parse(namespaces))
 
@@ -344,6 +349,21 @@ class Container:
         return attrs.evolve(
             self, cgroup=attrs.evolve(base, limits=attrs.evolve(base.limits, **changes))
         )
+
+    def with_rootfs(self, rootfs: RootFS | None = None) -> Container:
+        """Give the sandbox its own root (default: ``RootFS.host()``; None: none).
+
+        The working directory defaults to ``/`` inside it.
+        """
+        if rootfs is None:
+            from nscg.rootfs import RootFS
+
+            rootfs = RootFS.host()
+        return attrs.evolve(self, rootfs=rootfs)
+
+    def without_rootfs(self) -> Container:
+        """Keep the caller's filesystem view (the default)."""
+        return attrs.evolve(self, rootfs=None)
 
     def with_init(self, init: bool = True) -> Container:
         """Run (or not) the minimal init as pid 1 of the new pid namespace."""
@@ -491,6 +511,20 @@ class Container:
                     "a seccomp filter without no_new_privs needs CAP_SYS_ADMIN in the "
                     "payload's effective set; keep no_new_privs on or unconfine seccomp"
                 )
+        if self.rootfs is not None:
+            from nscg.rootfs import RootFS
+
+            if not isinstance(self.rootfs, RootFS):
+                raise SpecError(f"rootfs must be a nscg.RootFS, got {self.rootfs!r}")
+            if not ns & Namespace.MOUNT:
+                raise SpecError("a rootfs needs a new mount namespace (Namespace.MOUNT)")
+            if self.rootfs.needs_proc() and not ns & Namespace.PID:
+                raise SpecError(
+                    "mounting proc needs a new pid namespace (Namespace.PID) and a new "
+                    "mount namespace; or build the RootFS with proc=False"
+                )
+            if self.rootfs.needs_ipc() and not ns & Namespace.IPC:
+                raise SpecError("mounting mqueue needs a new ipc namespace (Namespace.IPC)")
 
     # --------------------------------------------------------------- running
     def spawn(

@@ -106,7 +106,8 @@ class Result:
         wall_time: seconds from spawn to reaping.
         usage: CPU time and peak memory.
         oom_killed: whether the kernel's OOM killer ended the sandbox (cgroup only).
-        changes: the filesystem change report (overlay roots only), else None.
+        changes: the filesystem change report (:class:`nscg.Changes`, overlay
+            roots only), else None.
     """
 
     args: tuple[str, ...]
@@ -193,6 +194,7 @@ class Process:
         self._pgroup = process_group
         self._cleanups: list[Any] = []
         self._cgroup = cgroup
+        self._changes: Any = None
         self._chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
 
     # ---------------------------------------------------------------- basics
@@ -242,7 +244,7 @@ class Process:
             if self._cgroup is not None:
                 self._finish_cgroup()
             self._close_pidfd()
-            for fn in reversed(self._cleanups):
+            for fn in self._cleanups:  # in the order they were added
                 try:
                     fn()
                 except Exception as e:  # cleanup must not hide the status
@@ -507,4 +509,5 @@ class Process:
             wall_time=self.wall_time,
             usage=self.usage or Usage(),
             oom_killed=bool(self.usage and self.usage.oom_kills),
+            changes=self._changes,
         )

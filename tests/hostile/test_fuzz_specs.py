@@ -33,7 +33,9 @@ def containers(draw: st.DrawFn) -> Container:
         elif op == 3:
             c = c.with_user(draw(ids), draw(ids))
         elif op == 4:
-            c = c.with_rlimit(draw(st.sampled_from(["nofile", "nproc", "bogus", 7])), draw(limits))
+            res = draw(st.sampled_from(["nofile", "nproc", "bogus", 7]))
+            assert isinstance(res, (int, str))
+            c = c.with_rlimit(res, draw(limits))
         elif op == 5:
             c = c.with_uid_map(*draw(st.lists(st.tuples(ids, ids, ids), max_size=400)))
         elif op == 6:
@@ -53,9 +55,7 @@ def test_weird_specs_run_or_fail_typed(data: st.DataObject) -> None:
     fds, kids = open_fds(), set(children())
     try:
         c = data.draw(containers())
-        argv = data.draw(
-            st.one_of(st.just(["true"]), st.lists(weird_text, min_size=0, max_size=3))
-        )
+        argv = data.draw(st.one_of(st.just(["true"]), st.lists(weird_text, min_size=0, max_size=3)))
         r = c.run(argv, timeout=20)
         assert isinstance(r.returncode, int)
     except nscg.NscgError:

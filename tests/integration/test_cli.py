@@ -53,8 +53,14 @@ def test_check_json_reports_this_hosts_cgroups() -> None:
         assert mode["ok"] is False
         for ctl in rep.v1_controllers:
             assert ctl in mode["detail"]
-    assert checks["namespace net" if "namespace net" in checks else
-                  "namespace net (with a user namespace)"]["ok"] is True
+    assert (
+        checks[
+            "namespace net"
+            if "namespace net" in checks
+            else "namespace net (with a user namespace)"
+        ]["ok"]
+        is True
+    )
     assert checks["seccomp filters"]["ok"] is True
 
 

@@ -12,6 +12,7 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.py"
 
 EXPECT = {
     "isolated_command.py": [b"hostname: example", b"my pid: 2", b"network interfaces: lo\n"],
+    "readonly_host.py": [b"writing /etc: refused", b"private /tmp: hello", b"dev: fd full null"],
 }
 
 

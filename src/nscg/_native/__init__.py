@@ -20,8 +20,18 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 __all__ = ["INIT_PATH", "check_build", "ffi", "lib"]
 
-EXPECTED_ABI = 4
-_SOURCES = ["abi.h", "child.c", "init.c", "nscg.h", "spawn.c", "trampoline.c", "util.c"]
+EXPECTED_ABI = 5
+_SOURCES = [
+    "abi.h",
+    "child.c",
+    "child.h",
+    "init.c",
+    "mount.c",
+    "nscg.h",
+    "spawn.c",
+    "trampoline.c",
+    "util.c",
+]
 #: pid 1 of a sandbox's pid namespace, built by setup.py beside the extension
 INIT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nscg-init")
 

@@ -6,7 +6,7 @@
  * boundary. Bump NSCG_ABI_VERSION whenever a struct or a signature changes.
  */
 
-#define NSCG_ABI_VERSION 4
+#define NSCG_ABI_VERSION 5
 
 /* ---- stages of the child's setup (reported in struct nscg_child_error) ---- */
 #define NSCG_STAGE_NONE 0
@@ -55,6 +55,30 @@
 #define NSCG_F_CAPS 4096
 #define NSCG_F_CAPS_BOUNDING 8192
 #define NSCG_F_SECCOMP 16384
+
+/* ---- mount plan: kinds of struct nscg_mount_op (see mount.c) ---- */
+#define NSCG_MOUNT_BIND 1
+#define NSCG_MOUNT_FS 2
+#define NSCG_MOUNT_MKDIR 3
+#define NSCG_MOUNT_SYMLINK 4
+#define NSCG_MOUNT_FILE 5
+#define NSCG_MOUNT_READONLY 6
+#define NSCG_MOUNT_MASK 7
+
+/* ---- flags of one mount op ---- */
+#define NSCG_MNT_RDONLY 1
+#define NSCG_MNT_NOSUID 2
+#define NSCG_MNT_NODEV 4
+#define NSCG_MNT_NOEXEC 8
+#define NSCG_MNT_RECURSIVE 16
+#define NSCG_MNT_CREATE_DIR 32
+#define NSCG_MNT_CREATE_FILE 64
+#define NSCG_MNT_OPTIONAL 128
+
+/* ---- flags of the whole mount plan (nscg_plan.mount_flags) ---- */
+#define NSCG_MOUNTS_ACTIVE 1
+#define NSCG_MOUNTS_SLAVE 2
+#define NSCG_MOUNTS_ROOT_RDONLY 4
 
 /* ---- namespace flags (values of the kernel's CLONE_NEW*) ---- */
 #define NSCG_CLONE_NEWNS 131072
@@ -109,6 +133,23 @@ struct nscg_child_error {
     char syscall[24];
 };
 
+/* One step of the mount plan, executed in order inside the new root.
+ * dest is relative to the new root ("" is the root itself); source is a path
+ * in the caller's view (bind), a link target (symlink) or the content of a
+ * file (size bytes); options are key, value pairs for fsconfig(2), ended by a
+ * NULL key (a NULL value sets a flag). */
+struct nscg_mount_op {
+    uint32_t kind;
+    uint32_t flags;
+    uint32_t mode;
+    uint32_t reserved;
+    uint64_t size;
+    const char *source;
+    const char *dest;
+    const char *fstype;
+    char *const *options;
+};
+
 struct nscg_plan {
     uint32_t abi;
     uint32_t flags;
@@ -154,6 +195,9 @@ struct nscg_plan {
     const void *seccomp_filter;
     uint32_t seccomp_len;
     uint32_t seccomp_flags;
+    int32_t n_mounts;
+    uint32_t mount_flags;
+    const struct nscg_mount_op *mounts;
 };
 
 struct nscg_spawn_out {

@@ -14,9 +14,9 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["spawn.c", "child.c", "trampoline.c", "util.c"]
+SOURCES = ["spawn.c", "child.c", "mount.c", "trampoline.c", "util.c"]
 #: hashed too: init.c is built into nscg-init by setup.py
-HEADERS = ["abi.h", "nscg.h", "init.c"]
+HEADERS = ["abi.h", "nscg.h", "child.h", "init.c"]
 
 
 def source_hash() -> str:

@@ -5,7 +5,7 @@
  * failing step writes one struct nscg_child_error to the error pipe and
  * _exit()s; the parent reads EOF on that pipe when execve succeeded.
  */
-#include "nscg.h"
+#include "child.h"
 
 #include <net/if.h>
 #include <poll.h>
@@ -21,18 +21,6 @@
 #ifndef CLOSE_RANGE_CLOEXEC
 #define CLOSE_RANGE_CLOEXEC (1U << 2)
 #endif
-
-/* File descriptors the child still needs once the fd table is rearranged. */
-struct child_ctx {
-    const struct nscg_plan *p;
-    int err_fd;
-    int sync_fd;
-    int parent_pidfd;
-    int status_fd;
-    int init_fd;
-    int forked; /* the payload's parent is the sandbox's init */
-    sigset_t oldmask;
-};
 
 static size_t cstrlen(const char *s)
 {
@@ -60,27 +48,11 @@ static void write_record(int fd, uint32_t stage, int err, int index, const char 
     }
 }
 
-__attribute__((noreturn)) static void fail(struct child_ctx *c, uint32_t stage, int err,
-                                           int index, const char *sc)
+void nscg_fail(struct child_ctx *c, uint32_t stage, int err, int index, const char *sc)
 {
     write_record(c->err_fd, stage, err ? err : EIO, index, sc);
     _exit(NSCG_CHILD_FAILED);
 }
-
-/* A test-only fault hook: the parent can ask stage S (op I) to fail with E. */
-static inline int injected(struct child_ctx *c, uint32_t stage, int index)
-{
-    const struct nscg_plan *p = c->p;
-    return p->fail_stage == (int32_t)stage && (p->fail_index < 0 || p->fail_index == index);
-}
-
-#define STEP(c, stage, index, name, expr)                                               \
-    do {                                                                                \
-        if (injected((c), (stage), (index)))                                            \
-            fail((c), (stage), (c)->p->fail_errno, (index), (name));                    \
-        if ((long)(expr) < 0)                                                           \
-            fail((c), (stage), errno, (index), (name));                                 \
-    } while (0)
 
 static int dup_above(int fd, int floor)
 {
@@ -311,6 +283,8 @@ static void setup_namespaces(struct child_ctx *c)
         if (p->timens_offsets)
             write_file(c, NSCG_STAGE_TIMENS, "/proc/self/timens_offsets", p->timens_offsets);
     }
+    if (p->mount_flags & NSCG_MOUNTS_ACTIVE)
+        nscg_setup_mounts(c);
 }
 
 /* After setup: start the payload, then become the init if there is one. A

@@ -1,0 +1,454 @@
+/* The mount plan: build the sandbox's root and pivot_root into it.
+ *
+ * Runs in the child, in its new mount namespace, after the pid namespace is
+ * entered (so a new /proc shows the sandbox's pids) and before the payload
+ * starts. Same rules as child.c: system calls only, no allocation.
+ *
+ * How (kernel >= 5.12: the "new" mount API and mount_setattr):
+ *
+ *  1. "/" becomes MS_REC|MS_PRIVATE (or MS_SLAVE): nothing propagates back.
+ *  2. The new root is a fresh tmpfs made with fsopen/fsmount and attached on
+ *     top of "/" itself. No staging directory is needed (no /tmp, no /mnt that
+ *     may be missing, a symlink, or shared): the process's root still refers
+ *     to the mount underneath, so host paths (bind sources, /dev/null) keep
+ *     resolving in the old tree while every destination is resolved from an
+ *     fd of the new root.
+ *  3. Each op is executed in order. Destinations are opened with
+ *     openat2(root_fd, dest, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): a
+ *     symlink in the new root is resolved as if the new root were "/", so it
+ *     can never lead outside (runc's CVE-2021-30465). Mounts are attached to
+ *     that fd with move_mount(MOVE_MOUNT_T_EMPTY_PATH): no path is looked up
+ *     twice. Missing mount points are created one component at a time with
+ *     mkdirat/openat(O_EXCL|O_NOFOLLOW) relative to in-root fds.
+ *  4. Read-only binds: open_tree(OPEN_TREE_CLONE [|AT_RECURSIVE]) +
+ *     mount_setattr(MOUNT_ATTR_RDONLY [|AT_RECURSIVE]) on the detached copy.
+ *     mount_setattr only *adds* flags, so the flags a user namespace locks on
+ *     the source (nosuid, nodev, ...) are kept and the call cannot fail with
+ *     EPERM as an MS_REMOUNT that forgot them would; recursion covers every
+ *     submount (an MS_REMOUNT loop would need /proc/self/mountinfo).
+ *  5. fchdir(new root); pivot_root(".", "."); umount2(".", MNT_DETACH): the
+ *     old root is stacked on the new one by pivot_root and detached at once.
+ */
+#include "child.h"
+
+#include <sys/mount.h>
+#include <sys/stat.h>
+
+#ifndef OPEN_TREE_CLONE
+#define OPEN_TREE_CLONE 1
+#endif
+#ifndef OPEN_TREE_CLOEXEC
+#define OPEN_TREE_CLOEXEC O_CLOEXEC
+#endif
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+#ifndef MOVE_MOUNT_F_EMPTY_PATH
+#define MOVE_MOUNT_F_EMPTY_PATH 0x00000004
+#endif
+#ifndef MOVE_MOUNT_T_EMPTY_PATH
+#define MOVE_MOUNT_T_EMPTY_PATH 0x00000040
+#endif
+#ifndef FSOPEN_CLOEXEC
+#define FSOPEN_CLOEXEC 0x00000001
+#endif
+#ifndef FSMOUNT_CLOEXEC
+#define FSMOUNT_CLOEXEC 0x00000001
+#endif
+#define NSCG_FSCONFIG_SET_FLAG 0
+#define NSCG_FSCONFIG_SET_STRING 1
+#define NSCG_FSCONFIG_CMD_CREATE 6
+#define NSCG_ATTR_RDONLY 0x00000001
+#define NSCG_ATTR_NOSUID 0x00000002
+#define NSCG_ATTR_NODEV 0x00000004
+#define NSCG_ATTR_NOEXEC 0x00000008
+#define NSCG_RESOLVE_NO_MAGICLINKS 0x02
+#define NSCG_RESOLVE_IN_ROOT 0x10
+
+struct nscg_open_how {
+    uint64_t flags, mode, resolve;
+};
+
+struct nscg_mount_attr {
+    uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+
+#define PATH_BUF 4096
+
+struct mctx {
+    struct child_ctx *c;
+    int root; /* the topmost mount at the new root */
+};
+
+static size_t slen(const char *s)
+{
+    size_t n = 0;
+    while (s[n])
+        n++;
+    return n;
+}
+
+static int open_in_root(int root, const char *rel, int oflags)
+{
+    struct nscg_open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = (uint64_t)(O_PATH | O_CLOEXEC | oflags);
+    how.resolve = NSCG_RESOLVE_IN_ROOT | NSCG_RESOLVE_NO_MAGICLINKS;
+    return (int)syscall(SYS_openat2, root, rel[0] ? rel : ".", &how, sizeof how);
+}
+
+static long sys_open_tree(int dfd, const char *path, unsigned flags)
+{
+    return syscall(SYS_open_tree, dfd, path, flags);
+}
+
+static long sys_move_to(int from, int to)
+{
+    return syscall(SYS_move_mount, from, "", to, "",
+                   MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
+}
+
+static long sys_setattr(int fd, unsigned at_flags, uint64_t set)
+{
+    struct nscg_mount_attr a;
+    memset(&a, 0, sizeof a);
+    a.attr_set = set;
+    return syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | at_flags, &a, sizeof a);
+}
+
+static uint64_t attrs_of(uint32_t f)
+{
+    uint64_t a = 0;
+    if (f & NSCG_MNT_RDONLY)
+        a |= NSCG_ATTR_RDONLY;
+    if (f & NSCG_MNT_NOSUID)
+        a |= NSCG_ATTR_NOSUID;
+    if (f & NSCG_MNT_NODEV)
+        a |= NSCG_ATTR_NODEV;
+    if (f & NSCG_MNT_NOEXEC)
+        a |= NSCG_ATTR_NOEXEC;
+    return a;
+}
+
+/* Copy rel into buf; split it at its last '/': *name is the last component,
+ * buf the parent ("" for the root). */
+static void split(char *buf, const char *rel, const char **name)
+{
+    size_t n = slen(rel), cut = n;
+    memcpy(buf, rel, n + 1);
+    while (cut > 0 && buf[cut - 1] != '/')
+        cut--;
+    *name = buf + cut;
+    if (cut > 0) {
+        buf[cut - 1] = 0;
+    } else {
+        /* no parent component: move the name out of the way */
+        memmove(buf + 1, buf, n + 1);
+        buf[0] = 0;
+        *name = buf + 1;
+    }
+}
+
+/* Open the directory that will hold rel, creating missing directories on the
+ * way, each one inside the new root. Returns an O_PATH fd or -1 (errno). */
+static int ensure_dir(int root, const char *rel)
+{
+    char buf[PATH_BUF];
+    int fd = open_in_root(root, rel, O_DIRECTORY);
+    if (fd >= 0 || errno != ENOENT)
+        return fd;
+    size_t n = slen(rel);
+    memcpy(buf, rel, n + 1);
+    for (size_t end = 0;; end++) {
+        if (buf[end] != '/' && buf[end] != 0)
+            continue;
+        char save = buf[end];
+        buf[end] = 0;
+        /* the parent of this component is open; create the component */
+        size_t start = end;
+        while (start > 0 && buf[start - 1] != '/')
+            start--;
+        int pfd;
+        if (start == 0) {
+            pfd = root;
+        } else {
+            buf[start - 1] = 0;
+            pfd = open_in_root(root, buf, O_DIRECTORY);
+            buf[start - 1] = '/';
+            if (pfd < 0)
+                return -1;
+        }
+        int r = mkdirat(pfd, buf + start, 0755);
+        int e = errno;
+        if (pfd != root)
+            close(pfd);
+        if (r < 0 && e != EEXIST) {
+            errno = e;
+            return -1;
+        }
+        buf[end] = save;
+        if (!save)
+            break;
+    }
+    return open_in_root(root, rel, O_DIRECTORY);
+}
+
+/* Open the destination of an op, creating it (a directory or an empty file)
+ * if the op says so. */
+static int open_dest(int root, const char *rel, uint32_t flags)
+{
+    int fd = open_in_root(root, rel, 0);
+    if (fd >= 0 || errno != ENOENT)
+        return fd;
+    if (flags & NSCG_MNT_CREATE_DIR)
+        return ensure_dir(root, rel);
+    if (flags & NSCG_MNT_CREATE_FILE) {
+        char buf[PATH_BUF + 2];
+        const char *name;
+        split(buf, rel, &name);
+        int pfd = ensure_dir(root, buf);
+        if (pfd < 0)
+            return -1;
+        int f = openat(pfd, name, O_CREAT | O_EXCL | O_NOFOLLOW | O_WRONLY | O_CLOEXEC, 0644);
+        int e = errno;
+        close(pfd);
+        if (f < 0 && e != EEXIST) {
+            errno = e;
+            return -1;
+        }
+        if (f >= 0)
+            close(f);
+        return open_in_root(root, rel, 0);
+    }
+    return -1;
+}
+
+/* Attach the detached mount mnt at op->dest; the fd is consumed. */
+static void attach(struct mctx *m, int i, const struct nscg_mount_op *op, int mnt)
+{
+    struct child_ctx *c = m->c;
+    int dst;
+    STEP(c, NSCG_STAGE_MOUNTS, i, "openat2", dst = open_dest(m->root, op->dest, op->flags));
+    STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount", sys_move_to(mnt, dst));
+    close(dst);
+    if (op->dest[0] == 0) {
+        /* stacked on the root: lookups from the old root fd would not see it */
+        close(m->root);
+        m->root = mnt;
+    } else {
+        close(mnt);
+    }
+}
+
+static void op_bind(struct mctx *m, int i, const struct nscg_mount_op *op)
+{
+    struct child_ctx *c = m->c;
+    unsigned rec = (op->flags & NSCG_MNT_RECURSIVE) ? AT_RECURSIVE : 0;
+    STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree", 0);
+    int tree = (int)sys_open_tree(AT_FDCWD, op->source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec);
+    if (tree < 0) {
+        if (errno == ENOENT && (op->flags & NSCG_MNT_OPTIONAL))
+            return;
+        fail(c, NSCG_STAGE_MOUNTS, errno, i, "open_tree");
+    }
+    uint64_t a = attrs_of(op->flags);
+    if (a)
+        STEP(c, NSCG_STAGE_MOUNTS, i, "mount_setattr", sys_setattr(tree, rec, a));
+    attach(m, i, op, tree);
+}
+
+static void op_fs(struct mctx *m, int i, const struct nscg_mount_op *op)
+{
+    struct child_ctx *c = m->c;
+    int fs, mnt;
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fsopen", fs = (int)syscall(SYS_fsopen, op->fstype, FSOPEN_CLOEXEC));
+    for (int k = 0; op->options && op->options[k]; k += 2) {
+        const char *key = op->options[k], *val = op->options[k + 1];
+        STEP(c, NSCG_STAGE_MOUNTS, i, "fsconfig",
+             syscall(SYS_fsconfig, fs, val ? NSCG_FSCONFIG_SET_STRING : NSCG_FSCONFIG_SET_FLAG, key,
+                     val, 0));
+    }
+    if (op->source)
+        STEP(c, NSCG_STAGE_MOUNTS, i, "fsconfig",
+             syscall(SYS_fsconfig, fs, NSCG_FSCONFIG_SET_STRING, "source", op->source, 0));
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fsconfig",
+         syscall(SYS_fsconfig, fs, NSCG_FSCONFIG_CMD_CREATE, NULL, NULL, 0));
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fsmount",
+         mnt = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, (unsigned)attrs_of(op->flags)));
+    close(fs);
+    attach(m, i, op, mnt);
+}
+
+static void op_mkdir(struct mctx *m, int i, const struct nscg_mount_op *op)
+{
+    struct child_ctx *c = m->c;
+    char buf[PATH_BUF + 2];
+    const char *name;
+    int pfd;
+    split(buf, op->dest, &name);
+    STEP(c, NSCG_STAGE_MOUNTS, i, "mkdirat", pfd = ensure_dir(m->root, buf));
+    if (mkdirat(pfd, name, op->mode) < 0 && errno != EEXIST)
+        fail(c, NSCG_STAGE_MOUNTS, errno, i, "mkdirat");
+    close(pfd);
+}
+
+static void op_symlink(struct mctx *m, int i, const struct nscg_mount_op *op)
+{
+    struct child_ctx *c = m->c;
+    char buf[PATH_BUF + 2];
+    const char *name;
+    int pfd;
+    split(buf, op->dest, &name);
+    STEP(c, NSCG_STAGE_MOUNTS, i, "mkdirat", pfd = ensure_dir(m->root, buf));
+    STEP(c, NSCG_STAGE_MOUNTS, i, "symlinkat", symlinkat(op->source, pfd, name));
+    close(pfd);
+}
+
+static void op_file(struct mctx *m, int i, const struct nscg_mount_op *op)
+{
+    struct child_ctx *c = m->c;
+    char buf[PATH_BUF + 2];
+    const char *name;
+    int pfd, fd;
+    split(buf, op->dest, &name);
+    STEP(c, NSCG_STAGE_MOUNTS, i, "mkdirat", pfd = ensure_dir(m->root, buf));
+    STEP(c, NSCG_STAGE_MOUNTS, i, "openat",
+         fd = openat(pfd, name, O_CREAT | O_TRUNC | O_NOFOLLOW | O_WRONLY | O_CLOEXEC, op->mode));
+    close(pfd);
+    uint64_t off = 0;
+    while (off < op->size) {
+        ssize_t w = write(fd, op->source + off, (size_t)(op->size - off));
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            fail(c, NSCG_STAGE_MOUNTS, w < 0 ? errno : EIO, i, "write");
+        off += (uint64_t)w;
+    }
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fchmod", fchmod(fd, op->mode));
+    close(fd);
+}
+
+/* Make op->dest read-only: the root mount directly, any other path by a
+ * (recursive) bind onto itself made read-only. */
+static void op_readonly(struct mctx *m, int i, const struct nscg_mount_op *op)
+{
+    struct child_ctx *c = m->c;
+    unsigned rec = (op->flags & NSCG_MNT_RECURSIVE) ? AT_RECURSIVE : 0;
+    if (op->dest[0] == 0) {
+        STEP(c, NSCG_STAGE_MOUNTS, i, "mount_setattr",
+             sys_setattr(m->root, rec, NSCG_ATTR_RDONLY | attrs_of(op->flags)));
+        return;
+    }
+    STEP(c, NSCG_STAGE_MOUNTS, i, "openat2", 0);
+    int fd = open_in_root(m->root, op->dest, 0);
+    if (fd < 0) {
+        if (errno == ENOENT && (op->flags & NSCG_MNT_OPTIONAL))
+            return;
+        fail(c, NSCG_STAGE_MOUNTS, errno, i, "openat2");
+    }
+    int tree;
+    STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree",
+         tree = (int)sys_open_tree(fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | rec));
+    STEP(c, NSCG_STAGE_MOUNTS, i, "mount_setattr",
+         sys_setattr(tree, rec, NSCG_ATTR_RDONLY | attrs_of(op->flags)));
+    STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount", sys_move_to(tree, fd));
+    close(tree);
+    close(fd);
+}
+
+/* Hide op->dest: /dev/null over a file, an empty read-only tmpfs over a
+ * directory; a path that does not exist is skipped. */
+static void op_mask(struct mctx *m, int i, const struct nscg_mount_op *op)
+{
+    struct child_ctx *c = m->c;
+    struct stat st;
+    STEP(c, NSCG_STAGE_MOUNTS, i, "openat2", 0);
+    int fd = open_in_root(m->root, op->dest, 0);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return;
+        fail(c, NSCG_STAGE_MOUNTS, errno, i, "openat2");
+    }
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fstat", fstat(fd, &st));
+    int mnt;
+    if (S_ISDIR(st.st_mode)) {
+        int fs;
+        STEP(c, NSCG_STAGE_MOUNTS, i, "fsopen", fs = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC));
+        STEP(c, NSCG_STAGE_MOUNTS, i, "fsconfig",
+             syscall(SYS_fsconfig, fs, NSCG_FSCONFIG_SET_STRING, "size", "4k", 0));
+        STEP(c, NSCG_STAGE_MOUNTS, i, "fsconfig",
+             syscall(SYS_fsconfig, fs, NSCG_FSCONFIG_CMD_CREATE, NULL, NULL, 0));
+        STEP(c, NSCG_STAGE_MOUNTS, i, "fsmount",
+             mnt = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC,
+                                NSCG_ATTR_RDONLY | NSCG_ATTR_NOSUID | NSCG_ATTR_NODEV |
+                                    NSCG_ATTR_NOEXEC));
+        close(fs);
+    } else {
+        STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree",
+             mnt = (int)sys_open_tree(AT_FDCWD, "/dev/null", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC));
+    }
+    STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount", sys_move_to(mnt, fd));
+    close(mnt);
+    close(fd);
+}
+
+void nscg_setup_mounts(struct child_ctx *c)
+{
+    const struct nscg_plan *p = c->p;
+    struct mctx mc = {.c = c, .root = -1}, *m = &mc;
+    int fs;
+    unsigned long prop = (p->mount_flags & NSCG_MOUNTS_SLAVE) ? MS_SLAVE : MS_PRIVATE;
+
+    STEP(c, NSCG_STAGE_MOUNTS, -1, "mount", mount(NULL, "/", NULL, MS_REC | prop, NULL));
+    /* the staging root: a tmpfs stacked on "/" (see the top of this file) */
+    STEP(c, NSCG_STAGE_MOUNTS, -1, "fsopen", fs = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC));
+    STEP(c, NSCG_STAGE_MOUNTS, -1, "fsconfig",
+         syscall(SYS_fsconfig, fs, NSCG_FSCONFIG_SET_STRING, "mode", "0755", 0));
+    STEP(c, NSCG_STAGE_MOUNTS, -1, "fsconfig",
+         syscall(SYS_fsconfig, fs, NSCG_FSCONFIG_CMD_CREATE, NULL, NULL, 0));
+    STEP(c, NSCG_STAGE_MOUNTS, -1, "fsmount",
+         m->root = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, NSCG_ATTR_NOSUID | NSCG_ATTR_NODEV));
+    close(fs);
+    STEP(c, NSCG_STAGE_MOUNTS, -1, "move_mount",
+         syscall(SYS_move_mount, m->root, "", AT_FDCWD, "/", MOVE_MOUNT_F_EMPTY_PATH));
+
+    for (int i = 0; i < p->n_mounts; i++) {
+        const struct nscg_mount_op *op = &p->mounts[i];
+        switch (op->kind) {
+        case NSCG_MOUNT_BIND:
+            op_bind(m, i, op);
+            break;
+        case NSCG_MOUNT_FS:
+            op_fs(m, i, op);
+            break;
+        case NSCG_MOUNT_MKDIR:
+            op_mkdir(m, i, op);
+            break;
+        case NSCG_MOUNT_SYMLINK:
+            op_symlink(m, i, op);
+            break;
+        case NSCG_MOUNT_FILE:
+            op_file(m, i, op);
+            break;
+        case NSCG_MOUNT_READONLY:
+            op_readonly(m, i, op);
+            break;
+        case NSCG_MOUNT_MASK:
+            op_mask(m, i, op);
+            break;
+        default:
+            fail(c, NSCG_STAGE_MOUNTS, EINVAL, i, "mount");
+        }
+    }
+    if (p->mount_flags & NSCG_MOUNTS_ROOT_RDONLY)
+        STEP(c, NSCG_STAGE_MOUNTS, p->n_mounts, "mount_setattr",
+             sys_setattr(m->root, 0, NSCG_ATTR_RDONLY));
+
+    /* pivot_root(".", "."): the old root ends up stacked on the new one */
+    if (fchdir(m->root) < 0)
+        fail(c, NSCG_STAGE_PIVOT_ROOT, errno, -1, "fchdir");
+    STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "pivot_root", syscall(SYS_pivot_root, ".", "."));
+    STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "umount2", umount2(".", MNT_DETACH));
+    STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "chdir", chdir("/"));
+    close(m->root);
+}

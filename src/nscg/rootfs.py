@@ -1,0 +1,827 @@
+"""The sandbox's own root filesystem: :class:`RootFS`, an ordered mount plan.
+
+A :class:`RootFS` is a frozen list of operations (bind, tmpfs, proc, dev,
+overlay, mkdir, symlink, file, read-only, mask) that the child executes in
+order inside a fresh root, before ``pivot_root`` into it (see
+``_native/mount.c``). Start from a named constructor and add operations::
+
+    root = RootFS.host().bind("/srv/data", "/data", readonly=False)
+
+Needs a new mount namespace (``Namespace.MOUNT``); ``proc`` also needs a new
+pid namespace. Works unprivileged inside a user namespace; the overlay root
+needs kernel >= 5.11 there (``userxattr``). The mount code uses the kernel's
+new mount API and ``mount_setattr`` (kernel >= 5.12).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal, NamedTuple, TypeAlias
+
+import attrs
+
+from nscg.errors import SpecError
+
+__all__ = [
+    "DOCKER_MASKED_PATHS",
+    "DOCKER_READONLY_PATHS",
+    "Bind",
+    "Changes",
+    "Dev",
+    "File",
+    "Mask",
+    "Mkdir",
+    "Mount",
+    "Mqueue",
+    "Overlay",
+    "Proc",
+    "ReadOnly",
+    "RootFS",
+    "Symlink",
+    "Tmpfs",
+]
+
+#: The OCI/Docker default masked paths (hidden: /dev/null or an empty tmpfs over them).
+DOCKER_MASKED_PATHS: tuple[str, ...] = (
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+)
+
+#: The OCI/Docker default read-only paths.
+DOCKER_READONLY_PATHS: tuple[str, ...] = (
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+)
+
+#: Device nodes of the minimal /dev (bound from the host's, which works rootless too).
+DEV_NODES: tuple[str, ...] = ("null", "zero", "full", "random", "urandom", "tty")
+
+_MAX_PATH = 4000
+
+
+def _dest(value: str) -> str:
+    """Validate and normalize a destination path inside the sandbox."""
+    if not isinstance(value, str):
+        raise SpecError(f"a mount destination must be a str, got {value!r}")
+    if "\0" in value:
+        raise SpecError(f"NUL byte in mount destination {value!r}")
+    if not value.startswith("/"):
+        raise SpecError(f"mount destination {value!r} must be an absolute path")
+    parts = [p for p in value.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise SpecError(f"mount destination {value!r} must not contain '..'")
+    out = "/" + "/".join(parts)
+    if len(out.encode()) > _MAX_PATH:
+        raise SpecError(f"mount destination {value[:40]!r}... is too long")
+    return out
+
+
+def _source(value: str | os.PathLike[str]) -> str:
+    """Validate a host path that must exist now."""
+    s = os.fspath(value)
+    if not isinstance(s, str) or "\0" in s:
+        raise SpecError(f"invalid source path {value!r}")
+    if not s.startswith("/"):
+        raise SpecError(f"source {s!r} must be an absolute path")
+    if not os.path.lexists(s):
+        raise SpecError(f"source {s!r} does not exist")
+    return os.path.normpath(s)
+
+
+def _options(
+    value: Mapping[str, str | None] | Iterable[tuple[str, str | None]],
+) -> tuple[tuple[str, str | None], ...]:
+    return tuple(_opts(value))
+
+
+def _lowers(value: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
+    return tuple(_source(x) for x in value)
+
+
+def _upper(value: str | os.PathLike[str] | None) -> str | None:
+    return None if value is None else _source(value)
+
+
+def _content(value: bytes | str) -> bytes:
+    return value.encode() if isinstance(value, str) else bytes(value)
+
+
+def _ops(value: Iterable[Op]) -> tuple[Op, ...]:
+    return _check_plan(tuple(value))
+
+
+def _mode(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 0o7777:
+        raise SpecError(f"mode must be an int in [0, 0o7777], got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------ operations
+@attrs.frozen
+class Bind:
+    """Bind ``source`` (a host path) at ``dest``; read-only and recursive by default."""
+
+    source: str = attrs.field(converter=_source)
+    dest: str = attrs.field(converter=_dest)
+    readonly: bool = True
+    recursive: bool = True
+    nosuid: bool = False
+    nodev: bool = False
+    noexec: bool = False
+    optional: bool = False
+
+
+@attrs.frozen
+class Tmpfs:
+    """A fresh tmpfs at ``dest`` (``size`` in bytes, None: the kernel's default)."""
+
+    dest: str = attrs.field(converter=_dest)
+    size: int | None = None
+    mode: int = attrs.field(default=0o755, converter=_mode)
+    readonly: bool = False
+    nosuid: bool = True
+    nodev: bool = True
+    noexec: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.size is not None and (
+            isinstance(self.size, bool) or not isinstance(self.size, int) or self.size <= 0
+        ):
+            raise SpecError(f"tmpfs size must be a positive number of bytes, got {self.size!r}")
+
+
+@attrs.frozen
+class Proc:
+    """A new procfs at ``dest``: shows the sandbox's pid namespace only."""
+
+    dest: str = attrs.field(default="/proc", converter=_dest)
+
+
+@attrs.frozen
+class Dev:
+    """A minimal /dev: null zero full random urandom tty, devpts + ptmx, shm, fd links."""
+
+    dest: str = attrs.field(default="/dev", converter=_dest)
+
+
+@attrs.frozen
+class Mqueue:
+    """A POSIX message queue filesystem (needs ``Namespace.IPC``)."""
+
+    dest: str = attrs.field(default="/dev/mqueue", converter=_dest)
+
+
+@attrs.frozen
+class Mount:
+    """A filesystem of type ``fstype`` with fsconfig(2) options (None value: a flag)."""
+
+    fstype: str
+    dest: str = attrs.field(converter=_dest)
+    source: str | None = None
+    options: tuple[tuple[str, str | None], ...] = attrs.field(default=(), converter=_options)
+    readonly: bool = False
+    nosuid: bool = True
+    nodev: bool = True
+    noexec: bool = False
+
+
+@attrs.frozen
+class Overlay:
+    """An overlay filesystem at ``dest``: ``lowers`` (top first), ``upper`` (None: ephemeral)."""
+
+    lowers: tuple[str, ...] = attrs.field(converter=_lowers)
+    upper: str | None = attrs.field(default=None, converter=_upper)
+    dest: str = attrs.field(default="/", converter=_dest)
+    #: the overlay work directory (same filesystem as ``upper``); None: a temp dir
+    work: str | None = attrs.field(default=None, converter=_upper)
+
+    def __attrs_post_init__(self) -> None:
+        if not self.lowers:
+            raise SpecError("an overlay needs at least one lower directory")
+        for d in (*self.lowers, *([self.upper] if self.upper else [])):
+            if not os.path.isdir(d):
+                raise SpecError(f"overlay layer {d!r} is not a directory")
+            if ":" in d or "," in d:
+                raise SpecError(f"overlay layer {d!r} must not contain ':' or ','")
+
+
+@attrs.frozen
+class Mkdir:
+    """Create a directory (and its parents) inside the sandbox."""
+
+    dest: str = attrs.field(converter=_dest)
+    mode: int = attrs.field(default=0o755, converter=_mode)
+
+
+@attrs.frozen
+class Symlink:
+    """Create a symlink ``dest`` -> ``target`` inside the sandbox."""
+
+    target: str
+    dest: str = attrs.field(converter=_dest)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.target, str) or not self.target or "\0" in self.target:
+            raise SpecError(f"invalid symlink target {self.target!r}")
+
+
+@attrs.frozen
+class File:
+    """Create (or replace) a file with ``content`` inside the sandbox."""
+
+    dest: str = attrs.field(converter=_dest)
+    content: bytes = attrs.field(converter=_content)
+    mode: int = attrs.field(default=0o644, converter=_mode)
+
+
+@attrs.frozen
+class ReadOnly:
+    """Make ``dest`` read-only (recursively); a missing path is skipped if ``optional``."""
+
+    dest: str = attrs.field(converter=_dest)
+    optional: bool = True
+
+
+@attrs.frozen
+class Mask:
+    """Hide ``dest``: /dev/null over a file, an empty read-only tmpfs over a directory."""
+
+    dest: str = attrs.field(converter=_dest)
+
+
+Op: TypeAlias = (
+    Bind | Tmpfs | Proc | Dev | Mqueue | Mount | Overlay | Mkdir | Symlink | File | ReadOnly | Mask
+)
+_MOUNTS = (Bind, Tmpfs, Proc, Dev, Mqueue, Mount, Overlay)
+
+
+def describe(op: Op) -> str:
+    """A short name of an op for messages: its type and destination."""
+    kind = type(op).__name__.lower()
+    if isinstance(op, Bind):
+        return f"{'ro-' if op.readonly else ''}bind {op.source} {op.dest}"
+    return f"{kind} {op.dest}"
+
+
+def _check_plan(ops: tuple[Op, ...]) -> tuple[Op, ...]:
+    """Reject plans where a later mount hides an earlier op (same path or an ancestor)."""
+    for i, op in enumerate(ops):
+        if not isinstance(op, (*_MOUNTS, Mkdir, Symlink, File, ReadOnly, Mask)):
+            raise SpecError(f"not a RootFS operation: {op!r}")
+        for j in range(i + 1, len(ops)):
+            later = ops[j]
+            if not isinstance(later, _MOUNTS):
+                continue
+            d, ld = op.dest, later.dest
+            if isinstance(op, Mkdir) and d == ld:
+                continue  # making the mount point
+            if ld in (d, "/") or d.startswith(ld + "/"):
+                what = "mounted twice" if d == ld and isinstance(op, _MOUNTS) else "hidden"
+                raise SpecError(
+                    f"overlapping mount plan: op #{i} ({describe(op)}) is {what} by "
+                    f"op #{j} ({describe(later)}); put the mount of {ld!r} first"
+                )
+    return ops
+
+
+Propagation: TypeAlias = Literal["private", "slave"]
+
+
+@attrs.frozen
+class Changes:
+    """Paths (as seen inside the sandbox) an overlay root's payload changed.
+
+    Attributes:
+        added: created paths (new directories and everything in them are listed).
+        modified: paths that existed in a lower layer and were written or chmod'ed.
+        deleted: paths of a lower layer that were removed (a removed directory is
+            listed once, not its contents).
+    """
+
+    added: frozenset[str] = frozenset()
+    modified: frozenset[str] = frozenset()
+    deleted: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.modified or self.deleted)
+
+    def all(self) -> frozenset[str]:
+        """Every changed path."""
+        return self.added | self.modified | self.deleted
+
+
+@attrs.frozen
+class RootFS:
+    """The sandbox's root: an ordered mount plan executed before ``pivot_root``.
+
+    The plan starts from an empty tmpfs as the new root; ops then mount or
+    create things inside it, in order. Every destination is resolved inside
+    the new root: symlinks in it cannot lead outside. Use the named
+    constructors :meth:`host`, :meth:`from_directory`, :meth:`overlay`, or
+    ``RootFS()`` for an empty root.
+
+    Attributes:
+        ops: the operations, in order.
+        propagation: ``"private"`` (default: nothing propagates in or out) or
+            ``"slave"`` (host mounts propagate into the sandbox, never back).
+        readonly_root: remount the root mount read-only after the ops.
+    """
+
+    ops: tuple[Op, ...] = attrs.field(default=(), converter=_ops)
+    propagation: Propagation = attrs.field(default="private")
+    readonly_root: bool = False
+
+    @propagation.validator
+    def _check_prop(self, _a: object, value: str) -> None:
+        if value not in ("private", "slave"):
+            raise SpecError(f"propagation must be 'private' or 'slave', got {value!r}")
+
+    # ------------------------------------------------------ starting points
+    @classmethod
+    def host(
+        cls,
+        *,
+        proc: bool = True,
+        dev: bool = True,
+        tmp: bool = True,
+        tmp_size: int | None = None,
+        mask: bool = True,
+    ) -> RootFS:
+        """The host's ``/``, read-only and recursive, with a fresh /proc, a minimal
+        /dev and a private writable /tmp: "this machine, but read-only".
+
+        Args:
+            proc: mount a new /proc (needs a new pid namespace).
+            dev: mount a minimal /dev instead of the host's.
+            tmp: mount a private tmpfs on /tmp.
+            tmp_size: its size in bytes (None: the kernel's default, half of RAM).
+            mask: apply the OCI/Docker masked and read-only paths.
+        """
+        ops: list[Op] = [Bind("/", "/", readonly=True, recursive=True)]
+        if proc:
+            ops.append(Proc())
+        if dev:
+            ops.append(Dev())
+        if tmp:
+            ops.append(Tmpfs("/tmp", size=tmp_size, mode=0o1777))
+        root = cls(ops)
+        return root.with_docker_masks(proc=proc) if mask else root
+
+    @classmethod
+    def from_directory(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        readonly: bool = True,
+        proc: bool = True,
+        dev: bool = True,
+        tmp: bool = False,
+    ) -> RootFS:
+        """An unpacked root in ``path`` (busybox, debootstrap, an image), bound as ``/``.
+
+        With ``readonly`` the bind is read-only at once: mount points for
+        /proc, /dev (and /tmp) must already exist in ``path``; nscg never
+        creates files in the caller's directory then.
+        """
+        src = _source(path)
+        if not os.path.isdir(src):
+            raise SpecError(f"root directory {src!r} is not a directory")
+        ops: list[Op] = [Bind(src, "/", readonly=readonly, recursive=True)]
+        if proc:
+            ops.append(Proc())
+        if dev:
+            ops.append(Dev())
+        if tmp:
+            ops.append(Tmpfs("/tmp", mode=0o1777))
+        return cls(ops)
+
+    @classmethod
+    def overlay(
+        cls,
+        lowers: Sequence[str | os.PathLike[str]] = ("/",),
+        upper: str | os.PathLike[str] | None = None,
+        *,
+        proc: bool = True,
+        dev: bool = True,
+    ) -> RootFS:
+        """A copy-on-write root over ``lowers`` (top first; the host's ``/`` by default).
+
+        With ``upper=None`` the writes go to a temporary directory (on a tmpfs
+        when one is available) that is removed after the run; otherwise they
+        persist in ``upper``. Either way ``Result.changes`` reports them.
+
+        Note: an overlay layer does not cross mounts: submounts of a lower
+        directory (say a separate /home) are not part of the root.
+
+        Raises:
+            UnsupportedError (at spawn): inside a user namespace the kernel must be >= 5.11.
+        """
+        ops: list[Op] = [Overlay(tuple(os.fspath(x) for x in lowers), upper)]
+        if proc:
+            ops.append(Proc())
+        if dev:
+            ops.append(Dev())
+        return cls(ops)
+
+    # ------------------------------------------------------------- builders
+    def then(self, *ops: Op) -> RootFS:
+        """Append operations."""
+        return attrs.evolve(self, ops=(*self.ops, *ops))
+
+    def bind(
+        self,
+        source: str | os.PathLike[str],
+        dest: str | None = None,
+        *,
+        readonly: bool = True,
+        recursive: bool = True,
+        nosuid: bool = False,
+        nodev: bool = False,
+        noexec: bool = False,
+        optional: bool = False,
+    ) -> RootFS:
+        """Bind a host path (read-only unless ``readonly=False``) at ``dest`` (default: same)."""
+        src = os.fspath(source)
+        if optional and not os.path.lexists(src):
+            return self
+        return self.then(
+            Bind(src, dest if dest is not None else src, readonly, recursive, nosuid, nodev, noexec)
+        )
+
+    def tmpfs(
+        self,
+        dest: str,
+        *,
+        size: int | None = None,
+        mode: int = 0o755,
+        readonly: bool = False,
+        noexec: bool = False,
+    ) -> RootFS:
+        """Mount a fresh tmpfs (nosuid, nodev) at ``dest``."""
+        return self.then(Tmpfs(dest, size=size, mode=mode, readonly=readonly, noexec=noexec))
+
+    def with_proc(self, dest: str = "/proc") -> RootFS:
+        """Mount a new procfs (needs a new pid namespace)."""
+        return self.then(Proc(dest))
+
+    def with_dev(self, dest: str = "/dev") -> RootFS:
+        """Mount a minimal /dev."""
+        return self.then(Dev(dest))
+
+    def with_mqueue(self, dest: str = "/dev/mqueue") -> RootFS:
+        """Mount an mqueue filesystem (needs a new ipc namespace)."""
+        return self.then(Mqueue(dest))
+
+    def mount(
+        self,
+        fstype: str,
+        dest: str,
+        *,
+        source: str | None = None,
+        options: Mapping[str, str | None] | Iterable[tuple[str, str | None]] = (),
+        readonly: bool = False,
+    ) -> RootFS:
+        """Mount any filesystem type with fsconfig(2) options (``{"size": "1m"}``)."""
+        return self.then(Mount(fstype, dest, source, _options(options), readonly))
+
+    def mkdir(self, dest: str, mode: int = 0o755) -> RootFS:
+        """Create a directory (and its parents)."""
+        return self.then(Mkdir(dest, mode))
+
+    def symlink(self, target: str, dest: str) -> RootFS:
+        """Create a symlink ``dest`` pointing to ``target``."""
+        return self.then(Symlink(target, dest))
+
+    def file(self, dest: str, content: bytes | str, mode: int = 0o644) -> RootFS:
+        """Create a file with ``content`` (its directory must be writable: a tmpfs)."""
+        return self.then(File(dest, content, mode))
+
+    def readonly(self, *dests: str) -> RootFS:
+        """Make these paths read-only (missing ones are skipped)."""
+        return self.then(*(ReadOnly(d) for d in dests))
+
+    def mask(self, *dests: str) -> RootFS:
+        """Hide these paths (missing ones are skipped)."""
+        return self.then(*(Mask(d) for d in dests))
+
+    def with_docker_masks(self, *, proc: bool = True) -> RootFS:
+        """Apply the OCI/Docker masked and read-only path lists."""
+        paths = [p for p in DOCKER_MASKED_PATHS if proc or not p.startswith("/proc/")]
+        ro = [p for p in DOCKER_READONLY_PATHS if proc or not p.startswith("/proc/")]
+        return self.mask(*paths).readonly(*ro)
+
+    def with_readonly_root(self, on: bool = True) -> RootFS:
+        """Make the root mount itself read-only once the plan has run."""
+        return attrs.evolve(self, readonly_root=on)
+
+    def with_propagation(self, propagation: Propagation) -> RootFS:
+        """``"private"`` (default) or ``"slave"`` mount propagation from the host."""
+        return attrs.evolve(self, propagation=propagation)
+
+    # -------------------------------------------------------------- queries
+    def needs_proc(self) -> bool:
+        """Whether the plan mounts a procfs."""
+        return any(isinstance(op, Proc) for op in self.ops)
+
+    def needs_ipc(self) -> bool:
+        """Whether the plan mounts an mqueue filesystem."""
+        return any(isinstance(op, Mqueue) for op in self.ops)
+
+    def overlays(self) -> tuple[Overlay, ...]:
+        """The overlay ops of the plan."""
+        return tuple(op for op in self.ops if isinstance(op, Overlay))
+
+    def host_paths(self, path: str) -> list[str] | None:
+        """Where the sandbox path ``path`` comes from on the host, top layer first.
+
+        None when the plan does not say (a tmpfs or another filesystem is
+        mounted there, or a link/file op makes it): the caller cannot check.
+        """
+        for op in reversed(self.ops):
+            d = op.dest.rstrip("/")
+            if not isinstance(op, _MOUNTS) or not (path == op.dest or path.startswith(d + "/")):
+                continue
+            rest = path[len(d) :].lstrip("/")
+            if isinstance(op, Bind):
+                return [os.path.join(op.source, rest) if rest else op.source]
+            if isinstance(op, Overlay):
+                layers = [*([op.upper] if op.upper else []), *op.lowers]
+                return [os.path.join(x, rest) if rest else x for x in layers]
+            return None
+        return None
+
+    def exec_roots(self) -> list[str]:
+        """Host directories holding the root's own content (binds or layers of ``/``)."""
+        for op in reversed(self.ops):
+            if op.dest != "/":
+                continue
+            if isinstance(op, Bind):
+                return [op.source]
+            if isinstance(op, Overlay):
+                return [*([op.upper] if op.upper else []), *op.lowers]
+            if isinstance(op, _MOUNTS):
+                return []
+        return []
+
+
+def _opts(
+    options: Mapping[str, str | None] | Iterable[tuple[str, str | None]],
+) -> list[tuple[str, str | None]]:
+    items = list(options.items() if isinstance(options, Mapping) else options)
+    for k, v in items:
+        if not isinstance(k, str) or not k or "\0" in k or (v is not None and "\0" in v):
+            raise SpecError(f"invalid mount option {k!r}={v!r}")
+    return items
+
+
+# ---------------------------------------------------------------- flattening
+class Prim(NamedTuple):
+    """One primitive op for the child (``struct nscg_mount_op``)."""
+
+    kind: str  # bind fs mkdir symlink file readonly mask
+    dest: str  # relative to the new root, "" = the root
+    flags: frozenset[str] = frozenset()
+    source: bytes | None = None
+    fstype: str | None = None
+    options: tuple[tuple[str, str | None], ...] = ()
+    mode: int = 0
+    op_index: int = -1
+    label: str = ""
+
+
+def _rel(dest: str) -> str:
+    return dest.lstrip("/")
+
+
+def _flags(**kw: bool) -> frozenset[str]:
+    return frozenset(k for k, v in kw.items() if v)
+
+
+def flatten(root: RootFS, userns: bool) -> list[Prim]:
+    """Expand the plan into the child's primitives.
+
+    Every overlay must have its upper and work directories set by now.
+
+    Args:
+        userns: whether the mounts happen inside a new user namespace.
+    """
+    out: list[Prim] = []
+    for i, op in enumerate(root.ops):
+        label = describe(op)
+
+        def add(kind: str, dest: str, _i: int = i, _l: str = label, **kw: Any) -> None:
+            out.append(Prim(kind, _rel(dest), op_index=_i, label=_l, **kw))
+
+        if isinstance(op, Bind):
+            is_dir = os.path.isdir(op.source)
+            add(
+                "bind",
+                op.dest,
+                source=os.fsencode(op.source),
+                flags=_flags(
+                    rdonly=op.readonly,
+                    recursive=op.recursive,
+                    nosuid=op.nosuid,
+                    nodev=op.nodev,
+                    noexec=op.noexec,
+                    optional=op.optional,
+                    create_dir=is_dir,
+                    create_file=not is_dir,
+                ),
+            )
+        elif isinstance(op, Tmpfs):
+            opts: list[tuple[str, str | None]] = [("mode", f"{op.mode:o}")]
+            if op.size is not None:
+                opts.append(("size", str(op.size)))
+            add(
+                "fs",
+                op.dest,
+                fstype="tmpfs",
+                source=b"tmpfs",
+                options=tuple(opts),
+                flags=_flags(
+                    rdonly=op.readonly,
+                    nosuid=op.nosuid,
+                    nodev=op.nodev,
+                    noexec=op.noexec,
+                    create_dir=True,
+                ),
+            )
+        elif isinstance(op, Proc):
+            add(
+                "fs",
+                op.dest,
+                fstype="proc",
+                source=b"proc",
+                flags=_flags(nosuid=True, nodev=True, noexec=True, create_dir=True),
+            )
+        elif isinstance(op, Mqueue):
+            add(
+                "fs",
+                op.dest,
+                fstype="mqueue",
+                source=b"mqueue",
+                flags=_flags(nosuid=True, nodev=True, noexec=True, create_dir=True),
+            )
+        elif isinstance(op, Mount):
+            add(
+                "fs",
+                op.dest,
+                fstype=op.fstype,
+                source=None if op.source is None else os.fsencode(op.source),
+                options=op.options,
+                flags=_flags(
+                    rdonly=op.readonly,
+                    nosuid=op.nosuid,
+                    nodev=op.nodev,
+                    noexec=op.noexec,
+                    create_dir=True,
+                ),
+            )
+        elif isinstance(op, Dev):
+            d = op.dest
+            add(
+                "fs",
+                d,
+                fstype="tmpfs",
+                source=b"tmpfs",
+                options=(("mode", "755"), ("size", "65536")),
+                flags=_flags(nosuid=True, noexec=True, create_dir=True),
+            )
+            for n in DEV_NODES:
+                add(
+                    "bind",
+                    f"{d}/{n}",
+                    source=f"/dev/{n}".encode(),
+                    flags=_flags(nosuid=True, noexec=True, create_file=True, optional=True),
+                )
+            add(
+                "fs",
+                f"{d}/pts",
+                fstype="devpts",
+                source=b"devpts",
+                options=(("newinstance", None), ("ptmxmode", "0666"), ("mode", "620")),
+                flags=_flags(nosuid=True, noexec=True, create_dir=True),
+            )
+            add("symlink", f"{d}/ptmx", source=b"pts/ptmx")
+            add(
+                "fs",
+                f"{d}/shm",
+                fstype="tmpfs",
+                source=b"shm",
+                options=(("mode", "1777"),),
+                flags=_flags(nosuid=True, nodev=True, create_dir=True),
+            )
+            add("symlink", f"{d}/fd", source=b"/proc/self/fd")
+            for k, name in enumerate(("stdin", "stdout", "stderr")):
+                add("symlink", f"{d}/{name}", source=f"/proc/self/fd/{k}".encode())
+        elif isinstance(op, Overlay):
+            upper, work = op.upper or "", op.work or ""
+            ov: list[tuple[str, str | None]] = [
+                ("lowerdir", ":".join(op.lowers)),
+                ("upperdir", upper),
+                ("workdir", work),
+            ]
+            if userns:
+                ov.append(("userxattr", None))
+            add(
+                "fs",
+                op.dest,
+                fstype="overlay",
+                source=b"overlay",
+                options=tuple(ov),
+                flags=_flags(create_dir=True),
+            )
+        elif isinstance(op, Mkdir):
+            add("mkdir", op.dest, mode=op.mode)
+        elif isinstance(op, Symlink):
+            add("symlink", op.dest, source=os.fsencode(op.target))
+        elif isinstance(op, File):
+            add("file", op.dest, source=op.content, mode=op.mode)
+        elif isinstance(op, ReadOnly):
+            add("readonly", op.dest, flags=_flags(recursive=True, optional=op.optional))
+        elif isinstance(op, Mask):
+            add("mask", op.dest)
+    return out
+
+
+# ------------------------------------------------------------ change report
+_WHITEOUT_OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
+
+
+def _is_opaque(path: str) -> bool:
+    for name in _WHITEOUT_OPAQUE:
+        try:
+            if os.getxattr(path, name, follow_symlinks=False) == b"y":
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def _in_lowers(lowers: Sequence[str], rel: str) -> os.stat_result | None:
+    for lo in lowers:
+        try:
+            return os.lstat(os.path.join(lo, rel))
+        except OSError:
+            continue
+    return None
+
+
+def compute_changes(upper: str, lowers: Sequence[str], dest: str = "/") -> Changes:
+    """The change report of an overlay from its upper directory.
+
+    A whiteout (a 0/0 character device) is a deletion; an opaque directory
+    deletes what the lowers had in it; anything else is added (not in any
+    lower) or modified (in a lower). Directories that were only copied up
+    because something in them changed are not listed.
+    """
+    added: set[str] = set()
+    modified: set[str] = set()
+    deleted: set[str] = set()
+    base = dest.rstrip("/")
+
+    def inside(rel: str) -> str:
+        return f"{base}/{rel}"
+
+    for dirpath, dirnames, filenames in os.walk(upper):
+        rel_dir = os.path.relpath(dirpath, upper)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        if rel_dir and _is_opaque(dirpath):
+            present = set(dirnames) | set(filenames)
+            for lo in lowers:
+                try:
+                    names = os.listdir(os.path.join(lo, rel_dir))
+                except OSError:
+                    continue
+                for n in names:
+                    if n not in present:
+                        deleted.add(inside(os.path.join(rel_dir, n)))
+        for name in [*dirnames, *filenames]:
+            full = os.path.join(dirpath, name)
+            rel = os.path.join(rel_dir, name)
+            st = os.lstat(full)
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                deleted.add(inside(rel))
+                continue
+            lower = _in_lowers(lowers, rel)
+            if lower is None:
+                added.add(inside(rel))
+            elif not stat.S_ISDIR(st.st_mode) or not stat.S_ISDIR(lower.st_mode):
+                modified.add(inside(rel))
+    return Changes(frozenset(added), frozenset(modified), frozenset(deleted))
