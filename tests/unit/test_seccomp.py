@@ -433,3 +433,20 @@ def test_unsupported_error_without_seccomp(monkeypatch: pytest.MonkeyPatch) -> N
         sc.check_seccomp_supported()
     assert info.value.feature == "seccomp"
     assert not sc.seccomp_supported()
+
+
+def test_several_ordered_comparisons_of_one_64bit_argument() -> None:
+    """The shape libseccomp 2.5.4 gets wrong (found by the oracle): nscg follows the rules."""
+    import errno as _errno
+
+    from nscg.seccomp import Action, Arch, Arg
+
+    f = (
+        Seccomp.allow_all()
+        .deny("getpid", errno=_errno.EPERM, when=[Arg(0).eq(0)])
+        .deny("getpid", errno=_errno.EPERM, when=[Arg(0).lt(0)])
+        .deny("getpid", errno=_errno.EPERM, when=[Arg(0).lt(1 << 32)])
+    )
+    for arg, want in ((0, True), (1, True), ((1 << 32) - 1, True), (1 << 32, False)):
+        got = f.evaluate("getpid", (arg,), Arch.X86_64)
+        assert (got == Action.errno(_errno.EPERM)) is want, (arg, got)
