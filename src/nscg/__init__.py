@@ -38,6 +38,10 @@ _EXPORTS: dict[str, str] = {
     "Namespace": "nscg.namespaces",
     "NamespaceRef": "nscg.namespaces",
     "TimeOffsets": "nscg.namespaces",
+    "Bridge": "nscg.network",
+    "Network": "nscg.network",
+    "NetworkHost": "nscg.network",
+    "PortForward": "nscg.network",
     "Process": "nscg.process",
     "Result": "nscg.process",
     "Stage": "nscg.process",
@@ -45,6 +49,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "Bridge",
     "CalledProcessError",
     "Container",
     "DEVNULL",
@@ -53,8 +58,11 @@ __all__ = [
     "IdMap",
     "Namespace",
     "NamespaceRef",
+    "Network",
+    "NetworkHost",
     "NscgError",
     "PIPE",
+    "PortForward",
     "Process",
     "Result",
     "Rlimit",
@@ -101,4 +109,5 @@ if TYPE_CHECKING:
     )
     from nscg.features import Features, features
     from nscg.namespaces import IdMap, Namespace, NamespaceRef, TimeOffsets
+    from nscg.network import Bridge, Network, NetworkHost, PortForward
     from nscg.process import Process, Result, Stage, Usage

@@ -14,6 +14,7 @@ from nscg.namespaces import IdMap, Namespace, NamespaceRef, TimeOffsets, check_i
 
 if TYPE_CHECKING:
     from nscg.capabilities import Capabilities
+    from nscg.network import Network
     from nscg.process import Process, Result
     from nscg.seccomp import Seccomp
 
@@ -181,9 +182,11 @@ class Container:
         seccomp: a :class:`nscg.seccomp.Seccomp` filter, ``"default"`` (Docker's
             default profile for the capabilities kept, with ``ptrace`` refused
             too) or ``"unconfined"``.
-        rootfs, cgroup, network: filled in by their own modules (a network
-            is a :class:`nscg._spawn.ParentHook`: the parent sets it up while
-            the child waits in its new network namespace).
+        network: a :class:`nscg.network.Network` with links to wire (None:
+            loopback only); set with :meth:`with_network`. It is a
+            :class:`nscg._spawn.ParentHook`: the parent sets it up while the
+            child waits in its new network namespace.
+        rootfs, cgroup: filled in by their own modules.
     """
 
     namespaces: Namespace = attrs.field(default=Namespace.ALL, converter=_ns_conv)
@@ -207,7 +210,7 @@ class Container:
     seccomp: Seccomp | str = attrs.field(default="default", validator=_seccomp_check)
     rootfs: Any = None
     cgroup: Any = None
-    network: Any = None
+    network: Network | None = None
 
     # ------------------------------------------------------------ builders
     def with_namespaces(self, namespaces: Namespace | str | Iterable[str | Namespace]) -> Container:
@@ -290,6 +293,28 @@ class Container:
     def with_seccomp(self, seccomp: Seccomp | str) -> Container:
         """Filter system calls: a Seccomp spec, ``"default"`` or ``"unconfined"``."""
         return attrs.evolve(self, seccomp=seccomp)
+
+    def with_network(self, network: Network | None) -> Container:
+        """Choose the sandbox's network (see :mod:`nscg.network`).
+
+        ``Network.none()`` (or None): a new network namespace with only ``lo``, the
+        default. ``Network.host()``: no new network namespace, the sandbox uses the
+        caller's network (an explicit opt-in). A veth or bridge network: a new
+        network namespace wired by the parent before the payload starts.
+
+        Raises:
+            SpecError: ``network`` is not a Network, or the spec joins a network
+                namespace already.
+        """
+        from nscg.network import Network
+
+        if network is not None and not isinstance(network, Network):
+            raise SpecError(f"with_network() takes a nscg.Network or None, got {network!r}")
+        if network is None or network.kind == "none":
+            return attrs.evolve(self, network=None, namespaces=self.namespaces | Namespace.NET)
+        if network.kind == "host":
+            return attrs.evolve(self, network=None, namespaces=self.namespaces & ~Namespace.NET)
+        return attrs.evolve(self, network=network, namespaces=self.namespaces | Namespace.NET)
 
     def with_init(self, init: bool = True) -> Container:
         """Run (or not) the minimal init as pid 1 of the new pid namespace."""
@@ -389,6 +414,10 @@ class Container:
             raise SpecError("setting the hostname needs a new uts namespace (Namespace.UTS)")
         if self.domainname is not None and not ns & Namespace.UTS:
             raise SpecError("setting the domain name needs a new uts namespace (Namespace.UTS)")
+        if self.network is not None and not ns & Namespace.NET:
+            raise SpecError(
+                f"a {self.network.kind} network needs a new network namespace (Namespace.NET)"
+            )
         for what, maps in (("uid_map", self.uid_map), ("gid_map", self.gid_map)):
             if maps is not None:
                 if not maps:
