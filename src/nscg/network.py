@@ -40,6 +40,7 @@ import os
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, TypeVar
 
@@ -51,7 +52,7 @@ from nscg.errors import SpecError, SyscallError, UnsupportedError
 if TYPE_CHECKING:
     from nscg.process import Process
 
-__all__ = ["Bridge", "Network", "NetworkHost", "PortForward"]
+__all__ = ["Bridge", "Network", "NetworkHost", "PortForward", "settle"]
 
 _CLONE_NEWNET = 0x40000000
 _T = TypeVar("_T")
@@ -570,9 +571,11 @@ class Network:
             finally:
                 os.close(sandbox_fd)
         except BaseException:
+            if self.bridge is not None:
+                self.bridge._deactivate(leased)
             _undo(host, host_end, own_host, self.bridge, leased)
             raise
-        return lambda: _undo(host, host_end, own_host, self.bridge, leased)
+        return lambda: _deferred_undo(host, host_end, own_host, self.bridge, leased)
 
     def _configure_inside(self, nl: NetlinkSocket) -> None:
         """Set MTU, addresses, link up and default routes on the sandbox's end."""
@@ -605,6 +608,128 @@ def _undo(
         if bridge is not None:
             for ip in leased:
                 bridge._release(ip)
+
+
+@attrs.define
+class _Pending:
+    """A veth pair of an ended sandbox, waiting to disappear."""
+
+    host: NetworkHost
+    host_end: str
+    own_host: bool
+    bridge: Bridge | None
+    leased: tuple[ipaddress.IPv4Address, ...]
+    since: float
+
+
+class _Janitor:
+    """Removes the veth pairs of ended sandboxes off the caller's path.
+
+    Deleting a veth (``RTM_DELLINK``) waits for RCU grace periods in the kernel:
+    about 20 ms, which would triple the cost of a short sandbox. But once a
+    sandbox has ended, its network namespace usually dies with it, and the kernel
+    then removes ``eth0`` and its peer by itself (batched, in ``cleanup_net``).
+    So the undo hands the pair to this thread, which waits up to :data:`GRACE`
+    seconds for the host end to vanish, deletes it explicitly if it has not (the
+    namespace is kept alive by someone else: a sidecar, an open fd), and only
+    then returns the address lease. :func:`settle` waits for it.
+    """
+
+    GRACE = 0.5
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._pending: list[_Pending] = []
+        self._thread: threading.Thread | None = None
+
+    def add(self, item: _Pending) -> None:
+        with self._cond:
+            self._pending.append(item)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="nscg-net-janitor", daemon=True
+                )
+                self._thread.start()
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._pending:
+                    self._thread = None
+                    self._cond.notify_all()
+                    return
+                items = list(self._pending)
+            done = [item for item in items if self._sweep(item)]
+            with self._cond:
+                for item in done:
+                    self._pending.remove(item)
+                self._cond.notify_all()
+            if len(done) < len(items):
+                time.sleep(0.005)
+
+    def _sweep(self, item: _Pending) -> bool:
+        """Check one pair; return True once it is gone and its resources released."""
+        try:
+            if item.host_end and not item.host.closed:
+                nl = item.host.netlink()
+                try:
+                    nl.link(item.host_end)
+                except SyscallError as exc:
+                    if exc.errno != errno.ENODEV:
+                        raise
+                else:
+                    if time.monotonic() - item.since < self.GRACE:
+                        return False
+                    with contextlib.suppress(SyscallError):
+                        nl.delete_link(item.host_end)
+        except Exception:  # a closed namespace took the pair with it
+            pass
+        _undo(item.host, "", item.own_host, item.bridge, item.leased)
+        return True
+
+    def settle(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._pending:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    return False
+                self._cond.wait(left)
+        return True
+
+
+_janitor = _Janitor()
+
+
+def settle(timeout: float | None = None) -> bool:
+    """Wait until the veth pairs of ended sandboxes are gone and their addresses free.
+
+    A sandbox's undo returns at once; its pair disappears with its network
+    namespace (or is deleted within half a second if something else keeps that
+    namespace alive). Call this to observe the end state, e.g. in a test.
+
+    Args:
+        timeout: seconds to wait at most (None: no limit).
+
+    Returns:
+        True if everything was cleaned up in time.
+    """
+    return _janitor.settle(timeout)
+
+
+def _deferred_undo(
+    host: NetworkHost,
+    host_end: str,
+    own_host: bool,
+    bridge: Bridge | None,
+    leased: tuple[ipaddress.IPv4Address, ...],
+) -> None:
+    """The undo after a sandbox ended: its address is free for a new spawn of the
+    same spec now; the pair and the lease are handed to the janitor."""
+    if bridge is not None:
+        bridge._deactivate(leased)
+    _janitor.add(_Pending(host, host_end, own_host, bridge, leased, time.monotonic()))
 
 
 # -- bridges ---------------------------------------------------------------------------------
@@ -762,14 +887,21 @@ class Bridge:
             self._pool.lease(ip)
         return (ip,)
 
+    def _deactivate(self, leased: tuple[ipaddress.IPv4Address, ...]) -> None:
+        with self._lock:
+            self._active.difference_update(leased)
+
     def _release(self, ip: ipaddress.IPv4Address) -> None:
         with self._lock:
-            self._active.discard(ip)
-        self._pool.release(ip)
+            if ip in self._active:  # the spec was spawned again meanwhile: keep the lease
+                return
+            self._pool.release(ip)
 
     @property
     def leased(self) -> int:
         """How many addresses are leased (by specs from :meth:`link` and running sandboxes).
+
+        The lease of a sandbox that just ended is returned by :func:`settle`.
 
         Returns:
             The count (the bridge's own address not included).
@@ -789,6 +921,8 @@ class Bridge:
     def ports(self) -> list[str]:
         """Names of the links attached to the bridge (host ends of sandboxes' veths).
 
+        The pair of a sandbox that just ended may still be listed: see :func:`settle`.
+
         Returns:
             The names.
         """
@@ -801,6 +935,7 @@ class Bridge:
         if self._closed:
             return
         self._closed = True
+        settle(2 * _Janitor.GRACE)
         try:
             if not self.host.closed:
                 with contextlib.suppress(SyscallError):

@@ -26,6 +26,7 @@ import pytest
 import nscg
 from nscg import Bridge, Container, Network, NetworkHost, PortForward
 from nscg._netlink import NetlinkSocket
+from nscg.network import settle
 from tests.conftest import run_as_nobody
 
 IS_ROOT = os.geteuid() == 0
@@ -229,7 +230,8 @@ def test_veth_link_has_addresses_mtu_and_a_default_route(private_host: NetworkHo
         and "fd310000000000000000000000000001" in ln
         for ln in lines
     )
-    # the host end had the peer's addresses; the pair is gone with the sandbox
+    # the pair is gone with the sandbox
+    assert settle(5)
     nl = private_host.netlink()
     assert [x.name for x in nl.links()] == ["lo"]
 
@@ -278,7 +280,9 @@ def test_two_sandboxes_on_a_bridge_third_on_another_cannot_reach() -> None:
             ), third
         finally:
             stop(server)
-        assert br.ports() == [] and br.attached == 0
+        assert br.attached == 0
+        assert settle(5)
+        assert br.ports() == [] and br.leased == 0
 
 
 @root
@@ -401,15 +405,35 @@ def test_links_are_removed_after_a_payload_crash() -> None:
     with Bridge("10.240.0.0/24") as br:
         proc = Container().with_network(br.link()).spawn(["sh", "-c", "kill -SEGV $$"])
         assert proc.wait() == -11
-        assert br.ports() == [] and br.attached == 0
+        assert br.attached == 0
+        assert settle(5)
+        assert br.ports() == []
         proc.close()
         proc = Container().with_network(br.link()).spawn(["sleep", "30"])
         assert len(br.ports()) == 1
         proc.kill()
         proc.wait()
         proc.close()
+        assert settle(5)
         assert br.ports() == []
         assert br.leased == 0  # every lease came back
+
+
+@root
+def test_a_pair_kept_alive_by_its_namespace_is_deleted_after_the_sandbox_ends() -> None:
+    with Bridge("10.243.0.0/24") as br:
+        proc = Container().with_network(br.link()).spawn(["sleep", "30"])
+        ref = nscg.NamespaceRef.of_pid(proc.pid, "net")  # keeps the sandbox's netns alive
+        try:
+            proc.kill()
+            proc.wait()
+            proc.close()
+            time.sleep(0.1)
+            assert len(br.ports()) == 1  # the namespace lives on, and so does the pair
+            assert settle(5)
+            assert br.ports() == [] and br.leased == 0
+        finally:
+            ref.close()
 
 
 @root
