@@ -1,6 +1,6 @@
 """Run a command with no network, its own hostname and its own pid namespace.
 
-    python examples/isolated_command.py
+python examples/isolated_command.py
 """
 
 from __future__ import annotations
