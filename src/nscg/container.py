@@ -314,7 +314,28 @@ class Container:
             return attrs.evolve(self, network=None, namespaces=self.namespaces | Namespace.NET)
         if network.kind == "host":
             return attrs.evolve(self, network=None, namespaces=self.namespaces & ~Namespace.NET)
-        return attrs.evolve(self, network=network, namespaces=self.namespaces | Namespace.NET)
+        if network.kind == "veth" and network.peer_ns is None and os.geteuid() != 0:
+            from nscg.errors import UnsupportedError
+
+            raise UnsupportedError(
+                "a veth link into the caller's own network namespace needs root; "
+                "rootless, put the other end in a private one: host=NetworkHost.create()",
+                feature="network.veth",
+            )
+        spec = attrs.evolve(self, network=network, namespaces=self.namespaces | Namespace.NET)
+        userns = network.userns_fd()
+        if userns is None:
+            return spec
+        # a rootless network host: the sandbox joins its user namespace (see NetworkHost)
+        if any(r.kind == Namespace.USER for r in self.join) or self.uid_map or self.gid_map:
+            raise SpecError(
+                "a sandbox on a rootless network host joins the host's user namespace: "
+                "it cannot join another one or have its own uid/gid maps"
+            )
+        ref = NamespaceRef.from_fd(userns, Namespace.USER)
+        return attrs.evolve(
+            spec, namespaces=spec.namespaces & ~Namespace.USER, join=(*spec.join, ref)
+        )
 
     def with_init(self, init: bool = True) -> Container:
         """Run (or not) the minimal init as pid 1 of the new pid namespace."""

@@ -39,6 +39,7 @@ import ipaddress
 import os
 import secrets
 import socket
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -142,6 +143,123 @@ def _rootless_reason(exc: SyscallError) -> UnsupportedError:
 # -- the namespace that plays the host -------------------------------------------------
 
 
+#: The rootless socket factory: a Python process in its own user and network
+#: namespaces (root with every capability there, and over every namespace that user
+#: namespace owns). It reads requests ``(family, type, proto)`` on a SEQPACKET
+#: socket, with an optional network-namespace fd attached, creates the socket in
+#: that namespace (``setns`` and back) or in its own, and sends it back.
+_FACTORY = r"""
+import array, ctypes, os, socket, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+chan = socket.socket(fileno=int(sys.argv[1]))
+home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+def setns(fd):
+    if libc.setns(fd, 0x40000000) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+while True:
+    msg, anc, _, _ = chan.recvmsg(64, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC)
+    if not msg:
+        break
+    fds = array.array("i")
+    for level, kind, data in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(data[: len(data) - len(data) % 4])
+    try:
+        family, type_, proto = struct.unpack("=iii", msg[:12])
+        try:
+            if fds:
+                setns(fds[0])
+            s = socket.socket(family, type_ | socket.SOCK_CLOEXEC, proto)
+        finally:
+            if fds:
+                setns(home)
+    except OSError as e:
+        chan.sendmsg([struct.pack("=i", e.errno or 5)])
+    else:
+        rights = (socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [s.fileno()]))
+        chan.sendmsg([struct.pack("=i", 0)], [rights])
+        s.close()
+    for fd in fds:
+        os.close(fd)
+"""
+
+
+class _Factory:
+    """The parent's end of a rootless socket factory process (see ``_FACTORY``)."""
+
+    def __init__(self) -> None:
+        from nscg.container import Container
+
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._lock = threading.Lock()
+        try:
+            spec = (
+                Container()
+                .with_namespaces("user,net")
+                .with_capabilities("inherit")
+                .with_seccomp("unconfined")
+            )
+            self.proc = spec.spawn(
+                ["python3", "-c", _FACTORY, str(child.fileno())], pass_fds=[child.fileno()]
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+        self._chan = parent
+        try:
+            self.netns = os.open(f"/proc/{self.proc.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            self.userns = os.open(f"/proc/{self.proc.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            self.close()
+            raise SyscallError(exc.errno or 0, "open", f"/proc/{self.proc.pid}/ns") from exc
+
+    def socket(self, netns_fd: int | None, family: int, type: int, proto: int) -> socket.socket:
+        """Have the factory create a socket in ``netns_fd`` (None: its own namespace)."""
+        anc = [] if netns_fd is None else [(socket.SOL_SOCKET, socket.SCM_RIGHTS, _fds(netns_fd))]
+        with self._lock:
+            try:
+                self._chan.sendmsg([struct.pack("=iii", family, type, proto)], anc)
+                msg, ancdata, _, _ = self._chan.recvmsg(
+                    16, socket.CMSG_SPACE(4), socket.MSG_CMSG_CLOEXEC
+                )
+            except OSError as exc:
+                raise SyscallError(exc.errno or 0, "sendmsg", "network namespace helper") from exc
+        got = [
+            fd
+            for level, kind, data in ancdata
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+            for fd in struct.unpack(f"={len(data) // 4}i", data[: len(data) // 4 * 4])
+        ]
+        err = struct.unpack("=i", msg[:4])[0] if len(msg) >= 4 else errno.EPIPE
+        if err or not got:
+            for fd in got:
+                os.close(fd)
+            raise SyscallError(err or errno.EPIPE, "socket", "in a network namespace (helper)")
+        return socket.socket(fileno=got[0])
+
+    def close(self) -> None:
+        """Stop the helper (it exits at EOF) and close the namespace fds."""
+        self._chan.close()
+        for name in ("netns", "userns"):
+            fd = getattr(self, name, -1)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+        try:
+            self.proc.wait(timeout=5)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.close()
+
+
+def _fds(*fds: int) -> bytes:
+    return struct.pack(f"={len(fds)}i", *fds)
+
+
 class NetworkHost:
     """A network namespace that plays "the host" for sandboxes' links and bridges.
 
@@ -150,36 +268,66 @@ class NetworkHost:
     last reference; :meth:`current` stands for the caller's own namespace (using it
     for links changes the host's network: an explicit choice).
 
-    Needs root (``CAP_SYS_ADMIN`` and ``CAP_NET_ADMIN``): see the module docstring.
+    As root, the parent works in these namespaces from helper threads (``setns``).
+    A rootless caller may not ``setns`` into any network namespace, not even one it
+    owns (the kernel wants ``CAP_SYS_ADMIN`` in the caller's own user namespace),
+    so a rootless :meth:`create` starts a small helper process in a new user and
+    network namespace: root there, it creates sockets on request in its namespace,
+    or in the network namespace of a sandbox that joined its user namespace, and
+    passes them back (``SCM_RIGHTS``). The rtnetlink requests are still sent by
+    the parent; the kernel allows them because the parent owns that user namespace.
+    Sandboxes attached to a rootless host therefore join its user namespace
+    (:meth:`nscg.Container.with_network` arranges it): their uid 0 is the caller.
     """
 
-    def __init__(self, fd: int, *, owned: bool) -> None:
+    def __init__(self, fd: int, *, owned: bool, factory: _Factory | None = None) -> None:
         """Wrap an open network-namespace fd (taken over).
 
         Args:
             fd: an fd of ``/proc/PID/ns/net`` or similar; closed by :meth:`close`.
             owned: whether the namespace was created for this object.
+            factory: the rootless helper process, if any.
         """
         self._fd = fd
         self.owned = owned
+        self._factory = factory
         self._lock = threading.Lock()
         self._nl: NetlinkSocket | None = None
 
     @classmethod
-    def create(cls) -> NetworkHost:
+    def create(cls, *, rootless: bool | None = None) -> NetworkHost:
         """Create a private network namespace with ``lo`` up.
+
+        Args:
+            rootless: use the rootless helper process (None: when not root).
 
         Returns:
             The new namespace.
 
         Raises:
-            UnsupportedError: the caller may not create or join one (not root).
+            UnsupportedError: the kernel refuses (unprivileged user namespaces off).
         """
-        try:
-            fd = _new_netns_fd()
-        except SyscallError as exc:
-            raise _rootless_reason(exc) from exc
-        self = cls(fd, owned=True)
+        if rootless is None:
+            rootless = os.geteuid() != 0
+        if rootless:
+            try:
+                factory = _Factory()
+            except (SyscallError, OSError) as exc:
+                raise UnsupportedError(
+                    f"cannot start the rootless network helper: {exc}", feature="network.rootless"
+                ) from exc
+            try:
+                fd = os.dup(factory.netns)
+            except BaseException:
+                factory.close()
+                raise
+            self = cls(fd, owned=True, factory=factory)
+        else:
+            try:
+                fd = _new_netns_fd()
+            except SyscallError as exc:
+                raise _rootless_reason(exc) from exc
+            self = cls(fd, owned=True)
         try:
             self.netlink().set_up("lo")
         except BaseException:
@@ -218,6 +366,23 @@ class NetworkHost:
         """
         return self._fd < 0
 
+    @property
+    def rootless(self) -> bool:
+        """Whether this namespace is served by the rootless helper process.
+
+        Returns:
+            True for a rootless host.
+        """
+        return self._factory is not None
+
+    def userns_fd(self) -> int | None:
+        """The user namespace sandboxes attached here must join (rootless), else None.
+
+        Returns:
+            An fd owned by this object, or None.
+        """
+        return None if self._factory is None else self._factory.userns
+
     def is_current(self) -> bool:
         """Whether this is the caller's own network namespace.
 
@@ -226,6 +391,20 @@ class NetworkHost:
         """
         a, b = os.fstat(self.fileno()), os.stat("/proc/self/ns/net")
         return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+    def _socket_in(
+        self, netns_fd: int | None, family: int, type: int, proto: int = 0
+    ) -> socket.socket:
+        """A socket in ``netns_fd`` (None: this namespace), by thread or by helper."""
+        if self._factory is not None:
+            return self._factory.socket(netns_fd, family, type, proto)
+        fd = self.fileno() if netns_fd is None else netns_fd
+        try:
+            return _run_in_netns(
+                fd, lambda: socket.socket(family, type | socket.SOCK_CLOEXEC, proto)
+            )
+        except SyscallError as exc:
+            raise _rootless_reason(exc) from exc
 
     def netlink(self) -> NetlinkSocket:
         """An rtnetlink socket in this namespace (shared, thread-safe; closed with this).
@@ -238,11 +417,23 @@ class NetworkHost:
         """
         with self._lock:
             if self._nl is None:
-                try:
-                    self._nl = NetlinkSocket.open_in_netns(self.fileno())
-                except SyscallError as exc:
-                    raise _rootless_reason(exc) from exc
+                if self._factory is None and self.is_current():
+                    self._nl = NetlinkSocket()
+                else:
+                    self._nl = self.netlink_in(None)
             return self._nl
+
+    def netlink_in(self, netns_fd: int | None) -> NetlinkSocket:
+        """A new rtnetlink socket in another namespace (a sandbox's), made by this host.
+
+        Args:
+            netns_fd: the namespace (None: this one).
+
+        Returns:
+            The socket; the caller closes it.
+        """
+        sock = self._socket_in(netns_fd, socket.AF_NETLINK, socket.SOCK_RAW, 0)
+        return NetlinkSocket._from_socket(sock)
 
     def socket(self, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> socket.socket:
         """Create a socket that lives in this namespace.
@@ -254,18 +445,20 @@ class NetworkHost:
         Returns:
             The socket (the caller owns it).
         """
-        fd = self.fileno()
-        return _run_in_netns(fd, lambda: socket.socket(family, type | socket.SOCK_CLOEXEC))
+        return self._socket_in(None, family, type)
 
     def close(self) -> None:
         """Close the reference (a private namespace then goes away with its links)."""
         with self._lock:
             nl, self._nl = self._nl, None
             fd, self._fd = self._fd, -1
+            factory, self._factory = self._factory, None
         if nl is not None:
             nl.close()
         if fd >= 0:
             os.close(fd)
+        if factory is not None:
+            factory.close()
 
     def __enter__(self) -> NetworkHost:
         """Return self.
@@ -281,7 +474,10 @@ class NetworkHost:
 
     def __repr__(self) -> str:
         """Show the fd and whether it is private."""
-        return f"<NetworkHost fd={self._fd} {'private' if self.owned else 'shared'}>"
+        kind = "private" if self.owned else "shared"
+        if self._factory is not None:
+            kind += ", rootless"
+        return f"<NetworkHost fd={self._fd} {kind}>"
 
 
 # -- address pool ------------------------------------------------------------------------
@@ -477,6 +673,15 @@ class Network:
             peer_ns=host,
         )
 
+    def userns_fd(self) -> int | None:
+        """The user namespace a sandbox on this network must join (rootless hosts).
+
+        Returns:
+            The fd of the host's user namespace (owned by the host), or None.
+        """
+        host = self.bridge.host if self.bridge is not None else self.peer_ns
+        return None if host is None else host.userns_fd()
+
     # -- what the sandbox's /etc gets ---
 
     def hosts_entries(self, hostname: str = "nscg") -> str:
@@ -562,11 +767,7 @@ class Network:
                     if self.peer_address6 is not None:
                         hnl.add_address(host_end, self.peer_address6, nodad=True)
                 hnl.set_up(host_end)
-                try:
-                    snl = NetlinkSocket.open_in_netns(sandbox_fd)
-                except SyscallError as exc:
-                    raise _rootless_reason(exc) from exc
-                with snl:
+                with host.netlink_in(sandbox_fd) as snl:
                     self._configure_inside(snl)
             finally:
                 os.close(sandbox_fd)
@@ -972,7 +1173,9 @@ class PortForward:
     created inside the sandbox's network namespace (by a helper thread that has
     joined it) and connected to ``address:port`` there; two threads copy bytes
     both ways. No firewall rules, no ``iptables`` binary, nothing to clean up in
-    the kernel but the sockets. Needs root (joining the sandbox's namespace).
+    the kernel but the sockets. As root the sockets inside are made by a helper
+    thread that joins the namespace; rootless, by the helper process of a rootless
+    :class:`NetworkHost` (``via``, or a rootless host as ``target``).
 
     Args:
         target: the sandbox (a :class:`nscg.Process` or a pid in it), or a
@@ -984,6 +1187,9 @@ class PortForward:
         listen: the local address to listen on.
         listen_port: the local port (0: a free one, see :attr:`port`).
         listen_in: listen in this namespace instead of the caller's.
+        via: a rootless :class:`NetworkHost` whose helper makes the sockets in the
+            target's namespace (the sandbox must be attached to it). Rootless, a
+            simpler way is ``target=bridge.host`` and ``address=`` the sandbox's.
 
     Raises:
         SyscallError: the sandbox's namespace cannot be opened, or the port is taken.
@@ -998,16 +1204,20 @@ class PortForward:
         listen: str = "127.0.0.1",
         listen_port: int = 0,
         listen_in: NetworkHost | None = None,
+        via: NetworkHost | None = None,
     ) -> None:
         """Open the target namespace and start listening (see the class docstring)."""
+        self._via: NetworkHost | None = None
         if isinstance(target, NetworkHost):
             self._netns = os.dup(target.fileno())
+            self._via = target if target.rootless else None
         else:
             pid = target if isinstance(target, int) else target.pid
             try:
                 self._netns = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
                 raise SyscallError(exc.errno or 0, "open", f"/proc/{pid}/ns/net") from exc
+            self._via = via
         self.target = (address, port)
         self._family = socket.AF_INET6 if ":" in address else socket.AF_INET
         self._stop = threading.Event()
@@ -1016,6 +1226,7 @@ class PortForward:
         self._threads: list[threading.Thread] = []
         family = socket.AF_INET6 if ":" in listen else socket.AF_INET
         try:
+            self._upstream().close()  # fail now, not at the first connection
             if listen_in is not None:
                 lsock = listen_in.socket(family, socket.SOCK_STREAM)
             else:
@@ -1050,10 +1261,7 @@ class PortForward:
             except OSError:
                 return
             try:
-                upstream = _run_in_netns(
-                    self._netns,
-                    lambda: socket.socket(self._family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC),
-                )
+                upstream = self._upstream()
                 upstream.settimeout(10)
                 upstream.connect(self.target)
                 upstream.settimeout(None)
@@ -1076,6 +1284,18 @@ class PortForward:
                 self._threads = [t for t in self._threads if t.is_alive()] + pair
             for t in pair:
                 t.start()
+
+    def _upstream(self) -> socket.socket:
+        """A new TCP socket in the target's network namespace."""
+        if self._via is not None:
+            return self._via._socket_in(self._netns, self._family, socket.SOCK_STREAM)
+        try:
+            return _run_in_netns(
+                self._netns,
+                lambda: socket.socket(self._family, socket.SOCK_STREAM | socket.SOCK_CLOEXEC),
+            )
+        except SyscallError as exc:
+            raise _rootless_reason(exc) from exc
 
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
