@@ -536,38 +536,37 @@ def test_a_closed_private_namespace_takes_its_links_with_it() -> None:
         proc.close()
 
 
-# ----------------------------------------------------------------- addresses
+# ----------------------------------------------------------------- threads
 
 
-def test_addresses_are_leased_without_collisions_from_many_threads() -> None:
-    import ipaddress
+@root
+def test_sandboxes_spawned_from_many_threads_on_one_bridge() -> None:
+    with Bridge("10.247.0.0/24") as br:
+        out: list[str] = []
+        errors: list[BaseException] = []
+        lock = threading.Lock()
 
-    from nscg.network import _Pool
+        def worker() -> None:
+            try:
+                for _ in range(3):
+                    net = br.link()
+                    r = (
+                        Container()
+                        .with_network(net)
+                        .run(["cat", "/proc/net/fib_trie"], capture_output=True, check=True)
+                    )
+                    assert net.address is not None
+                    assert f"|-- {net.address.ip}\n" in (r.stdout or b"").decode()
+                    with lock:
+                        out.append(str(net.address.ip))
+            except BaseException as exc:
+                errors.append(exc)
 
-    pool = _Pool(ipaddress.IPv4Network("10.0.0.0/24"), {int(ipaddress.IPv4Address("10.0.0.1"))})
-    got: list[ipaddress.IPv4Address] = []
-    lock = threading.Lock()
-
-    def worker() -> None:
-        for _ in range(25):
-            ip = pool.lease()
-            with lock:
-                got.append(ip)
-
-    threads = [threading.Thread(target=worker) for _ in range(10)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert len(got) == 250 == len(set(got))
-    assert ipaddress.IPv4Address("10.0.0.1") not in got
-    rest = [pool.lease() for _ in range(3)]  # .252 .253 .254
-    assert len(set(got) | set(rest)) == 253
-    with pytest.raises(nscg.SpecError, match="no free address"):
-        pool.lease()
-    pool.release(got[0])
-    assert pool.lease() == got[0]
-    with pytest.raises(nscg.SpecError, match="in use"):
-        pool.lease(got[1])
-    with pytest.raises(nscg.SpecError, match="not a host address"):
-        pool.lease(ipaddress.IPv4Address("10.0.0.255"))
+        threads = [threading.Thread(target=worker) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert len(out) == 24 == len(set(out))
+        assert settle(5) and br.ports() == [] and br.leased == 0
