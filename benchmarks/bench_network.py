@@ -8,8 +8,10 @@ live in a :class:`nscg.NetworkHost`, never in the host's own namespace; the
 traffic stays on private addresses inside those namespaces, or on loopback.
 
 1. Spawn cost, interleaved in shuffled rounds: ``true`` in a sandbox with only
-   ``lo`` (the default), with a veth pair to a private namespace, and with a
-   port on a bridge; mean / median / p95 in ms and the ratio to loopback-only.
+   ``lo`` (the default), with a veth pair to a private namespace, with a port on
+   a bridge, and with a port on a bridge of a rootless-mode host (sockets made by
+   the helper process, the sandbox joins its user namespace); mean / median /
+   p95 in ms and the ratio to loopback-only.
 2. Traffic between two sandboxes: a server sandbox and a client sandbox on one
    bridge, vs the same client joined to the server's network namespace (a
    sidecar) talking over 127.0.0.1: round trips per second on one connection
@@ -98,7 +100,12 @@ def _stats(samples: list[float]) -> dict[str, float]:
 
 def bench_spawn(rounds: int) -> dict[str, dict[str, float]]:
     """Spawn ``true`` with each network, shuffled rounds; stats per case."""
-    with nscg.NetworkHost.create() as host, nscg.Bridge("10.251.0.0/24") as br:
+    with (
+        nscg.NetworkHost.create() as host,
+        nscg.Bridge("10.251.0.0/24") as br,
+        nscg.NetworkHost.create(rootless=True) as rl_host,
+        nscg.Bridge("10.253.0.0/24", host=rl_host) as rl_br,
+    ):
         veth = nscg.Network.veth(
             "10.250.0.2/30", "10.250.0.1/30", host=host
         )  # one at a time: the pair goes away with the sandbox
@@ -106,6 +113,7 @@ def bench_spawn(rounds: int) -> dict[str, dict[str, float]]:
             "loopback only": nscg.Container,
             "veth to a private namespace": lambda: nscg.Container().with_network(veth),
             "bridge port (leased address)": lambda: nscg.Container().with_network(br.link()),
+            "bridge port, rootless-mode host": lambda: nscg.Container().with_network(rl_br.link()),
         }
         samples: dict[str, list[float]] = {k: [] for k in cases}
         for make in cases.values():  # warm up

@@ -300,11 +300,15 @@ class Container:
         ``Network.none()`` (or None): a new network namespace with only ``lo``, the
         default. ``Network.host()``: no new network namespace, the sandbox uses the
         caller's network (an explicit opt-in). A veth or bridge network: a new
-        network namespace wired by the parent before the payload starts.
+        network namespace wired by the parent before the payload starts. On a
+        rootless :class:`nscg.NetworkHost` (a rootless caller's bridge), the sandbox
+        joins the host's user namespace instead of making its own (a
+        :class:`NamespaceRef` in :attr:`join`, closed with the spec's other refs).
 
         Raises:
-            SpecError: ``network`` is not a Network, or the spec joins a network
-                namespace already.
+            SpecError: ``network`` is not a Network, or (rootless host) the spec
+                joins another user namespace or has its own id maps.
+            UnsupportedError: a rootless veth into the caller's own namespace.
         """
         from nscg.network import Network
 

@@ -21,13 +21,20 @@ All link, address and route work is rtnetlink from the parent
 namespaces (a :class:`nscg._spawn.ParentHook`); the undo runs once the sandbox
 has been reaped, or at once if the spawn fails.
 
-Privileges: a veth link or a bridge needs ``CAP_NET_ADMIN`` and ``CAP_SYS_ADMIN``
-in the caller's own user namespace (root): the parent joins the sandbox's network
-namespace from a helper thread (``setns(CLONE_NEWNET)``), which the kernel
-refuses to a caller without ``CAP_SYS_ADMIN`` in its own user namespace even when
-it owns the sandbox's. Rootless callers get :class:`nscg.UnsupportedError` with
-that reason; :meth:`Network.none`, :meth:`Network.host` and joining another
-sandbox's network (a sidecar) work rootless.
+Privileges: as root, the parent works inside the sandbox's and the private
+namespaces from short-lived helper threads (``setns(CLONE_NEWNET)``). A rootless
+caller may not ``setns`` into any network namespace (the kernel wants
+``CAP_SYS_ADMIN`` in the caller's own user namespace), so a rootless
+:class:`NetworkHost` is served by a small helper process, root in its own user
+namespace, that creates sockets there (or in an attached sandbox's namespace) and
+passes them back; sandboxes attached to it join that user namespace. A veth into
+the caller's own namespace needs root. :meth:`Network.none`,
+:meth:`Network.host` and joining another sandbox's network (a sidecar) need
+nothing.
+
+Why a netlink module of our own and not pyroute2: see :mod:`nscg._netlink`
+(no dependency on the spawn path, typed results, our errors; pyroute2 forks
+helper processes for netns work).
 """
 
 from __future__ import annotations
@@ -1138,7 +1145,8 @@ class Bridge:
         self._closed = True
         settle(2 * _Janitor.GRACE)
         try:
-            if not self.host.closed:
+            # a private namespace takes the bridge with it (and RTM_DELLINK costs ~35 ms)
+            if not self._owns_host and not self.host.closed:
                 with contextlib.suppress(SyscallError):
                     self.host.netlink().delete_link(self.name)
         finally:
