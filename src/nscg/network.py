@@ -580,8 +580,9 @@ class Network:
     sandbox's first process waits in its new network namespace, the parent creates
     the veth pair (the host end named ``nscg`` + 10 hex digits, unique), moves
     one end into the sandbox as :attr:`name`, sets the MTU, the addresses, and the
-    default route; the undo deletes the host end (and with it the pair) and
-    returns a bridge address to its pool.
+    default route. Once the sandbox is reaped, the pair goes away with its
+    namespace (or is deleted, see :func:`settle`) and a bridge address returns to
+    its pool; if the spawn fails, all of it is undone before the error propagates.
 
     Attributes:
         kind: ``"none"``, ``"host"``, ``"veth"`` or ``"bridge"``.
@@ -594,7 +595,9 @@ class Network:
         bridge: the bridge to attach to (bridge).
     """
 
-    kind: NetworkKind = "none"
+    kind: NetworkKind = attrs.field(
+        default="none", validator=attrs.validators.in_(("none", "host", "veth", "bridge"))
+    )
     name: str = attrs.field(default="eth0", validator=_check_ifname)
     address: ipaddress.IPv4Interface | None = attrs.field(default=None, converter=_iface4)
     address6: ipaddress.IPv6Interface | None = attrs.field(default=None, converter=_iface6)
@@ -1189,9 +1192,9 @@ class PortForward:
         target: the sandbox (a :class:`nscg.Process` or a pid in it), or a
             :class:`NetworkHost`.
         port: the port inside.
-        address: the address inside to connect to (``127.0.0.1`` reaches a server
-            bound to any address of the sandbox... bound to 0.0.0.0 or loopback;
-            give the sandbox's own address for a server bound to it).
+        address: the address inside to connect to: ``127.0.0.1`` reaches a
+            server bound to ``0.0.0.0`` or to loopback; give the sandbox's own
+            address for a server bound only to it.
         listen: the local address to listen on.
         listen_port: the local port (0: a free one, see :attr:`port`).
         listen_in: listen in this namespace instead of the caller's.
