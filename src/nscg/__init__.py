@@ -38,6 +38,10 @@ _EXPORTS: dict[str, str] = {
     "Namespace": "nscg.namespaces",
     "NamespaceRef": "nscg.namespaces",
     "TimeOffsets": "nscg.namespaces",
+    "Bridge": "nscg.network",
+    "Network": "nscg.network",
+    "NetworkHost": "nscg.network",
+    "PortForward": "nscg.network",
     "Process": "nscg.process",
     "Result": "nscg.process",
     "Changes": "nscg.rootfs",
@@ -47,6 +51,7 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "Bridge",
     "CalledProcessError",
     "Changes",
     "Container",
@@ -56,8 +61,11 @@ __all__ = [
     "IdMap",
     "Namespace",
     "NamespaceRef",
+    "Network",
+    "NetworkHost",
     "NscgError",
     "PIPE",
+    "PortForward",
     "Process",
     "Result",
     "Rlimit",
@@ -105,5 +113,6 @@ if TYPE_CHECKING:
     )
     from nscg.features import Features, features
     from nscg.namespaces import IdMap, Namespace, NamespaceRef, TimeOffsets
+    from nscg.network import Bridge, Network, NetworkHost, PortForward
     from nscg.process import Process, Result, Stage, Usage
     from nscg.rootfs import Changes, RootFS

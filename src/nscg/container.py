@@ -15,6 +15,7 @@ from nscg.namespaces import IdMap, Namespace, NamespaceRef, TimeOffsets, check_i
 if TYPE_CHECKING:
     from nscg.capabilities import Capabilities
     from nscg.cgroups import CgroupSpec, Limits
+    from nscg.network import Network
     from nscg.process import Process, Result
     from nscg.rootfs import RootFS
     from nscg.seccomp import Seccomp
@@ -192,9 +193,10 @@ class Container:
             or None.
         rootfs: the sandbox's root filesystem (a :class:`nscg.RootFS`); None
             keeps the caller's view (needs ``Namespace.MOUNT`` when set).
-        network: filled in by its own module (a network is a
+        network: a :class:`nscg.network.Network` with links to wire (None:
+            loopback only); set with :meth:`with_network`. It is a
             :class:`nscg._spawn.ParentHook`: the parent sets it up while the
-            child waits in its new network namespace).
+            child waits in its new network namespace.
     """
 
     namespaces: Namespace = attrs.field(default=Namespace.ALL, converter=_ns_conv)
@@ -218,7 +220,7 @@ class Container:
     seccomp: Seccomp | str = attrs.field(default="default", validator=_seccomp_check)
     rootfs: RootFS | None = None
     cgroup: CgroupSpec | None = None
-    network: Any = None
+    network: Network | None = None
 
     # ------------------------------------------------------------ builders
     def with_namespaces(
@@ -365,6 +367,53 @@ class Container:
         """Keep the caller's filesystem view (the default)."""
         return attrs.evolve(self, rootfs=None)
 
+    def with_network(self, network: Network | None) -> Container:
+        """Choose the sandbox's network (see :mod:`nscg.network`).
+
+        ``Network.none()`` (or None): a new network namespace with only ``lo``, the
+        default. ``Network.host()``: no new network namespace, the sandbox uses the
+        caller's network (an explicit opt-in). A veth or bridge network: a new
+        network namespace wired by the parent before the payload starts. On a
+        rootless :class:`nscg.NetworkHost` (a rootless caller's bridge), the sandbox
+        joins the host's user namespace instead of making its own (a
+        :class:`NamespaceRef` in :attr:`join`, closed with the spec's other refs).
+
+        Raises:
+            SpecError: ``network`` is not a Network, or (rootless host) the spec
+                joins another user namespace or has its own id maps.
+            UnsupportedError: a rootless veth into the caller's own namespace.
+        """
+        from nscg.network import Network
+
+        if network is not None and not isinstance(network, Network):
+            raise SpecError(f"with_network() takes a nscg.Network or None, got {network!r}")
+        if network is None or network.kind == "none":
+            return attrs.evolve(self, network=None, namespaces=self.namespaces | Namespace.NET)
+        if network.kind == "host":
+            return attrs.evolve(self, network=None, namespaces=self.namespaces & ~Namespace.NET)
+        if network.kind == "veth" and network.peer_ns is None and os.geteuid() != 0:
+            from nscg.errors import UnsupportedError
+
+            raise UnsupportedError(
+                "a veth link into the caller's own network namespace needs root; "
+                "rootless, put the other end in a private one: host=NetworkHost.create()",
+                feature="network.veth",
+            )
+        spec = attrs.evolve(self, network=network, namespaces=self.namespaces | Namespace.NET)
+        userns = network.userns_fd()
+        if userns is None:
+            return spec
+        # a rootless network host: the sandbox joins its user namespace (see NetworkHost)
+        if any(r.kind == Namespace.USER for r in self.join) or self.uid_map or self.gid_map:
+            raise SpecError(
+                "a sandbox on a rootless network host joins the host's user namespace: "
+                "it cannot join another one or have its own uid/gid maps"
+            )
+        ref = NamespaceRef.from_fd(userns, Namespace.USER)
+        return attrs.evolve(
+            spec, namespaces=spec.namespaces & ~Namespace.USER, join=(*spec.join, ref)
+        )
+
     def with_init(self, init: bool = True) -> Container:
         """Run (or not) the minimal init as pid 1 of the new pid namespace."""
         return attrs.evolve(self, init=init)
@@ -463,6 +512,10 @@ class Container:
             raise SpecError("setting the hostname needs a new uts namespace (Namespace.UTS)")
         if self.domainname is not None and not ns & Namespace.UTS:
             raise SpecError("setting the domain name needs a new uts namespace (Namespace.UTS)")
+        if self.network is not None and not ns & Namespace.NET:
+            raise SpecError(
+                f"a {self.network.kind} network needs a new network namespace (Namespace.NET)"
+            )
         for what, maps in (("uid_map", self.uid_map), ("gid_map", self.gid_map)):
             if maps is not None:
                 if not maps:

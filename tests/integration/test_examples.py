@@ -13,6 +13,12 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.py"
 EXPECT = {
     "isolated_command.py": [b"hostname: example", b"my pid: 2", b"network interfaces: lo\n"],
     "readonly_host.py": [b"writing /etc: refused", b"private /tmp: hello", b"dev: fd full null"],
+    "two_sandboxes_http.py": [
+        b"server sandbox listening on 10.89.0.2:8080",
+        b"client on the same bridge: hello from the server sandbox",
+        b"client on another bridge: no answer:",
+        b"host via 127.0.0.1 forward: hello from the server sandbox",
+    ],
 }
 
 
