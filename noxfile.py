@@ -14,7 +14,7 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).resolve().parent
-nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.sessions = ["lint", "typecheck", "tests", "vm"]
 nox.options.reuse_existing_virtualenvs = True
 
 # The rootless tests run this venv's interpreter as uid 65534: the venv and the
@@ -56,6 +56,60 @@ def tests(session: nox.Session) -> None:
         "-p",
         "no:cacheprovider",
         *(session.posargs or [str(ROOT / "tests")]),
+    )
+
+
+VM_SCRIPT = ROOT / "tools" / "vm" / "run-in-v2vm.sh"
+
+
+def _vm_problem() -> str | None:
+    import shutil
+
+    if not shutil.which("qemu-system-x86_64"):
+        return "qemu-system-x86_64 is missing (apt-get install qemu-system-x86)"
+    if not any(p.name.startswith("vmlinuz-") for p in Path("/boot").glob("vmlinuz-*")):
+        return "no kernel in /boot (apt-get install linux-image-amd64)"
+    if not os.path.exists("/bin/busybox"):
+        return "busybox is missing (apt-get install busybox-static)"
+    return None
+
+
+@nox.session(python=PYTHON)
+def vm(session: nox.Session) -> None:
+    """Run the ``cgroup2`` tests in a throw-away VM with a pure cgroup v2 kernel.
+
+    Skipped (with the reason) when qemu or a kernel is missing, unless
+    NSCG_REQUIRE names cgroup2: then it fails.
+    """
+    problem = _vm_problem()
+    if problem:
+        if "cgroup2" in os.environ.get("NSCG_REQUIRE", ""):
+            session.error(f"NSCG_REQUIRE=cgroup2 but {problem}")
+        session.skip(problem)
+    _install(session)
+    python = os.path.join(session.virtualenv.bin, "python")
+    session.run(
+        "bash",
+        str(VM_SCRIPT),
+        "--timeout",
+        "900",
+        "--retry",
+        "1",
+        "--share",
+        str(ROOT),
+        "--",
+        python,
+        "-m",
+        "pytest",
+        "-p",
+        "no:hypothesispytest",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "cgroup2",
+        *(session.posargs or [str(ROOT / "tests" / "cgroup2")]),
+        external=True,
+        env={"NSCG_REQUIRE": "cgroup2"},
     )
 
 
