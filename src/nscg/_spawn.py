@@ -433,7 +433,14 @@ def spawn(
     from nscg._rootfs_run import RootfsRun
 
     c.validate()
-    root = RootfsRun(c)
+    c, etc_dir = _with_etc_files(c)
+    try:
+        root = RootfsRun(c)
+    except BaseException:
+        _rmtree_quiet(etc_dir)
+        raise
+    if etc_dir is not None:
+        root.temps.append(etc_dir)
     try:
         proc = _spawn(
             c,
@@ -452,6 +459,65 @@ def spawn(
         raise
     root.attach(proc)
     return proc
+
+
+def _rmtree_quiet(path: str | None) -> None:
+    if path is not None:
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _with_etc_files(c: Container) -> tuple[Container, str | None]:
+    """Give a sandbox with its own root and hostname an /etc/hosts (and resolv.conf).
+
+    Like Docker: the sandbox's hostname resolves (to its own address on a veth
+    or bridge network, else 127.0.1.1), and /etc/resolv.conf lists no name
+    server the sandbox cannot reach. Each file is bound read-only over the
+    root's own, only where the root has one and the plan does not already put
+    something there. Returns the spec and the temp dir to remove afterwards.
+    """
+    import attrs
+
+    root = c.rootfs
+    assert root is not None
+    if not c.namespaces & Namespace.UTS and c.network is None:
+        return c, None
+    targets = []
+    paths = ["/etc/hosts"]
+    if c.namespaces & Namespace.NET:  # the host's resolver is out of reach
+        paths.append("/etc/resolv.conf")
+    for path in paths:
+        if any(op.dest == path for op in root.ops):
+            continue
+        hosts = root.host_paths(path)
+        if hosts and any(os.path.isfile(h) for h in hosts):
+            targets.append(path)
+    if not targets:
+        return c, None
+    import tempfile
+
+    from nscg.network import Network
+
+    name = c.hostname or "nscg"
+    net = c.network if c.network is not None else Network.none()
+    texts = {
+        "/etc/hosts": net.hosts_entries(name),
+        "/etc/resolv.conf": net.resolv_conf(),
+    }
+    d = tempfile.mkdtemp(prefix="nscg-etc-")
+    try:
+        os.chmod(d, 0o755)
+        for path in targets:
+            host = os.path.join(d, os.path.basename(path))
+            with open(host, "w") as f:
+                f.write(texts[path])
+            os.chmod(host, 0o644)
+            root = root.bind(host, path, readonly=True)
+    except BaseException:
+        _rmtree_quiet(d)
+        raise
+    return attrs.evolve(c, rootfs=root), d
 
 
 def _resolve_in_rootfs(c: Container, name: str, path_var: str, executable: str | None) -> str:

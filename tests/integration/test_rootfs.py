@@ -246,3 +246,13 @@ def test_overlay_persistent_upper(tmp_path: Path, playground: Path) -> None:
     assert r.changes is not None and r.changes.added == {"/a/new", "/busybox"}
     assert (upper / "a/new").read_text() == "hi\n"
     assert [p for p in tmp_path.iterdir() if p.name.startswith("nscg-work-")] == []
+
+
+def test_own_hostname_resolves_and_resolv_conf_names_no_unreachable_server() -> None:
+    c = Container().with_rootfs(RootFS.host()).with_hostname("box-7")
+    r = c.run(["sh", "-c", "getent hosts box-7; cat /etc/resolv.conf"], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    lines = (r.stdout or b"").decode().splitlines()
+    assert lines[0].split() == ["127.0.1.1", "box-7"]
+    assert not any(line.startswith("nameserver") for line in lines)
+    assert not [n for n in os.listdir("/tmp") if n.startswith("nscg-etc-")]
