@@ -418,18 +418,17 @@ def spawn(
     ``_fault`` (stage, errno, op index) makes that stage fail on purpose and
     ``_extra_flags`` adds NSCG_F_* flags: both are for tests only.
     """
+    kwargs: dict[str, Any] = {
+        "stdin": stdin,
+        "stdout": stdout,
+        "stderr": stderr,
+        "pass_fds": pass_fds,
+        "executable": executable,
+        "_fault": _fault,
+        "_extra_flags": _extra_flags,
+    }
     if c.rootfs is None:
-        return _spawn(
-            c,
-            argv,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            pass_fds=pass_fds,
-            executable=executable,
-            _fault=_fault,
-            _extra_flags=_extra_flags,
-        )
+        return _spawn(c, argv, **kwargs)
     from nscg._rootfs_run import RootfsRun
 
     c.validate()
@@ -442,18 +441,7 @@ def spawn(
     if etc_dir is not None:
         root.temps.append(etc_dir)
     try:
-        proc = _spawn(
-            c,
-            argv,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            pass_fds=pass_fds,
-            executable=executable,
-            _fault=_fault,
-            _extra_flags=_extra_flags,
-            _root=root,
-        )
+        proc = _spawn(c, argv, _root=root, **kwargs)
     except BaseException:
         root.cleanup()
         raise
