@@ -389,6 +389,8 @@ def _failure_object(
     if stage == Stage.DOMAINNAME:
         return c.domainname
     if stage == Stage.SETNS and 0 <= index < len(joins):
+        if joins[index].kind == Namespace.NONE:
+            return "root directory"
         return f"{joins[index].kind.proc_name} namespace"
     if stage == Stage.RLIMITS and 0 <= index < len(c.rlimits):
         return f"rlimit {c.rlimits[index].resource}"
@@ -511,7 +513,10 @@ def _with_etc_files(c: Container) -> tuple[Container, str | None]:
 def _resolve_in_rootfs(c: Container, name: str, path_var: str, executable: str | None) -> str:
     """resolve_executable, in the sandbox's root when it has its own (see RootFS.host_paths)."""
     if c.rootfs is None:
-        return resolve_executable(name, path_var, executable, cwd=c.cwd)
+        # entering a sandbox with a root of its own: look inside that root
+        root = next((r for r in c.join if r.kind == Namespace.NONE), None)
+        where = "/" if root is None else f"/proc/self/fd/{root.fileno()}"
+        return resolve_executable(name, path_var, executable, root=where, cwd=c.cwd)
     target = executable or name
     if "/" in target:
         cand = [target if target.startswith("/") else os.path.join(c.cwd or "/", target)]

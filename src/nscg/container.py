@@ -461,6 +461,9 @@ class Container:
                         ref.close()
                     else:
                         refs.append(ref)
+                if any(r.kind == Namespace.MOUNT for r in refs):
+                    # and its root: it may have pivoted into one of its own
+                    refs.append(NamespaceRef.root_of(pid))
             except BaseException:
                 for r in refs:
                     r.close()

@@ -112,6 +112,7 @@ JOIN_ORDER: tuple[Namespace, ...] = (
     Namespace.PID,
     Namespace.MOUNT,
     Namespace.TIME,
+    Namespace.NONE,  # a root directory (NamespaceRef.root_of), entered last
 )
 
 _MAX_ID = 2**32 - 1
@@ -226,6 +227,24 @@ class NamespaceRef:
         if k in (Namespace.TIME, Namespace.PID):
             name += "_for_children"
         return cls.from_path(f"/proc/{int(pid)}/ns/{name}", k)
+
+    @classmethod
+    def root_of(cls, pid: int) -> NamespaceRef:
+        """Open the root directory of process ``pid`` (``/proc/PID/root``).
+
+        Not a namespace (its kind is ``Namespace.NONE``): joined after the mount
+        namespace, it puts the new process in the root the target pivoted into,
+        as ``nsenter --root`` does.
+
+        Raises:
+            SyscallError: the directory cannot be opened.
+        """
+        path = f"/proc/{int(pid)}/root"
+        try:
+            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SyscallError(e.errno or 0, "open", path) from None
+        return cls(fd, Namespace.NONE)
 
     @classmethod
     def from_path(cls, path: str | os.PathLike[str], kind: Namespace | str) -> NamespaceRef:

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -256,3 +257,39 @@ def test_own_hostname_resolves_and_resolv_conf_names_no_unreachable_server() -> 
     assert lines[0].split() == ["127.0.1.1", "box-7"]
     assert not any(line.startswith("nameserver") for line in lines)
     assert not [n for n in os.listdir("/tmp") if n.startswith("nscg-etc-")]
+
+
+def test_entering_a_sandbox_with_its_own_root_lands_in_that_root() -> None:
+    script = "echo private > /tmp/marker; sleep 60"
+    with Container().with_rootfs(RootFS.host()).spawn(["sh", "-c", script]) as box:
+        deadline = time.monotonic() + 10
+        r = box.run_inside(["cat", "/tmp/marker"], capture_output=True)
+        while r.returncode != 0 and time.monotonic() < deadline:
+            r = box.run_inside(["cat", "/tmp/marker"], capture_output=True)
+        assert r.stdout == b"private\n", r
+        script = "cat /proc/1/comm; ls /proc | grep -c '^[0-9]'; touch /etc/x"
+        r = box.run_inside(["sh", "-c", script], capture_output=True)
+        comm, count = (r.stdout or b"").split()[:2]
+        assert comm == b"nscg-init"  # the sandbox's own /proc
+        assert int(count) <= 8  # init, sh, sleep and this command's few
+        assert b"Read-only file system" in (r.stderr or b"")
+        assert b"Read-only file system" in (r.stderr or b"")
+        box.kill()
+
+
+def test_rootless_entering_a_sandbox_with_its_own_root() -> None:
+    out = run_as_nobody(
+        """
+        import json, time, nscg
+        c = nscg.Container().with_rootfs(nscg.RootFS.host())
+        with c.spawn(["sh", "-c", "echo mine > /tmp/m; sleep 60"]) as box:
+            for _ in range(100):
+                r = box.run_inside(["cat", "/tmp/m"], capture_output=True)
+                if r.returncode == 0:
+                    break
+                time.sleep(0.05)
+            box.kill()
+        print(json.dumps([r.returncode, r.stdout.decode()]))
+        """
+    )
+    assert out == [0, "mine\n"]
