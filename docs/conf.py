@@ -1,0 +1,52 @@
+"""Sphinx configuration of the nscg documentation (``nox -s docs``)."""
+
+from __future__ import annotations
+
+import nscg
+
+project = "nscg"
+author = "nscg developers"
+copyright = "nscg developers"
+release = nscg.__version__
+version = release
+
+extensions = [
+    "myst_parser",
+    "sphinx.ext.autodoc",
+    "sphinx.ext.napoleon",
+    "sphinx.ext.doctest",
+]
+
+source_suffix = {".md": "markdown"}
+root_doc = "index"
+exclude_patterns = ["_build", "requirements.txt"]
+
+# MyST: ```{doctest} / ```{testcode} fences are Sphinx directives, so samples run
+myst_enable_extensions = ["colon_fence", "deflist"]
+myst_heading_anchors = 3
+
+# autodoc + napoleon (Google style: Args / Returns / Raises / Attributes)
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+autodoc_typehints_format = "short"
+autodoc_default_options = {"members": True, "show-inheritance": True}
+autodoc_preserve_defaults = True
+napoleon_google_docstring = True
+napoleon_numpy_docstring = False
+napoleon_use_ivar = True
+napoleon_attr_annotations = True
+
+# Type hints name types (attrs internals, private helpers) that have no page of
+# their own; a missing cross-reference target is not an error in the docs.
+nitpicky = False
+
+# doctest: the samples run real sandboxes (as root or rootless), kept fast
+doctest_global_setup = """
+import nscg
+"""
+doctest_test_doctest_blocks = "default"
+trim_doctest_flags = True
+
+html_theme = "furo"
+html_title = f"nscg {release}"
+html_static_path: list[str] = []
