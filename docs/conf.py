@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import doctest
+
 import nscg
 
 project = "nscg"
@@ -42,10 +44,23 @@ nitpicky = False
 
 # doctest: the samples run real sandboxes (as root or rootless), kept fast
 doctest_global_setup = """
+import errno
+import os
+import shutil
+import subprocess
+import sys
+
 import nscg
 """
 doctest_test_doctest_blocks = "default"
 trim_doctest_flags = True
+# /proc/self/status separates with tabs
+doctest_default_flags = (
+    doctest.ELLIPSIS
+    | doctest.IGNORE_EXCEPTION_DETAIL
+    | doctest.DONT_ACCEPT_TRUE_FOR_1
+    | doctest.NORMALIZE_WHITESPACE
+)
 
 html_theme = "furo"
 html_title = f"nscg {release}"
