@@ -32,7 +32,6 @@ autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 autodoc_typehints_format = "short"
 autodoc_default_options = {"members": True, "show-inheritance": True}
-autodoc_preserve_defaults = True
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
 napoleon_use_ivar = True
@@ -65,3 +64,22 @@ doctest_default_flags = (
 html_theme = "furo"
 html_title = f"nscg {release}"
 html_static_path: list[str] = []
+
+
+def _attrs_defaults(
+    app: object,
+    what: str,
+    name: str,
+    obj: object,
+    options: object,
+    signature: str | None,
+    return_annotation: str | None,
+) -> tuple[str | None, str | None]:
+    """Show attrs' factory defaults (``attrs.NOTHING`` in the signature) as ``...``."""
+    if signature:
+        signature = signature.replace("=NOTHING", "=...")
+    return signature, return_annotation
+
+
+def setup(app: object) -> None:
+    app.connect("autodoc-process-signature", _attrs_defaults)  # type: ignore[attr-defined]  # sphinx.application.Sphinx
