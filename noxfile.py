@@ -1,4 +1,4 @@
-"""Development sessions: tests, lint, typecheck, the cgroup v2 VM, benchmarks.
+"""Development sessions: tests, lint, typecheck, docs, the cgroup v2 VM, benchmarks.
 
 ``nox -s tests`` runs the suite on this host (as root it includes the rootless
 tests, which drop to uid 65534); ``nox -s vm`` runs the ``cgroup2`` tests in a
@@ -14,7 +14,7 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).resolve().parent
-nox.options.sessions = ["lint", "typecheck", "tests", "vm"]
+nox.options.sessions = ["lint", "typecheck", "tests", "docs", "vm"]
 nox.options.reuse_existing_virtualenvs = True
 
 # The rootless tests run this venv's interpreter as uid 65534: the venv and the
@@ -126,6 +126,18 @@ def typecheck(session: nox.Session) -> None:
     """mypy --strict over the package, tests, examples and benchmarks."""
     _install(session, "mypy", "nox")
     session.run("mypy", "--strict")
+
+
+@nox.session(python=PYTHON)
+def docs(session: nox.Session) -> None:
+    """Build the docs (warnings are errors) and run their code samples (doctest)."""
+    _install(session, "-r", str(ROOT / "docs" / "requirements.txt"))
+    src, out = str(ROOT / "docs"), ROOT / "docs" / "_build"
+    for builder in ("html", "doctest"):
+        session.run(
+            "sphinx-build", "-W", "--keep-going", "-q", "-b", builder, src, str(out / builder)
+        )
+    session.log(f"docs: file://{out / 'html' / 'index.html'}")
 
 
 @nox.session(python=PYTHON)
