@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import os
+import select
 import selectors
 import signal as _signal
 import threading
@@ -187,7 +189,9 @@ class Process:
         self.usage: Usage | None = None
         self._pidfd = pidfd
         self._shared = shared
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: signal handlers may call kill()
+        self._waiters = 0
+        self._close_pending = False
         self._started = time.monotonic()
         self._ended: float | None = None
         self._pid1 = whole_sandbox_by_pid1
@@ -214,43 +218,75 @@ class Process:
         )
 
     def _reap(self, block: bool) -> bool:
-        """Reap if exited; return whether a status is available."""
+        """Reap if exited (waiting for it if ``block``); return whether a status is known.
+
+        The lock is never held while blocking: another thread may ``kill()`` or
+        ``poll()`` a process that one thread is waiting for (a watchdog), and a
+        signal handler may call them too.
+        """
+        out = ffi.new("struct nscg_wait_out *")
+        while True:
+            with self._lock:
+                if self.returncode is not None:
+                    return True
+                if self._pidfd < 0:
+                    return False
+                r = lib.nscg_wait(self._pidfd, os.WEXITED | os.WNOHANG, out)
+                if r == -errno.EINTR:
+                    continue
+                if r < 0:
+                    raise SyscallError(-r, "waitid", str(self.pid))
+                if out.pid != 0:
+                    self._finalize(out)
+                    return True
+                if not block:
+                    return False
+            self._wait_pidfd(None)
+
+    def _wait_pidfd(self, timeout: float | None) -> None:
+        """Block until the pidfd is readable (the process exited) or ``timeout`` passes."""
         with self._lock:
-            if self.returncode is not None:
-                return True
-            if self._pidfd < 0:
-                return False
-            out = ffi.new("struct nscg_wait_out *")
-            options = os.WEXITED | (0 if block else os.WNOHANG)
-            while True:
-                r = lib.nscg_wait(self._pidfd, options, out)
-                if r != -4:  # EINTR
-                    break
-            if r < 0:
-                raise SyscallError(-r, "waitid", str(self.pid))
-            if out.pid == 0:
-                return False
-            self._ended = time.monotonic()
-            code, status = int(out.code), int(out.status)
-            rc = -status if code in (_CLD_KILLED, _CLD_DUMPED) else status
-            if self._shared is not None and self._shared.has_status:
-                rc = os.waitstatus_to_exitcode(int(self._shared.payload_status))
-            self.returncode = rc
-            self.usage = Usage(
-                cpu_user=out.utime_usec / 1e6,
-                cpu_system=out.stime_usec / 1e6,
-                max_rss=int(out.maxrss_kb) * 1024,
-            )
+            if self._pidfd < 0 or self.returncode is not None:
+                return
+            fd = self._pidfd
+            self._waiters += 1  # the fd stays open while someone polls it
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll(None if timeout is None else max(0, int(timeout * 1000) + 1))
+        finally:
+            with self._lock:
+                self._waiters -= 1
+                if self._waiters == 0 and self._close_pending:
+                    self._close_pidfd()
+
+    def _finalize(self, out: Any) -> None:
+        """Record the status of the reaped first process; called with the lock held."""
+        self._ended = time.monotonic()
+        code, status = int(out.code), int(out.status)
+        rc = -status if code in (_CLD_KILLED, _CLD_DUMPED) else status
+        if self._shared is not None and self._shared.has_status:
+            rc = os.waitstatus_to_exitcode(int(self._shared.payload_status))
+        self.usage = Usage(
+            cpu_user=out.utime_usec / 1e6,
+            cpu_system=out.stime_usec / 1e6,
+            max_rss=int(out.maxrss_kb) * 1024,
+        )
+        try:
             if self._cgroup is not None:
                 self._finish_cgroup()
-            self._close_pidfd()
             for fn in self._cleanups:  # in the order they were added
                 try:
                     fn()
                 except Exception as e:  # cleanup must not hide the status
-                    warnings.warn(f"nscg: cleanup after {self.pid} failed: {e!r}", stacklevel=2)
+                    warnings.warn(f"nscg: cleanup after {self.pid} failed: {e!r}", stacklevel=3)
             self._cleanups.clear()
-            return True
+        finally:
+            self.returncode = rc
+            if self._waiters:
+                self._close_pending = True
+            else:
+                self._close_pidfd()
 
     def _finish_cgroup(self) -> None:
         """After the first process is reaped: kill what is left, read usage, remove."""
@@ -306,24 +342,11 @@ class Process:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutExpired(list(self.args), timeout)
-                self._wait_readable(left)
+                self._wait_pidfd(left)
         else:
             self._reap(block=True)
         assert self.returncode is not None
         return self.returncode
-
-    def _wait_readable(self, timeout: float) -> None:
-        fd = self._pidfd
-        if fd < 0:
-            return
-        sel = selectors.DefaultSelector()
-        try:
-            sel.register(fd, selectors.EVENT_READ)
-            sel.select(timeout)
-        except (OSError, ValueError):
-            pass  # closed concurrently by another thread's reap
-        finally:
-            sel.close()
 
     async def wait_async(self) -> int:
         """Wait on the running asyncio loop (through the pidfd) and return the status."""
@@ -334,9 +357,11 @@ class Process:
         loop = asyncio.get_running_loop()
         while not self._reap(block=False):
             fut: asyncio.Future[None] = loop.create_future()
-            fd = self._pidfd
-            if fd < 0:
-                break
+            with self._lock:
+                fd = self._pidfd
+                if fd < 0:
+                    break
+                self._waiters += 1
 
             def ready(f: asyncio.Future[None] = fut) -> None:
                 if not f.done():
@@ -347,6 +372,10 @@ class Process:
                 await fut
             finally:
                 loop.remove_reader(fd)
+                with self._lock:
+                    self._waiters -= 1
+                    if self._waiters == 0 and self._close_pending:
+                        self._close_pidfd()
         assert self.returncode is not None
         return self.returncode
 
@@ -466,7 +495,11 @@ class Process:
             if s is not None:
                 with contextlib.suppress(OSError):
                     s.close()
-        self._close_pidfd()
+        with self._lock:
+            if self._waiters:
+                self._close_pending = True
+            else:
+                self._close_pidfd()
 
     def __enter__(self) -> Process:
         return self

@@ -421,3 +421,30 @@ def test_parent_hook_runs_while_the_child_waits_and_is_undone_after() -> None:
     with pytest.raises(nscg.SyscallError):
         attrs.evolve(Container(), network=cast(Any, bad)).run(["true"])
     assert bad.undone == 0 and len(bad.seen) == 1
+
+
+def test_kill_from_another_thread_while_one_waits() -> None:
+    import threading
+
+    with Container().spawn(["sleep", "60"]) as p:
+        results: list[int] = []
+        waiter = threading.Thread(target=lambda: results.append(p.wait()))
+        waiter.start()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        p.kill()  # must not wait for the waiter's lock
+        waiter.join(10)
+        assert not waiter.is_alive()
+        assert results == [-9]
+        assert time.monotonic() - t0 < 5
+
+
+def test_signal_handler_may_kill_while_the_main_thread_waits() -> None:
+    with Container().spawn(["sleep", "60"]) as p:
+        old = signal.signal(signal.SIGALRM, lambda *_: p.kill())
+        try:
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
+            assert p.wait(timeout=20) == -9
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
