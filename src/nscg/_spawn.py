@@ -777,8 +777,9 @@ def _spawn(
                     )
                 if maps is not None:
                     _write_maps(first.pid, *maps)
-                if cgroup is not None and not lib.nscg_clone_features() & (
-                    lib.NSCG_HAS_CLONE_INTO_CGROUP
+                if cgroup is not None and (
+                    flags & lib.NSCG_F_FORCE_CLONE_FALLBACK
+                    or not lib.nscg_clone_features() & lib.NSCG_HAS_CLONE_INTO_CGROUP
                 ):
                     cgroup.add_pid(first.pid)  # no clone3: placed before it runs on
                 for hook in _parent_hooks(c):

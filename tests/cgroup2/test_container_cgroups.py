@@ -109,3 +109,22 @@ def test_born_in_the_cgroup() -> None:
 def test_timeout_kills_everything_in_the_cgroup() -> None:
     with pytest.raises(nscg.TimeoutExpired):
         Container().with_limits(pids=64).run(["sh", "-c", "sleep 100 & sleep 100"], timeout=0.5)
+
+
+def test_placed_through_cgroup_procs_without_clone3() -> None:
+    from nscg._native import lib
+    from nscg._spawn import spawn
+
+    c = Container().without_namespaces("cgroup").with_cgroup()
+    p = spawn(
+        c,
+        ["cat", "/proc/self/cgroup"],
+        stdout=nscg.PIPE,
+        _extra_flags=lib.NSCG_F_FORCE_CLONE_FALLBACK,
+    )
+    with p:
+        path = p.cgroup.path
+        out, _ = p.communicate(timeout=30)
+    mount = discover().mount_point
+    assert mount is not None
+    assert out == f"0::{path[len(mount) :]}\n".encode()
