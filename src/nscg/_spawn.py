@@ -389,6 +389,8 @@ def _failure_object(
     if stage == Stage.DOMAINNAME:
         return c.domainname
     if stage == Stage.SETNS and 0 <= index < len(joins):
+        if not joins[index].kind:
+            return "the sandbox's root directory"
         return f"{joins[index].kind.proc_name} namespace"
     if stage == Stage.RLIMITS and 0 <= index < len(c.rlimits):
         return f"rlimit {c.rlimits[index].resource}"
@@ -500,7 +502,8 @@ def _spawn(
     if _abandoned_pending():
         reap_abandoned()
     ns = c.namespaces
-    joins = sorted(c.join, key=lambda r: JOIN_ORDER.index(r.kind))
+    # a root-directory ref (kind NONE, NamespaceRef.root_of) goes after every setns
+    joins = sorted(c.join, key=lambda r: JOIN_ORDER.index(r.kind) if r.kind else len(JOIN_ORDER))
 
     uid_in = c.user if c.user is not None else 0
     env = (

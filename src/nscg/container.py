@@ -461,6 +461,10 @@ class Container:
                         ref.close()
                     else:
                         refs.append(ref)
+                if any(r.kind == Namespace.MOUNT for r in refs):
+                    # setns(mnt) lands on the namespace's root mount, not on the
+                    # root the sandbox pivoted into: chroot to the process's root
+                    refs.append(NamespaceRef.root_of(pid))
             except BaseException:
                 for r in refs:
                     r.close()

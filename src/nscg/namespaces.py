@@ -242,6 +242,25 @@ class NamespaceRef:
         return cls(fd, k)
 
     @classmethod
+    def root_of(cls, pid: int) -> NamespaceRef:
+        """Open the root directory of process ``pid`` (``/proc/PID/root``).
+
+        Joined after the namespaces (the child does ``fchdir`` + ``chroot``), it
+        puts a process that enters a sandbox's mount namespace in the root the
+        sandbox pivoted into; :meth:`nscg.Container.joining` adds it when it
+        joins a mount namespace. Its ``kind`` is ``Namespace.NONE``.
+
+        Raises:
+            SyscallError: the directory cannot be opened.
+        """
+        path = f"/proc/{pid}/root"
+        try:
+            fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise SyscallError(e.errno or 0, "open", path) from None
+        return cls(fd, Namespace.NONE)
+
+    @classmethod
     def from_fd(cls, fd: int, kind: Namespace | str) -> NamespaceRef:
         """Take a duplicate of an existing namespace fd (the caller keeps ``fd``).
 
@@ -271,6 +290,9 @@ class NamespaceRef:
 
     def is_current(self) -> bool:
         """Whether the calling process is already in this namespace."""
+        if not self.kind:
+            st = os.stat("/")
+            return (st.st_dev, st.st_ino) == self.inode()
         name = self.kind.proc_name
         if self.kind in (Namespace.TIME, Namespace.PID):
             name += "_for_children"

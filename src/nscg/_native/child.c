@@ -344,9 +344,18 @@ void nscg_child_main(const struct nscg_plan *p)
         wait_parent(c);
 
     /* join existing namespaces (user first: the parent ordered them) */
-    for (int i = 0; i < p->n_join; i++)
-        STEP(c, NSCG_STAGE_SETNS, i, "setns",
-             setns(p->scratch[p->n_fdmap + i], (int)p->joins[i].nstype));
+    /* An entry with nstype 0 is the root directory of a process of the
+     * sandbox (the parent puts it last): setns(CLONE_NEWNS) leaves us at the
+     * namespace's root mount, not at the root the sandbox pivoted into. */
+    for (int i = 0; i < p->n_join; i++) {
+        int fd = p->scratch[p->n_fdmap + i];
+        if (p->joins[i].nstype == 0) {
+            STEP(c, NSCG_STAGE_SETNS, i, "fchdir", fchdir(fd));
+            STEP(c, NSCG_STAGE_SETNS, i, "chroot", chroot("."));
+        } else {
+            STEP(c, NSCG_STAGE_SETNS, i, "setns", setns(fd, (int)p->joins[i].nstype));
+        }
+    }
     for (int i = 0; i < p->n_join; i++)
         close(p->scratch[p->n_fdmap + i]);
     if (p->flags & NSCG_F_UNSHARE_LATE) {
