@@ -204,10 +204,12 @@ def _run_isolated(item: pytest.Function) -> None:
     rootdir = Path(config.rootpath)
     work = Path(tempfile.mkdtemp(prefix="nscg-isolated-"))
     try:
+        dirs = {rootdir, Path(config.invocation_params.dir), Path(item.path).parent}
+        # parents only: a bind of a directory would hide an earlier bind inside it
         extra = tuple(
             p
-            for p in {rootdir, Path(config.invocation_params.dir), Path(item.path).parent}
-            if p.is_dir()
+            for p in sorted(d for d in dirs if d.is_dir())
+            if not any(q != p and p.is_relative_to(q) for q in dirs)
         )
         c, timeout = _apply_marker(preset(work, extra_ro=extra), item)
         c = c.with_cwd(str(rootdir))
