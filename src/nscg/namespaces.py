@@ -290,6 +290,9 @@ class NamespaceRef:
 
     def is_current(self) -> bool:
         """Whether the calling process is already in this namespace."""
+        if not self.kind:
+            st = os.stat("/")
+            return (st.st_dev, st.st_ino) == self.inode()
         name = self.kind.proc_name
         if self.kind in (Namespace.TIME, Namespace.PID):
             name += "_for_children"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import enum
 import errno
@@ -12,6 +13,7 @@ import signal as _signal
 import threading
 import time
 import warnings
+import weakref
 from collections.abc import Sequence
 from typing import IO, TYPE_CHECKING, Any
 
@@ -133,6 +135,21 @@ class Result:
 
 
 _abandoned: list[Process] = []
+_live: weakref.WeakSet[Process] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_at_exit() -> None:
+    """At interpreter exit, end the sandboxes that die with this process anyway.
+
+    Their kernel-side death is certain (PR_SET_PDEATHSIG); closing them here
+    also runs their cleanups: temp dirs of overlay roots and /etc files,
+    network links, cgroups.
+    """
+    for proc in [*_abandoned, *list(_live)]:
+        if proc.container.die_with_parent and proc.returncode is None:
+            with contextlib.suppress(Exception):
+                proc.close()
 
 
 def reap_abandoned() -> None:
@@ -198,6 +215,7 @@ class Process:
         self._pgroup = process_group
         self._cleanups: list[Any] = []
         self._cgroup = cgroup
+        _live.add(self)
         self._changes: Any = None
         self._chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
 
@@ -526,11 +544,21 @@ class Process:
         environment and working directory unless given in ``kwargs`` (the
         keyword arguments of :meth:`nscg.Container.spawn`).
         """
-        return self.container.entering(self).spawn(argv, **kwargs)
+        spec = self.container.entering(self)
+        try:
+            return spec.spawn(argv, **kwargs)
+        finally:  # the child has its own copies of the namespace fds
+            for ref in spec.join:
+                ref.close()
 
     def run_inside(self, argv: Sequence[str], **kwargs: Any) -> Result:
         """Run a command inside this running sandbox and return its :class:`Result`."""
-        return self.container.entering(self).run(argv, **kwargs)
+        spec = self.container.entering(self)
+        try:
+            return spec.run(argv, **kwargs)
+        finally:
+            for ref in spec.join:
+                ref.close()
 
     def _result(self, stdout: bytes | None, stderr: bytes | None) -> Result:
         assert self.returncode is not None

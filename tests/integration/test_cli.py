@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
 
+import jsonschema  # type: ignore[import-untyped]  # no stubs; test-only
 import pytest
 
 from nscg.cgroups import CgroupMode, discover
@@ -27,7 +33,29 @@ def test_run_shows_isolation_and_passes_the_status_through() -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["run", "--bogus", "--", "true"], ["run"], ["nope"], ["run", "--timeout", "x", "--", "true"]],
+    [
+        ["run", "--bogus", "--", "true"],
+        ["run"],
+        ["nope"],
+        ["run", "--timeout", "x", "--", "true"],
+        ["run", "--timeout", "-1", "--", "true"],
+        ["run", "--network", "bogus", "--", "true"],
+        ["run", "--memory", "lots", "--", "true"],
+        ["run", "--limit", "nonsense=1", "--", "true"],
+        ["run", "--limit", "noequals", "--", "true"],
+        ["run", "--cap-add", "NOT_A_CAP", "--", "true"],
+        ["run", "--seccomp", "/nonexistent/profile.json", "--", "true"],
+        ["run", "--root", "/nonexistent/root", "--", "true"],
+        ["run", "--root", "host", "--keep-upper", "/tmp/x", "--", "true"],
+        ["run", "--bind", "/nonexistent/src", "/mnt", "--", "true"],
+        ["run", "--uid-map", "0:0", "--", "true"],
+        ["run", "--rlimit", "nofile=many", "--", "true"],
+        ["run", "--rlimit", "bogus=1", "--", "true"],
+        ["run", "--json", "fd:999", "--", "true"],
+        ["run", "--share-net", "--network", "none", "--", "true"],
+        ["exec", "--", "true"],
+        ["exec", "--pid", "999999999", "--", "true"],
+    ],
 )
 def test_bad_options_exit_2_with_one_line(argv: list[str]) -> None:
     r = nscg(*argv)
@@ -68,3 +96,171 @@ def test_check_table() -> None:
     r = nscg("check")
     assert r.returncode == 0
     assert b"cgroup v2 mode" in r.stdout and b"clone3" in r.stdout
+
+
+SCHEMA = json.loads(
+    resources.files("nscg").joinpath("_data/result.schema.json").read_text(encoding="utf-8")
+)
+
+
+def valid(doc: dict[str, Any]) -> dict[str, Any]:
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+    jsonschema.validate(doc, SCHEMA, cls=jsonschema.Draft202012Validator)
+    return doc
+
+
+def test_the_default_root_is_the_host_read_only() -> None:
+    r = nscg("run", "--", "sh", "-c", "test -d /usr/bin && ! touch /etc/nscg-x 2>/dev/null")
+    assert r.returncode == 0, r.stderr
+
+
+def test_json_to_stdout_validates_and_reports_the_exit() -> None:
+    r = nscg("run", "--json", "-", "--", "sh", "-c", "exit 7")
+    assert r.returncode == 7
+    doc = valid(json.loads(r.stdout))
+    assert doc["status"] == 7 and doc["exit_code"] == 7 and doc["signal"] is None
+    assert doc["usage"]["max_rss"] > 0 and doc["wall_time"] > 0 and doc["changes"] is None
+
+
+def test_json_to_a_file_and_an_fd(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    r = nscg("run", "--json", str(out), "--", "sh", "-c", "kill -KILL $$")
+    assert r.returncode == 128 + 9
+    doc = valid(json.loads(out.read_text()))
+    assert doc["signal"] == 9 and doc["exit_code"] is None and doc["status"] == 137
+    rfd, wfd = os.pipe()
+    with os.fdopen(rfd, "rb") as reader:
+        p = subprocess.run(
+            [sys.executable, "-m", "nscg", "run", "--json", f"fd:{wfd}", "--", "true"],
+            pass_fds=[wfd], capture_output=True, timeout=60, check=False,
+        )  # fmt: skip
+        os.close(wfd)
+        assert p.returncode == 0, p.stderr
+        assert valid(json.loads(reader.read()))["status"] == 0
+
+
+def test_timeout_kills_the_sandbox_and_exits_124() -> None:
+    t0 = time.monotonic()
+    r = nscg("run", "--timeout", "0.5", "--json", "-", "--", "sleep", "30")
+    assert r.returncode == 124
+    assert time.monotonic() - t0 < 20
+    doc = valid(json.loads(r.stdout))
+    assert doc["timed_out"] is True and doc["signal"] == 9 and doc["status"] == 124
+    assert b"timed out" in r.stderr
+
+
+def test_setup_failure_is_status_125_with_an_error_document() -> None:
+    r = nscg("run", "--json", "-", "--tmpfs", "/no-such-dir-xyz", "--", "true")
+    assert r.returncode == 125
+    doc = valid(json.loads(r.stdout))
+    assert doc["error"] and "/no-such-dir-xyz" in doc["error"] and doc["usage"] is None
+    assert len(r.stderr.decode().strip().splitlines()) == 1
+
+
+def test_bind_ro_bind_tmpfs_env_cwd_uid(tmp_path: Path) -> None:
+    (tmp_path / "w").mkdir()
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "f").write_text("ro\n")
+    script = (
+        "echo $FOO; cat /opt/f; touch /opt/x 2>/dev/null || echo ro-refused; "
+        "echo w > /mnt/out; touch /srv/t && echo tmpfs-ok; pwd; id -u; id -g"
+    )
+    r = nscg(
+        "run", "--bind", str(tmp_path / "w"), "/mnt", "--ro-bind", str(tmp_path / "r"), "/opt",
+        "--tmpfs", "/srv", "--env", "FOO=bar", "--cwd", "/mnt", "--uid", "1000", "--gid", "100",
+        "--", "sh", "-c", script,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split() == ["bar", "ro", "ro-refused", "tmpfs-ok", "/mnt", "1000",
+                                         "100"]  # fmt: skip
+    assert (tmp_path / "w" / "out").read_text() == "w\n"
+
+
+def test_network_none_and_host() -> None:
+    ifaces = "tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"
+    r = nscg("run", "--", "sh", "-c", ifaces)
+    assert r.stdout.split() == [b"lo"]
+    for opt in (["--network", "host"], ["--share-net"]):
+        r = nscg("run", *opt, "--", "sh", "-c", ifaces)
+        assert len(r.stdout.split()) > 1 or Path("/proc/net/dev").read_text().count(":") == 1
+
+
+def test_cap_add_and_cap_drop() -> None:
+    eff = "grep CapEff /proc/self/status"
+    r = nscg("run", "--", "sh", "-c", eff)
+    assert r.stdout.split()[1] == b"0000000000000000"
+    r = nscg("run", "--cap-add", "NET_RAW", "--cap-add", "CHOWN", "--", "sh", "-c", eff)
+    assert int(r.stdout.split()[1], 16) == (1 << 13) | (1 << 0)
+    r = nscg("run", "--caps", "docker", "--cap-drop", "CHOWN", "--", "sh", "-c", eff)
+    mask = int(r.stdout.split()[1], 16)
+    assert mask and not mask & 1
+
+
+def test_seccomp_profile_file(tmp_path: Path) -> None:
+    profile = {
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}],
+    }
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(profile))
+    r = nscg("run", "--seccomp", str(path), "--", "sh", "-c", "mkdir /tmp/d")
+    assert r.returncode != 0 and b"not permitted" in r.stderr
+    r = nscg("run", "--seccomp", "unconfined", "--", "sh", "-c", "mkdir /tmp/d")
+    assert r.returncode == 0, r.stderr
+
+
+def test_keep_upper_keeps_the_writes_and_reports_changes(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    r = nscg(
+        "run", "--keep-upper", str(upper), "--json", "-", "--",
+        "sh", "-c", "echo hi > /etc/nscg-cli-test; rm -f /etc/hostname",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    doc = valid(json.loads(r.stdout))
+    assert doc["changes"]["added"] == ["/etc/nscg-cli-test"]
+    assert "/etc/hostname" in doc["changes"]["deleted"]
+    assert (upper / "etc" / "nscg-cli-test").read_text() == "hi\n"
+    assert not Path("/etc/nscg-cli-test").exists()
+
+
+def test_no_init_and_hostname_and_rlimit() -> None:
+    r = nscg("run", "--no-init", "--hostname", "h1", "--rlimit", "nofile=64", "--",
+             "sh", "-c", "echo $$; hostname; ulimit -n")  # fmt: skip
+    assert r.stdout.split() == [b"1", b"h1", b"64"], r.stderr
+
+
+def test_limits_fail_clearly_on_a_host_without_cgroup_v2_controllers() -> None:
+    if discover().mode == CgroupMode.UNIFIED:
+        pytest.skip("pure cgroup v2 host: tests/cgroup2 covers the limits")
+    r = nscg("run", "--memory", "64M", "--", "true")
+    assert r.returncode == 125
+    assert b"memory" in r.stderr and b"Traceback" not in r.stderr
+    assert len(r.stderr.decode().strip().splitlines()) == 1
+
+
+def test_exec_enters_a_running_sandbox(tmp_path: Path) -> None:
+    pidfile = tmp_path / "pid"
+    outer = subprocess.Popen(
+        [sys.executable, "-m", "nscg", "run", "--hostname", "inner", "--pid-file", str(pidfile),
+         "--", "sh", "-c", "echo sandboxed > /tmp/marker; sleep 60"],
+    )  # fmt: skip
+    try:
+        for _ in range(200):
+            if pidfile.exists() and pidfile.read_text().endswith("\n"):
+                break
+            time.sleep(0.05)
+        pid = pidfile.read_text().strip()
+        for _ in range(100):  # the payload writes its marker
+            r = nscg("exec", "--pid", pid, "--", "cat", "/tmp/marker")
+            if r.returncode == 0:
+                break
+            time.sleep(0.05)
+        assert r.stdout == b"sandboxed\n", r.stderr
+        r = nscg("exec", "--pid", pid, "--json", "-", "--", "sh", "-c", "hostname; exit 4")
+        assert r.returncode == 4
+        assert r.stdout.startswith(b"inner\n")
+        valid(json.loads(r.stdout[len(b"inner\n") :]))
+    finally:
+        outer.terminate()
+        outer.wait(30)
+    assert not pidfile.exists()

@@ -13,6 +13,11 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.py"
 EXPECT = {
     "isolated_command.py": [b"hostname: example", b"my pid: 2", b"network interfaces: lo\n"],
     "readonly_host.py": [b"writing /etc: refused", b"private /tmp: hello", b"dev: fd full null"],
+    "pytest_fixture.py": [b"3 passed"],
+    "ci_step.py": [b"step status: 0 (json status 0)", b"timed out: False", b"artifact: artifact"],
+    "asyncio_wait.py": [b"statuses: [0, 1, 2]", b"concurrent: True"],
+    "enter_running.py": [b"python: service state", b"cli: service"],
+    "rootless.py": [b"uid outside: 65534", b"uid inside: 0", b"host writable: False"],
     "two_sandboxes_http.py": [
         b"server sandbox listening on 10.89.0.2:8080",
         b"client on the same bridge: hello from the server sandbox",

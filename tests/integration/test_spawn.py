@@ -448,3 +448,14 @@ def test_signal_handler_may_kill_while_the_main_thread_waits() -> None:
         finally:
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, old)
+
+
+def test_run_inside_leaves_no_fd() -> None:
+    from tests.conftest import open_fds
+
+    with Container().spawn(["sleep", "30"]) as box:
+        before = open_fds()
+        for _ in range(3):
+            assert box.run_inside(["true"]).returncode == 0
+        assert open_fds() == before
+        box.kill()

@@ -107,6 +107,7 @@ struct nscg_rlimit {
     uint64_t max;
 };
 
+/* nstype 0: fd is a directory (a sandbox process's root) to chroot into, last */
 struct nscg_join {
     int32_t fd;
     uint32_t nstype;

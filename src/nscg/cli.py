@@ -1,0 +1,661 @@
+"""The ``nscg`` command line: ``run``, ``exec``, ``check``, ``features``.
+
+``nscg run [OPTIONS] -- CMD...`` builds a :class:`nscg.Container` from
+bwrap-like options (each maps to one builder call, see :data:`API_TO_CLI`),
+runs the command and exits with its status:
+
+* the command's exit status when it exits;
+* ``128 + N`` when it was killed by signal ``N``;
+* ``124`` when ``--timeout`` expired (the whole sandbox is killed first);
+* ``125`` when the sandbox could not be set up (nscg's own error);
+* ``2`` for a bad option (one line on stderr, never a traceback).
+
+SIGTERM, SIGHUP and SIGQUIT sent to ``nscg run`` are forwarded to the sandbox.
+
+``--json PATH|-|fd:N`` writes a result document that follows
+``nscg/_data/result.schema.json`` (see :func:`result_document`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final, NoReturn
+
+import attrs
+
+if TYPE_CHECKING:
+    from nscg.container import Container
+    from nscg.process import Process, Result
+
+#: exit status of ``nscg run`` when ``--timeout`` expired (as coreutils ``timeout``)
+EXIT_TIMEOUT: Final = 124
+#: exit status when nscg itself failed (spec, spawn or host error)
+EXIT_NSCG_ERROR: Final = 125
+#: exit status for bad command-line options
+EXIT_USAGE: Final = 2
+
+#: Every builder of :class:`nscg.Container` and every field of
+#: :class:`nscg.cgroups.Limits`, with its CLI counterpart (a ``run`` option, or
+#: the ``exec`` command). ``None`` means API-only; the reason is in :data:`API_ONLY`.
+API_TO_CLI: Final[dict[str, tuple[str, ...] | None]] = {
+    "Container.with_namespaces": ("--unshare",),
+    "Container.without_namespaces": ("--share", "--share-net"),
+    "Container.with_uid_map": ("--uid-map",),
+    "Container.with_gid_map": ("--gid-map",),
+    "Container.with_hostname": ("--hostname",),
+    "Container.with_domainname": ("--domainname",),
+    "Container.with_time_offsets": ("--time-offset",),
+    "Container.with_env": ("--env", "--inherit-env"),
+    "Container.with_cwd": ("--cwd",),
+    "Container.with_user": ("--uid", "--gid", "--groups"),
+    "Container.with_rlimit": ("--rlimit",),
+    "Container.with_capabilities": ("--caps", "--cap-add", "--cap-drop"),
+    "Container.with_seccomp": ("--seccomp",),
+    "Container.with_cgroup": ("--cgroup", "--cgroup-parent"),
+    "Container.with_limits": ("--memory", "--cpus", "--pids", "--limit"),
+    "Container.with_rootfs": ("--root", "--bind", "--ro-bind", "--tmpfs", "--keep-upper"),
+    "Container.without_rootfs": ("--root",),
+    "Container.with_network": ("--network", "--share-net"),
+    "Container.with_init": ("--no-init",),
+    "Container.with_no_new_privs": ("--new-privs",),
+    "Container.with_die_with_parent": ("--no-die-with-parent",),
+    "Container.with_new_session": ("--no-new-session",),
+    "Container.joining": ("--join",),
+    "Container.entering": ("exec --pid",),
+    "Limits.memory_max": ("--memory",),
+    "Limits.memory_high": ("--limit",),
+    "Limits.memory_low": ("--limit",),
+    "Limits.memory_min": ("--limit",),
+    "Limits.memory_swap_max": ("--limit",),
+    "Limits.memory_oom_group": ("--limit",),
+    "Limits.cpu_max": ("--cpus",),
+    "Limits.cpu_weight": ("--limit",),
+    "Limits.cpuset_cpus": ("--limit",),
+    "Limits.cpuset_mems": ("--limit",),
+    "Limits.pids_max": ("--pids",),
+    "Limits.io": None,
+    "Limits.io_weight": ("--limit",),
+    "Limits.hugetlb": None,
+}
+
+#: Why some API options have no CLI flag.
+API_ONLY: Final[dict[str, str]] = {
+    "Limits.io": "per-device IoLimit values (major:minor and four rates) need Python objects",
+    "Limits.hugetlb": "per-page-size HugetlbLimit values need Python objects",
+}
+
+#: ``--limit NAME=VALUE`` names that take an integer / a boolean
+_INT_LIMITS: Final = frozenset({"cpu_weight", "io_weight"})
+_BOOL_LIMITS: Final = frozenset({"memory_oom_group"})
+_STR_LIMITS: Final = frozenset(
+    {
+        "memory_high",
+        "memory_low",
+        "memory_min",
+        "memory_swap_max",
+        "cpuset_cpus",
+        "cpuset_mems",
+        "memory_max",
+        "cpu_max",
+        "pids_max",
+    }
+)
+
+
+class UsageError(Exception):
+    """A bad command line: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"nscg: {message}\n")
+
+
+def _add_process_options(p: argparse.ArgumentParser) -> None:
+    """Options that apply to the payload itself (``run`` and ``exec``)."""
+    g = p.add_argument_group("process")
+    g.add_argument("--uid", type=int, help="uid inside the sandbox (default: 0)")
+    g.add_argument("--gid", type=int, help="gid inside the sandbox (default: the uid)")
+    g.add_argument("--groups", metavar="GID,...", help="supplementary gids inside")
+    g.add_argument("--cwd", metavar="DIR", help="working directory inside")
+    g.add_argument(
+        "--env", action="append", default=[], metavar="K=V", help="set a variable (repeatable)"
+    )
+    g.add_argument("--inherit-env", action="store_true", help="start from nscg's own environment")
+    g.add_argument(
+        "--rlimit", action="append", default=[], metavar="RES=SOFT[:HARD]",
+        help="resource limit, e.g. nofile=256 or core=0:0 (repeatable)",
+    )  # fmt: skip
+    g.add_argument(
+        "--caps", choices=("none", "docker", "all", "inherit"), default="none",
+        help="base capability set (default: none)",
+    )  # fmt: skip
+    g.add_argument(
+        "--cap-add", action="append", default=[], metavar="CAP", help="keep CAP (repeatable)"
+    )
+    g.add_argument(
+        "--cap-drop", action="append", default=[], metavar="CAP", help="drop CAP (repeatable)"
+    )
+    g.add_argument(
+        "--seccomp", default="default", metavar="default|unconfined|FILE.json",
+        help="system call filter (default: Docker's default profile)",
+    )  # fmt: skip
+    g.add_argument(
+        "--new-privs", action="store_true",
+        help="do not set no_new_privs (needs --seccomp unconfined or CAP_SYS_ADMIN)",
+    )  # fmt: skip
+    g.add_argument("--no-new-session", action="store_true", help="keep the controlling terminal")
+    g.add_argument("--no-die-with-parent", action="store_true", help="let the sandbox outlive nscg")
+    g.add_argument("--timeout", type=float, metavar="SECONDS", help="kill it after SECONDS")
+    g.add_argument(
+        "--json", metavar="PATH|-|fd:N", help="write the result as JSON (result.schema.json)"
+    )
+    g.add_argument("--pid-file", metavar="PATH", help="write the sandbox's pid (for nscg exec)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="nscg", description="Run commands in Linux sandboxes.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser(
+        "run",
+        help="run a command in a new sandbox",
+        description="Run CMD in a new sandbox: new user, pid, mount, net, uts, ipc and "
+        "cgroup namespaces, the host's root read-only, no capabilities, Docker's seccomp "
+        "profile. Exit status: the command's, 128+N for signal N, 124 on timeout, 125 "
+        "when nscg failed, 2 for bad options.",
+    )
+    fs = r.add_argument_group("filesystem")
+    fs.add_argument(
+        "--root", default=None, metavar="host|none|DIR|overlay[:LOWER[:UPPER]]",
+        help="the root: the host's / read-only (default), none (keep the caller's view), "
+        "a directory, or a copy-on-write overlay",
+    )  # fmt: skip
+    fs.add_argument(
+        "--bind", nargs=2, action="append", default=[], metavar=("SRC", "DST"),
+        help="bind SRC at DST, writable",
+    )  # fmt: skip
+    fs.add_argument(
+        "--ro-bind", nargs=2, action="append", default=[], metavar=("SRC", "DST"),
+        help="bind SRC at DST, read-only",
+    )  # fmt: skip
+    fs.add_argument(
+        "--tmpfs", action="append", default=[], metavar="DST", help="a fresh tmpfs at DST"
+    )
+    fs.add_argument("--keep-upper", metavar="DIR", help="overlay root whose writes are kept in DIR")
+    ns = r.add_argument_group("namespaces")
+    ns.add_argument(
+        "--unshare", metavar="KIND,...", help="create exactly these namespaces (or 'none')"
+    )
+    ns.add_argument(
+        "--share", action="append", default=[], metavar="KIND",
+        help="do not create this namespace (repeatable)",
+    )  # fmt: skip
+    ns.add_argument(
+        "--join", nargs=2, action="append", default=[], metavar=("PID", "KIND,..."),
+        help="join these namespaces of PID ('all' for all)",
+    )  # fmt: skip
+    ns.add_argument("--hostname", help="hostname inside (default: nscg)")
+    ns.add_argument("--domainname", help="NIS domain name inside")
+    ns.add_argument(
+        "--uid-map", action="append", default=[], metavar="IN:OUT:COUNT", help="uid map entry"
+    )
+    ns.add_argument(
+        "--gid-map", action="append", default=[], metavar="IN:OUT:COUNT", help="gid map entry"
+    )
+    ns.add_argument(
+        "--time-offset", metavar="MONOTONIC[:BOOTTIME]",
+        help="new time namespace with these clock offsets (seconds)",
+    )  # fmt: skip
+    ns.add_argument(
+        "--network", choices=("none", "host"), default=None,
+        help="none: only lo (default); host: the caller's network",
+    )  # fmt: skip
+    ns.add_argument("--share-net", action="store_true", help="same as --network host")
+    ns.add_argument(
+        "--no-init", action="store_true", help="make the command pid 1 itself (no reaper)"
+    )
+    cg = r.add_argument_group("cgroup (needs a cgroup v2 host)")
+    cg.add_argument("--memory", metavar="BYTES", help="memory.max, e.g. 256M")
+    cg.add_argument("--cpus", type=float, metavar="N", help="cpu.max as a number of CPUs")
+    cg.add_argument("--pids", metavar="N", help="pids.max")
+    cg.add_argument(
+        "--limit", action="append", default=[], metavar="NAME=VALUE",
+        help="any other Limits field, e.g. memory_high=200M, cpu_weight=50",
+    )  # fmt: skip
+    cg.add_argument("--cgroup", action="store_true", help="a cgroup even without limits")
+    cg.add_argument("--cgroup-parent", metavar="PATH", help="create the cgroup under PATH")
+    _add_process_options(r)
+    r.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+
+    e = sub.add_parser(
+        "exec",
+        help="run a command inside a running sandbox",
+        description="Join every namespace of PID (a sandbox's pid, see run --pid-file) "
+        "and run CMD there.",
+    )
+    e.add_argument("--pid", type=int, required=True, help="a process of the sandbox")
+    _add_process_options(e)
+    e.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
+
+    sub.add_parser("features", help="print what this host supports, as JSON")
+    ch = sub.add_parser("check", help="what this host supports for sandboxes, and why not")
+    ch.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+# ------------------------------------------------------------------ option → spec
+def _kv(text: str, what: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise UsageError(f"{what} takes NAME=VALUE, got {text!r}")
+    return key, value
+
+
+def _id_map(text: str, what: str) -> tuple[int, int, int]:
+    parts = text.split(":")
+    try:
+        inside, outside, count = (int(x) for x in parts)
+    except ValueError:
+        raise UsageError(f"{what} takes IN:OUT:COUNT, got {text!r}") from None
+    return inside, outside, count
+
+
+def _rootfs(args: argparse.Namespace) -> Any:
+    from nscg.rootfs import RootFS
+
+    root: str = args.root if args.root is not None else "host"
+    keep = args.keep_upper
+    if keep is not None:
+        if args.root is None:
+            root = "overlay"
+        elif not root.startswith("overlay"):
+            raise UsageError(f"--keep-upper needs an overlay root, not --root {root}")
+    if root == "none":
+        if args.bind or args.ro_bind or args.tmpfs:
+            raise UsageError("--bind, --ro-bind and --tmpfs need a root (not --root none)")
+        return None
+    if root == "host":
+        fs = RootFS.host()
+    elif root == "overlay" or root.startswith("overlay:"):
+        _, _, rest = root.partition(":")
+        lower, _, upper = rest.partition(":")
+        if upper and keep and upper != keep:
+            raise UsageError("--keep-upper and the UPPER of --root overlay:LOWER:UPPER differ")
+        up = upper or keep or None
+        if up is not None:
+            os.makedirs(up, exist_ok=True)
+        fs = RootFS.overlay([lower or "/"], up)
+    else:
+        fs = RootFS.from_directory(root)
+    for src, dst in args.bind:
+        fs = fs.bind(src, dst, readonly=False)
+    for src, dst in args.ro_bind:
+        fs = fs.bind(src, dst, readonly=True)
+    for dst in args.tmpfs:
+        fs = fs.tmpfs(dst, mode=0o1777)
+    return fs
+
+
+def _process_options(c: Container, args: argparse.Namespace) -> Container:
+    from nscg.capabilities import Capabilities
+    from nscg.seccomp import Seccomp
+
+    if args.uid is not None or args.gid is not None or args.groups:
+        groups = None
+        if args.groups:
+            try:
+                groups = [int(g) for g in args.groups.split(",")]
+            except ValueError:
+                raise UsageError(f"--groups takes GID,..., got {args.groups!r}") from None
+        c = c.with_user(args.uid if args.uid is not None else 0, args.gid, groups)
+    if args.cwd:
+        c = c.with_cwd(args.cwd)
+    if args.env or args.inherit_env:
+        from nscg._spawn import _default_env
+
+        env = dict(os.environ) if args.inherit_env else _default_env(args.uid or 0)
+        env.update(_kv(kv, "--env") for kv in args.env)
+        c = c.with_env(env)
+    for text in args.rlimit:
+        res, value = _kv(text, "--rlimit")
+        soft, _, hard = value.partition(":")
+
+        def num(v: str) -> int | None:
+            if v in ("unlimited", "inf", "max"):
+                return None
+            try:
+                return int(v)
+            except ValueError:
+                raise UsageError(f"--rlimit: {v!r} is not a number") from None
+
+        c = c.with_rlimit(res, num(soft), num(hard) if hard else "same")
+    caps: Capabilities | str | None
+    if args.caps == "inherit":
+        if args.cap_add or args.cap_drop:
+            raise UsageError("--cap-add/--cap-drop cannot be combined with --caps inherit")
+        caps = "inherit"
+    else:
+        base = {
+            "none": Capabilities.none,
+            "docker": Capabilities.docker_default,
+            "all": Capabilities.all,
+        }[args.caps]()
+        keep = set(base.effective)
+        if args.cap_add or args.cap_drop or args.caps != "none":
+            keep |= set(Capabilities.none().add(*args.cap_add).effective)
+            keep -= set(Capabilities.none().add(*args.cap_drop).effective)
+            ambient = bool(args.uid) and bool(keep)
+            caps = Capabilities.from_keep(keep, ambient=ambient) if keep else None
+        else:
+            caps = None
+    c = c.with_capabilities(caps)
+    if args.seccomp in ("default", "unconfined"):
+        c = c.with_seccomp(args.seccomp)
+    else:
+        if not os.path.isfile(args.seccomp):
+            raise UsageError(f"--seccomp: no such profile file {args.seccomp!r}")
+        kept = () if isinstance(caps, str) or caps is None else caps.effective
+        c = c.with_seccomp(Seccomp.from_oci(args.seccomp, capabilities=kept))
+    if args.new_privs:
+        c = c.with_no_new_privs(False)
+    if args.no_new_session:
+        c = c.with_new_session(False)
+    if args.no_die_with_parent:
+        c = c.with_die_with_parent(False)
+    return c
+
+
+def build_container(args: argparse.Namespace) -> Container:
+    """Turn parsed ``nscg run`` options into a :class:`nscg.Container` (no side effects
+    other than creating the ``--keep-upper`` directory).
+
+    Raises:
+        UsageError: an option is malformed.
+        SpecError: the spec the options describe is invalid.
+    """
+    import nscg
+
+    c = nscg.Container()
+    if args.unshare:
+        c = c.with_namespaces("none" if args.unshare == "none" else args.unshare.split(","))
+    for kind in args.share:
+        c = c.without_namespaces(kind)
+    if args.share_net and args.network == "none":
+        raise UsageError("--share-net and --network none contradict each other")
+    if args.share_net or args.network == "host":
+        c = c.with_network(nscg.Network.host())
+    elif args.network == "none":
+        c = c.with_network(nscg.Network.none())
+    if args.uid_map:
+        c = c.with_uid_map(*(_id_map(m, "--uid-map") for m in args.uid_map))
+    if args.gid_map:
+        c = c.with_gid_map(*(_id_map(m, "--gid-map") for m in args.gid_map))
+    if args.hostname:
+        c = c.with_hostname(args.hostname)
+    if args.domainname:
+        c = c.with_domainname(args.domainname)
+    if args.time_offset:
+        mono, _, boot = args.time_offset.partition(":")
+        try:
+            c = c.with_time_offsets(monotonic=float(mono), boottime=float(boot or 0))
+        except ValueError:
+            raise UsageError(
+                f"--time-offset takes SECONDS[:SECONDS], got {args.time_offset!r}"
+            ) from None
+    if args.no_init:
+        c = c.with_init(False)
+    root = _rootfs(args)
+    c = c.with_rootfs(root) if root is not None else c.without_rootfs()
+    limits: dict[str, Any] = {}
+    for text in args.limit:
+        name, value = _kv(text, "--limit")
+        if name in _INT_LIMITS:
+            try:
+                limits[name] = int(value)
+            except ValueError:
+                raise UsageError(f"--limit {name} takes an integer, got {value!r}") from None
+        elif name in _BOOL_LIMITS:
+            if value.lower() not in ("1", "0", "true", "false", "yes", "no"):
+                raise UsageError(f"--limit {name} takes true or false, got {value!r}")
+            limits[name] = value.lower() in ("1", "true", "yes")
+        elif name in _STR_LIMITS:
+            limits[name] = value
+        else:
+            known = sorted(_INT_LIMITS | _BOOL_LIMITS | _STR_LIMITS)
+            raise UsageError(f"--limit: unknown limit {name!r}; known: {', '.join(known)}")
+    if args.cgroup or args.cgroup_parent:
+        c = c.with_cgroup(parent=args.cgroup_parent)
+    if args.memory is not None or args.cpus is not None or args.pids is not None or limits:
+        c = c.with_limits(memory=args.memory, cpus=args.cpus, pids=args.pids, **limits)
+    for pid, kinds in args.join:
+        try:
+            target = int(pid)
+        except ValueError:
+            raise UsageError(f"--join takes PID KIND,..., got pid {pid!r}") from None
+        c = c.joining(target, None if kinds == "all" else kinds.split(","))
+    return _process_options(c, args)
+
+
+# ------------------------------------------------------------------ result document
+def result_document(
+    result: Result | None,
+    *,
+    argv: Sequence[str],
+    status: int,
+    timed_out: bool = False,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """The ``--json`` document (schema: ``nscg/_data/result.schema.json``)."""
+    doc: dict[str, Any] = {
+        "schema": "https://nscg.invalid/result.schema.json",
+        "version": 1,
+        "argv": list(argv),
+        "status": status,
+        "exit_code": None,
+        "signal": None,
+        "timed_out": timed_out,
+        "error": error,
+        "wall_time": None,
+        "usage": None,
+        "oom_killed": False,
+        "changes": None,
+    }
+    if result is None:
+        return doc
+    rc = result.returncode
+    doc["exit_code"] = rc if rc >= 0 else None
+    doc["signal"] = -rc if rc < 0 else None
+    doc["wall_time"] = result.wall_time
+    u = result.usage
+    doc["usage"] = {
+        "cpu_user": u.cpu_user,
+        "cpu_system": u.cpu_system,
+        "max_rss": u.max_rss,
+        "memory_peak": u.memory_peak,
+        "pids_peak": u.pids_peak,
+        "oom_kills": u.oom_kills,
+    }
+    doc["oom_killed"] = result.oom_killed
+    ch = result.changes
+    if ch is not None:
+        doc["changes"] = {k: sorted(getattr(ch, k)) for k in ("added", "modified", "deleted")}
+    return doc
+
+
+def _open_json_target(target: str) -> Any:
+    """Open ``PATH``, ``-`` (stdout) or ``fd:N`` for writing, before the payload runs."""
+    if target == "-":
+        return None
+    if target.startswith("fd:"):
+        try:
+            fd = int(target[3:])
+            return os.fdopen(os.dup(fd), "w", encoding="utf-8")
+        except (ValueError, OSError) as e:
+            raise UsageError(f"--json {target}: not an open file descriptor ({e})") from None
+    try:
+        return open(target, "w", encoding="utf-8")  # closed by _write_json
+    except OSError as e:
+        raise UsageError(f"--json {target}: {e.strerror}") from None
+
+
+def _write_json(out: Any, doc: dict[str, Any]) -> None:
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    if out is None:
+        sys.stdout.flush()
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    else:
+        with out:
+            out.write(text)
+
+
+# ------------------------------------------------------------------ commands
+def _status(returncode: int) -> int:
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise UsageError(f"{args.command} needs a command after --")
+    if cmd[0].startswith("-") and args.cmd[0] != "--":
+        raise UsageError(f"unrecognized arguments: {cmd[0]} (put the command after --)")
+    return cmd
+
+
+def _wait(proc: Process, timeout: float | None) -> bool:
+    """Wait for ``proc``; False if ``timeout`` passed first.
+
+    Always waits with a timeout: that path polls the pidfd from Python, so the
+    signal handlers that forward SIGTERM to the sandbox get to run.
+    """
+    import time
+
+    import nscg
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        step = 3600.0 if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            proc.wait(step)
+            return True
+        except nscg.TimeoutExpired:
+            if deadline is not None:
+                return False
+
+
+def _execute(c: Container, cmd: list[str], args: argparse.Namespace) -> int:
+    import nscg
+
+    out = _open_json_target(args.json) if args.json else None
+    result: Result | None = None
+    timed_out = False
+    error: str | None = None
+    status = EXIT_NSCG_ERROR
+    proc: Process | None = None
+    try:
+        proc = c.spawn(cmd)
+        with proc:
+            forward = proc  # SIGTERM/SIGHUP/SIGQUIT to nscg go to the sandbox
+            for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+                signal.signal(sig, lambda n, _f: forward.send_signal(n))
+            if args.pid_file:
+                with open(args.pid_file, "w", encoding="ascii") as f:
+                    f.write(f"{proc.pid}\n")
+            timed_out = not _wait(proc, args.timeout)
+            if timed_out:
+                proc.kill()
+                proc.wait()
+        result = proc._result(None, None)
+        status = EXIT_TIMEOUT if timed_out else _status(result.returncode)
+        if timed_out:
+            print(f"nscg: timed out after {args.timeout:g} s; the sandbox was killed",
+                  file=sys.stderr)  # fmt: skip
+    except nscg.SpecError as e:
+        error, status = str(e), EXIT_USAGE
+    except nscg.NscgError as e:
+        error = str(e)
+    except KeyboardInterrupt:
+        error, status = "interrupted", 130
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+            signal.signal(sig, signal.SIG_DFL)
+        if args.pid_file and proc is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(args.pid_file)
+    if error is not None:
+        print(f"nscg: {error}", file=sys.stderr)
+    if args.json:
+        _write_json(out, result_document(result, argv=cmd, status=status,
+                                         timed_out=timed_out, error=error))  # fmt: skip
+    return status
+
+
+def _run(args: argparse.Namespace) -> int:
+    import nscg
+
+    cmd = _command(args)
+    if args.timeout is not None and not args.timeout > 0:
+        raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout}")
+    try:
+        c = build_container(args)
+    except nscg.SpecError as e:
+        raise UsageError(str(e)) from None
+    return _execute(c, cmd, args)
+
+
+def _exec(args: argparse.Namespace) -> int:
+    import nscg
+
+    cmd = _command(args)
+    if not os.path.exists(f"/proc/{args.pid}"):
+        raise UsageError(f"exec --pid {args.pid}: no such process")
+    try:
+        c = _process_options(nscg.Container(), args).entering(args.pid)
+    except nscg.SpecError as e:
+        raise UsageError(str(e)) from None
+    except OSError as e:
+        print(f"nscg: exec --pid {args.pid}: {e}", file=sys.stderr)
+        return EXIT_NSCG_ERROR
+    try:
+        return _execute(c, cmd, args)
+    finally:
+        for ref in c.join:
+            ref.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``nscg`` command; returns the exit status."""
+    args = _parser().parse_args(argv)
+    import nscg
+
+    try:
+        if args.command == "check":
+            from nscg.check import render, run_checks
+
+            checks = run_checks()
+            if args.json:
+                print(json.dumps([attrs.asdict(c) for c in checks], indent=2))
+            else:
+                print(render(checks))
+            return 0
+        if args.command == "features":
+            print(json.dumps(attrs.asdict(nscg.features()), indent=2, default=str))
+            return 0
+        if args.command == "exec":
+            return _exec(args)
+        return _run(args)
+    except (UsageError, nscg.SpecError) as e:
+        print(f"nscg: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except nscg.NscgError as e:
+        print(f"nscg: {e}", file=sys.stderr)
+        return EXIT_NSCG_ERROR

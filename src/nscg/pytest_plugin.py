@@ -1,0 +1,254 @@
+"""pytest plugin: a ``sandbox`` fixture and tests that run inside a sandbox.
+
+Registered through the ``pytest11`` entry point; it only registers markers and
+a fixture, so it costs nothing in a suite that does not use them.
+
+* ``sandbox`` fixture: a :class:`nscg.Container` preset: the host's root
+  read-only (``RootFS.host()``), ``tmp_path`` bound writable (and the working
+  directory), no network, private pid/ipc/uts, modest limits when this host's
+  cgroups allow them. After the test it checks that nothing leaked: no child
+  process, no pidfd, no mount of the test process is left.
+* ``@pytest.mark.nscg(...)``: per-test options, each ``name=value`` calling
+  ``Container.with_<name>(value)`` (a tuple is passed as positional arguments,
+  a dict as keyword arguments); positional arguments are callables
+  ``Container -> Container``. ``timeout=`` (seconds) is the isolated run's limit.
+* ``@pytest.mark.nscg_isolated``: the test runs in a fresh interpreter inside
+  that sandbox (``python -m pytest -p no:cacheprovider NODEID``) and its outcome
+  is reported as the test's. The outer process does not fork: fixtures of the
+  outer run are set up as usual, the test function body runs only inside.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import pytest
+
+if TYPE_CHECKING:
+    from nscg.container import Container
+
+#: set in the inner run of an isolated test: run it, do not recurse
+INNER_ENV: Final = "NSCG_PYTEST_INNER"
+#: the fd the inner run writes its outcome to (JSON)
+REPORT_FD_ENV: Final = "NSCG_PYTEST_REPORT_FD"
+DEFAULT_TIMEOUT: Final = 300.0
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "nscg(*fns, timeout=None, **with_options): sandbox options for the sandbox "
+        "fixture and for nscg_isolated (name=value calls Container.with_<name>)",
+    )
+    config.addinivalue_line(
+        "markers",
+        "nscg_isolated: run this test in a fresh interpreter inside a sandbox "
+        "(host root read-only, tmp_path writable, no network)",
+    )
+    if os.environ.get(INNER_ENV) and os.environ.get(REPORT_FD_ENV):
+        config.pluginmanager.register(_InnerReporter(int(os.environ[REPORT_FD_ENV])))
+
+
+def _limits_allowed() -> bool:
+    """Whether memory and pids limits can be applied here (a cgroup v2 host with them)."""
+    try:
+        from nscg.cgroups import discover
+
+        rep = discover()
+    except Exception:
+        return False
+    return (
+        rep.unavailable_reason("memory") is None
+        and rep.unavailable_reason("pids") is None
+        and {"memory", "pids"} <= set(rep.subtree_control)
+    )
+
+
+def preset(tmp_path: Path, *, extra_ro: tuple[Path, ...] = ()) -> Container:
+    """The ``sandbox`` fixture's Container for a test whose ``tmp_path`` is ``tmp_path``."""
+    import nscg
+
+    root = nscg.RootFS.host()
+    for p in extra_ro:
+        root = root.bind(p, str(p), readonly=True)
+    root = root.bind(tmp_path, str(tmp_path), readonly=False)
+    c = nscg.Container().with_rootfs(root).with_network(nscg.Network.none()).with_cwd(str(tmp_path))
+    if _limits_allowed():
+        c = c.with_limits(memory="512M", pids=256)
+    return c
+
+
+def _apply_marker(c: Container, item: pytest.Item) -> tuple[Container, float]:
+    timeout = DEFAULT_TIMEOUT
+    for mark in reversed(list(item.iter_markers("nscg"))):  # closest marker last
+        for fn in mark.args:
+            if not callable(fn):
+                raise pytest.UsageError(
+                    f"@pytest.mark.nscg positional args must be callables: {fn!r}"
+                )
+            c = fn(c)
+        for name, value in mark.kwargs.items():
+            if name == "timeout":
+                timeout = float(value)
+                continue
+            method: Callable[..., Container] | None = getattr(c, f"with_{name}", None)
+            if method is None:
+                raise pytest.UsageError(f"@pytest.mark.nscg: Container has no with_{name}()")
+            if isinstance(value, tuple):
+                c = method(*value)
+            elif isinstance(value, dict):
+                c = method(**value)
+            else:
+                c = method(value)
+    return c, timeout
+
+
+# ------------------------------------------------------------------ leak check
+def _snapshot() -> tuple[set[int], set[int], int]:
+    kids: set[int] = set()
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/children") as f:
+                kids.update(int(x) for x in f.read().split())
+        except OSError:
+            pass
+    pidfds: set[int] = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == "anon_inode:[pidfd]":
+                with open(f"/proc/self/fdinfo/{fd}") as f:
+                    info = dict(ln.split(":", 1) for ln in f.read().splitlines() if ":" in ln)
+                # nscg keeps a pidfd of the calling process itself (death with parent)
+                if info.get("Pid", "").strip() != str(os.getpid()):
+                    pidfds.add(int(fd))
+        except OSError:
+            pass
+    with open("/proc/self/mountinfo") as f:
+        mounts = len(f.readlines())
+    return kids, pidfds, mounts
+
+
+@pytest.fixture
+def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Container]:
+    """A :class:`nscg.Container` preset for tests (see the module docstring)."""
+    c, _ = _apply_marker(preset(tmp_path), request.node)
+    before = _snapshot()
+    yield c
+    gc.collect()
+    try:
+        from nscg.process import reap_abandoned
+
+        reap_abandoned()
+    except ImportError:
+        pass
+    kids, pidfds, mounts = _snapshot()
+    leaked = []
+    if kids - before[0]:
+        leaked.append(f"child processes {sorted(kids - before[0])}")
+    if pidfds - before[1]:
+        leaked.append(f"pidfds {sorted(pidfds - before[1])}")
+    if mounts != before[2]:
+        leaked.append(f"mounts ({before[2]} before, {mounts} after)")
+    if leaked:
+        pytest.fail("the sandbox fixture's test leaked: " + ", ".join(leaked), pytrace=False)
+
+
+# ------------------------------------------------------------------ isolated mode
+class _InnerReporter:
+    """In the inner run: write each phase's outcome to the report fd."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.reports: list[dict[str, Any]] = []
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        reason = ""
+        if report.skipped and isinstance(report.longrepr, tuple):
+            reason = str(report.longrepr[2])
+        self.reports.append(
+            {
+                "when": report.when,
+                "outcome": report.outcome,
+                "longrepr": report.longreprtext if report.failed else "",
+                "reason": reason,
+                "wasxfail": getattr(report, "wasxfail", None),
+            }
+        )
+
+    def pytest_sessionfinish(self) -> None:
+        data = json.dumps(self.reports).encode()
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        os.write(self.fd, data)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    if pyfuncitem.get_closest_marker("nscg_isolated") is None or os.environ.get(INNER_ENV):
+        return None
+    _run_isolated(pyfuncitem)
+    return True
+
+
+def _run_isolated(item: pytest.Function) -> None:
+    import tempfile
+
+    import nscg
+
+    config = item.config
+    rootdir = Path(config.rootpath)
+    work = Path(tempfile.mkdtemp(prefix="nscg-isolated-"))
+    try:
+        dirs = {rootdir, Path(config.invocation_params.dir), Path(item.path).parent}
+        # parents only: a bind of a directory would hide an earlier bind inside it
+        extra = tuple(
+            p
+            for p in sorted(d for d in dirs if d.is_dir())
+            if not any(q != p and p.is_relative_to(q) for q in dirs)
+        )
+        c, timeout = _apply_marker(preset(work, extra_ro=extra), item)
+        c = c.with_cwd(str(rootdir))
+        env = dict(os.environ)
+        env.pop("PYTEST_CURRENT_TEST", None)
+        env.pop("PYTEST_ADDOPTS", None)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        with tempfile.TemporaryFile(dir=work) as report:
+            fd = report.fileno()
+            env[INNER_ENV] = "1"
+            env[REPORT_FD_ENV] = str(fd)
+            c = c.with_env(env)
+            argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
+            argv += ["--rootdir", str(rootdir), "--basetemp", str(work / "basetemp")]
+            if config.inipath is not None:
+                argv += ["-c", str(config.inipath)]
+            argv += ["-o", "addopts=--strict-markers", item.nodeid]
+            try:
+                r = c.run(argv, capture_output=True, timeout=timeout, pass_fds=[fd])
+            except nscg.TimeoutExpired:
+                pytest.fail(f"isolated test timed out after {timeout:g} s", pytrace=False)
+            report.seek(0)
+            raw = report.read()
+        output = ((r.stdout or b"") + (r.stderr or b"")).decode(errors="replace")
+        reports = json.loads(raw) if raw else []
+    finally:
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+    if not reports:
+        pytest.fail(
+            f"isolated run of {item.nodeid} reported nothing (status {r.returncode}):\n{output}",
+            pytrace=False,
+        )
+    for rep in reports:
+        if rep["outcome"] == "failed":
+            pytest.fail(f"[inside the sandbox, {rep['when']}]\n{rep['longrepr']}", pytrace=False)
+    for rep in reports:
+        if rep["outcome"] == "skipped":
+            if rep["wasxfail"] is not None:
+                pytest.xfail(rep["wasxfail"])
+            pytest.skip(f"[inside the sandbox] {rep['reason']}")
