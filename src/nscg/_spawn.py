@@ -39,6 +39,8 @@ _REC = struct.Struct("=IIii24s")
 _self_pidfd: tuple[int, int] = (-1, -1)  # (pid, fd): our own pidfd, for the pdeathsig race
 _self_pidfd_lock = threading.Lock()
 _init_fd_cache: tuple[int, int] = (-1, -1)
+TIOCSTI = 0x5412  # <asm-generic/ioctls.h>: the numbers on every architecture the
+TIOCLINUX = 0x541C  # seccomp compiler supports (x86_64, i386, aarch64)
 
 
 def which(name: str, path: str | None = None) -> str | None:
@@ -104,7 +106,7 @@ def _caps_masks(caps: Any) -> tuple[int, int, int, int, int, int]:
 @functools.lru_cache(maxsize=64)
 def _seccomp_program(seccomp: Any, caps: Any) -> bytes:
     """The compiled filter (cached: specs are frozen and hashable)."""
-    from nscg.seccomp import Seccomp
+    from nscg.seccomp import Arg, Seccomp
 
     if seccomp == "default":
         if caps == "inherit":
@@ -116,6 +118,15 @@ def _seccomp_program(seccomp: Any, caps: Any) -> bytes:
         # >= 4.8, but a sandbox for untrusted code has no use for it and it
         # has been the way out more than once (CVE-2019-13272, old bypasses)
         spec = Seccomp.docker_default(capabilities=kept).deny("ptrace")
+        # Terminal injection: TIOCSTI pushes input into a tty, TIOCLINUX
+        # pastes a VT's selection (bubblewrap CVE-2017-5226, flatpak
+        # CVE-2023-28100). new_session stops the payload from injecting into
+        # the caller's controlling terminal, but it can still make any tty it
+        # was given (one that is nobody's controlling terminal) its own and
+        # queue input for the host's next reader. The kernel reads the
+        # command as an int: the mask stops the high-bits bypass (CVE-2019-10063).
+        for cmd in (TIOCSTI, TIOCLINUX):
+            spec = spec.deny("ioctl", when=[Arg(1).masked_eq(0xFFFFFFFF, cmd)])
     else:
         spec = seccomp
     prog: bytes = spec.compile()
