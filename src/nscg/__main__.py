@@ -62,7 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("nscg: run needs a command after --", file=sys.stderr)
         return 2
     try:
-        c = nscg.Container()
+        # the host's root read-only, with a fresh /proc, a minimal /dev and a
+        # private /tmp: without a RootFS the payload would share the caller's
+        # filesystem (as root: the host's, read-write) and see its processes
+        c = nscg.Container().with_rootfs(nscg.RootFS.host())
         if args.share_net:
             c = c.without_namespaces("net")
         if args.hostname:
