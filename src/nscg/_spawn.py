@@ -53,15 +53,54 @@ def which(name: str, path: str | None = None) -> str | None:
 
 
 def _init_fd() -> int:
-    """An O_PATH fd of nscg-init, opened once per process (exec'd by fd in the sandbox)."""
+    """An fd of nscg-init, made once per process, exec'd by fd as the sandbox's pid 1.
+
+    A sealed memfd copy, as runc does with its own binary (CVE-2019-5736):
+    exec'd from the installed file, /proc/1/exe would hand a payload that may
+    look at pid 1 (one given CAP_SYS_PTRACE) the host file, owned by the uid
+    the payload runs as, on a writable mount: chmod was enough to tamper with
+    every later sandbox's init. The copy cannot be written, grown or shrunk.
+    Where memfds may not be executed (``vm.memfd_noexec=2``), the file itself.
+    """
     global _init_fd_cache
     pid = os.getpid()
     with _self_pidfd_lock:
         if _init_fd_cache[0] != pid:
             from nscg._native import INIT_PATH
 
-            _init_fd_cache = (pid, os.open(INIT_PATH, os.O_PATH | os.O_CLOEXEC))
+            _init_fd_cache = (pid, _sealed_copy(INIT_PATH))
         return _init_fd_cache[1]
+
+
+_MFD_EXEC = 0x0010  # Linux 6.3: executable memfd, asked for explicitly
+
+
+def _sealed_copy(path: str) -> int:
+    import fcntl
+
+    with open(path, "rb") as f:
+        data = f.read()
+    fd = -1
+    for extra in (_MFD_EXEC, 0):
+        try:
+            fd = os.memfd_create("nscg-init", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | extra)
+            break
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # EACCES: vm.memfd_noexec forbids it
+                return os.open(path, os.O_PATH | os.O_CLOEXEC)
+    if fd < 0:
+        return os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchmod(fd, 0o555)
+        seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _own_pidfd() -> int:
