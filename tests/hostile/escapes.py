@@ -113,8 +113,13 @@ def attempt_exe(exe: str) -> Lines:
     # (``Container.entering``: "docker exec") and tries each one's exe
     with default().spawn([exe, "exewatch", "4"], stdout=subprocess.PIPE) as p:
         time.sleep(0.3)
-        for _ in range(30):
-            Container().entering(p).run(["true"], timeout=30)
+        joiner = Container().entering(p)
+        try:
+            for _ in range(30):
+                joiner.run(["true"], timeout=30)
+        finally:
+            for ref in joiner.join:
+                ref.close()
         stdout, _ = p.communicate(timeout=60)
     out += (stdout or b"").decode().splitlines()
     return out

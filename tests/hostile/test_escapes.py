@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 import nscg
+from nscg.capabilities import Capabilities
 from tests.conftest import ROOT, need_root, run_as_nobody, skip_or_fail
 from tests.hostile import escapes
 
@@ -111,18 +112,15 @@ def test_entering_lands_in_the_sandbox_root() -> None:
     secret = tempfile.mkdtemp(prefix="nscg-hostile-enter-")  # host /tmp: hidden inside
     try:
         with escapes.default().spawn(["sleep", "30"]) as p:
+            joiner = nscg.Container().entering(p)
             try:
-                r = (
-                    nscg.Container()
-                    .entering(p)
-                    .run(["sh", "-c", f"ls -d {secret}; ls -d /tmp/*"], capture_output=True)
-                )
-                mounts = (
-                    nscg.Container()
-                    .entering(p)
-                    .run(["cat", "/proc/self/mountinfo"], capture_output=True, check=True)
+                r = joiner.run(["sh", "-c", f"ls -d {secret}; ls -d /tmp/*"], capture_output=True)
+                mounts = joiner.run(
+                    ["cat", "/proc/self/mountinfo"], capture_output=True, check=True
                 )
             finally:
+                for ref in joiner.join:
+                    ref.close()
                 p.kill()
     finally:
         os.rmdir(secret)
@@ -200,3 +198,31 @@ def test_cli_default_profile_holds(probe_dir: str) -> None:
     escaped = [ln for ln in outs if ln.startswith("ESCAPED")]
     assert not escaped, escaped
     assert sum(ln.startswith("blocked") for ln in outs) > len(attempts), outs
+
+
+def test_init_binary_is_not_a_host_file() -> None:
+    """Even a payload with every capability in its namespace cannot reach nscg-init's file.
+
+    pid 1 was exec'd from the installed nscg-init: /proc/1/exe was that host
+    file, owned by the payload's uid, on a writable mount; with
+    CAP_SYS_PTRACE in the sandbox the payload chmod'ed it (CVE-2019-5736).
+    Now it is a sealed memfd copy.
+    """
+    from nscg._native import INIT_PATH
+
+    before = os.stat(INIT_PATH)
+    c = escapes.default().with_capabilities(Capabilities.all()).with_seccomp("unconfined")
+    script = (
+        "readlink /proc/1/exe; chmod 4777 /proc/1/exe; "
+        "echo x >> /proc/1/exe 2>/dev/null && echo WROTE; true"
+    )
+    r = c.run(["sh", "-c", script], capture_output=True)
+    out = (r.stdout or b"").decode()
+    assert out.startswith("/memfd:nscg-init"), out
+    assert "WROTE" not in out
+    after = os.stat(INIT_PATH)
+    assert (after.st_mode, after.st_size, after.st_mtime_ns) == (
+        before.st_mode,
+        before.st_size,
+        before.st_mtime_ns,
+    )
