@@ -39,6 +39,8 @@ _REC = struct.Struct("=IIii24s")
 _self_pidfd: tuple[int, int] = (-1, -1)  # (pid, fd): our own pidfd, for the pdeathsig race
 _self_pidfd_lock = threading.Lock()
 _init_fd_cache: tuple[int, int] = (-1, -1)
+TIOCSTI = 0x5412  # <asm-generic/ioctls.h>: the numbers on every architecture the
+TIOCLINUX = 0x541C  # seccomp compiler supports (x86_64, i386, aarch64)
 
 
 def which(name: str, path: str | None = None) -> str | None:
@@ -51,15 +53,54 @@ def which(name: str, path: str | None = None) -> str | None:
 
 
 def _init_fd() -> int:
-    """An O_PATH fd of nscg-init, opened once per process (exec'd by fd in the sandbox)."""
+    """An fd of nscg-init, made once per process, exec'd by fd as the sandbox's pid 1.
+
+    A sealed memfd copy, as runc does with its own binary (CVE-2019-5736):
+    exec'd from the installed file, /proc/1/exe would hand a payload that may
+    look at pid 1 (one given CAP_SYS_PTRACE) the host file, owned by the uid
+    the payload runs as, on a writable mount: chmod was enough to tamper with
+    every later sandbox's init. The copy cannot be written, grown or shrunk.
+    Where memfds may not be executed (``vm.memfd_noexec=2``), the file itself.
+    """
     global _init_fd_cache
     pid = os.getpid()
     with _self_pidfd_lock:
         if _init_fd_cache[0] != pid:
             from nscg._native import INIT_PATH
 
-            _init_fd_cache = (pid, os.open(INIT_PATH, os.O_PATH | os.O_CLOEXEC))
+            _init_fd_cache = (pid, _sealed_copy(INIT_PATH))
         return _init_fd_cache[1]
+
+
+_MFD_EXEC = 0x0010  # Linux 6.3: executable memfd, asked for explicitly
+
+
+def _sealed_copy(path: str) -> int:
+    import fcntl
+
+    with open(path, "rb") as f:
+        data = f.read()
+    fd = -1
+    for extra in (_MFD_EXEC, 0):
+        try:
+            fd = os.memfd_create("nscg-init", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING | extra)
+            break
+        except OSError as e:
+            if e.errno != errno.EINVAL:  # EACCES: vm.memfd_noexec forbids it
+                return os.open(path, os.O_PATH | os.O_CLOEXEC)
+    if fd < 0:
+        return os.open(path, os.O_PATH | os.O_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fchmod(fd, 0o555)
+        seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def _own_pidfd() -> int:
@@ -104,7 +145,7 @@ def _caps_masks(caps: Any) -> tuple[int, int, int, int, int, int]:
 @functools.lru_cache(maxsize=64)
 def _seccomp_program(seccomp: Any, caps: Any) -> bytes:
     """The compiled filter (cached: specs are frozen and hashable)."""
-    from nscg.seccomp import Seccomp
+    from nscg.seccomp import Arg, Seccomp
 
     if seccomp == "default":
         if caps == "inherit":
@@ -116,6 +157,15 @@ def _seccomp_program(seccomp: Any, caps: Any) -> bytes:
         # >= 4.8, but a sandbox for untrusted code has no use for it and it
         # has been the way out more than once (CVE-2019-13272, old bypasses)
         spec = Seccomp.docker_default(capabilities=kept).deny("ptrace")
+        # Terminal injection: TIOCSTI pushes input into a tty, TIOCLINUX
+        # pastes a VT's selection (bubblewrap CVE-2017-5226, flatpak
+        # CVE-2023-28100). new_session stops the payload from injecting into
+        # the caller's controlling terminal, but it can still make any tty it
+        # was given (one that is nobody's controlling terminal) its own and
+        # queue input for the host's next reader. The kernel reads the
+        # command as an int: the mask stops the high-bits bypass (CVE-2019-10063).
+        for cmd in (TIOCSTI, TIOCLINUX):
+            spec = spec.deny("ioctl", when=[Arg(1).masked_eq(0xFFFFFFFF, cmd)])
     else:
         spec = seccomp
     prog: bytes = spec.compile()

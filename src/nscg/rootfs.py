@@ -86,7 +86,11 @@ def _dest(value: str) -> str:
     if ".." in parts:
         raise SpecError(f"mount destination {value!r} must not contain '..'")
     out = "/" + "/".join(parts)
-    if len(out.encode()) > _MAX_PATH:
+    try:
+        raw = os.fsencode(out)  # non-UTF-8 names arrive as surrogate escapes
+    except UnicodeEncodeError:
+        raise SpecError(f"mount destination {value[:40]!r} cannot be encoded") from None
+    if len(raw) > _MAX_PATH:
         raise SpecError(f"mount destination {value[:40]!r}... is too long")
     return out
 

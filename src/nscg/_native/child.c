@@ -207,13 +207,15 @@ static void *aux_stack(const struct nscg_plan *p, int i)
 }
 
 /* Start fn on aux stack i, sharing memory, with the caller suspended until
- * the new task has exec'd or exited (CLONE_VM | CLONE_VFORK). */
+ * the new task has exec'd or exited (CLONE_VM | CLONE_VFORK); with
+ * private_vm, on a copy of the memory instead (a fork), the caller going on. */
 static long start_on_stack(const struct nscg_plan *p, int i, unsigned long extra,
-                           void (*fn)(void *), void *arg)
+                           void (*fn)(void *), void *arg, int private_vm)
 {
     struct nscg_clone_args args;
+    unsigned long vm = private_vm ? 0UL : (unsigned long)(CLONE_VM | CLONE_VFORK);
     memset(&args, 0, sizeof args);
-    args.flags = CLONE_VM | CLONE_VFORK | extra;
+    args.flags = vm | extra;
     /* with CLONE_PARENT the child inherits our exit signal; clone3 wants 0 */
     args.exit_signal = (extra & CLONE_PARENT) ? 0 : SIGCHLD;
     args.stack = (uint64_t)(uintptr_t)aux_stack(p, i);
@@ -221,7 +223,7 @@ static long start_on_stack(const struct nscg_plan *p, int i, unsigned long extra
     long pid = nscg_clone3_run(&args, fn, arg);
     if (pid == -ENOSYS) {
         pid = clone((int (*)(void *))(void *)fn, (char *)args.stack + args.stack_size,
-                    (int)(CLONE_VM | CLONE_VFORK | extra | SIGCHLD), arg);
+                    (int)(vm | extra | SIGCHLD), arg);
         if (pid < 0)
             pid = -errno;
     }
@@ -296,7 +298,7 @@ static void finish(struct child_ctx *c)
         long payload;
         if (injected(c, NSCG_STAGE_FORK, 0))
             fail(c, NSCG_STAGE_FORK, c->p->fail_errno, 0, "clone3");
-        payload = start_on_stack(c->p, 1, 0, payload_entry, c);
+        payload = start_on_stack(c->p, 1, 0, payload_entry, c, 0);
         if (payload < 0)
             fail(c, NSCG_STAGE_FORK, (int)-payload, 0, "clone3");
         exec_init(c, (pid_t)payload);
@@ -308,6 +310,16 @@ static void finish(struct child_ctx *c)
 static void pidns_entry(void *arg)
 {
     struct child_ctx ctx = *(struct child_ctx *)arg, *c = &ctx;
+    /* In a joined pid namespace (Container.entering: "docker exec") this
+     * process is visible to the payload already there, which runs as the same
+     * uid, and its /proc/PID/exe is the caller's interpreter on the host:
+     * a handle to chmod or, once idle, rewrite (runc CVE-2019-5736,
+     * CVE-2016-9962). Not dumpable, /proc/PID/{exe,mem,fd,root,...} need
+     * CAP_SYS_PTRACE over the host; execve makes the payload dumpable again.
+     * Dumpability belongs to the memory: so this process runs on a copy of
+     * it (see start_on_stack's caller), never on the caller's. */
+    if (c->p->n_join > 0)
+        STEP(c, NSCG_STAGE_FORK, -1, "prctl", prctl(PR_SET_DUMPABLE, 0, 0, 0, 0));
     set_pdeathsig(c);
     finish(c);
 }
@@ -383,7 +395,7 @@ void nscg_child_main(const struct nscg_plan *p)
             STEP(c, NSCG_STAGE_UNSHARE, -1, "unshare", unshare(CLONE_NEWPID));
         if (injected(c, NSCG_STAGE_FORK, -1))
             fail(c, NSCG_STAGE_FORK, p->fail_errno, -1, "clone3");
-        g = start_on_stack(p, 0, CLONE_PARENT, pidns_entry, c);
+        g = start_on_stack(p, 0, CLONE_PARENT, pidns_entry, c, p->n_join > 0);
         if (g < 0)
             fail(c, NSCG_STAGE_FORK, (int)-g, -1, "clone3");
         __atomic_store_n(&p->shared->init_pid, (int32_t)g, __ATOMIC_RELEASE);

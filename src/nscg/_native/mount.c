@@ -26,11 +26,13 @@
  *     the source (nosuid, nodev, ...) are kept and the call cannot fail with
  *     EPERM as an MS_REMOUNT that forgot them would; recursion covers every
  *     submount (an MS_REMOUNT loop would need /proc/self/mountinfo).
- *  5. fchdir(new root); pivot_root(".", "."); umount2(".", MNT_DETACH): the
- *     old root is stacked on the new one by pivot_root and detached at once.
+ *  5. fchdir(new root); pivot_root(".", "."); fchdir(old root);
+ *     umount2(".", MNT_DETACH): the old root is stacked on the new one by
+ *     pivot_root and detached at once, by an fd opened before step 2.
  */
 #include "child.h"
 
+#include <sched.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 
@@ -49,6 +51,8 @@
 #ifndef MOVE_MOUNT_T_EMPTY_PATH
 #define MOVE_MOUNT_T_EMPTY_PATH 0x00000040
 #endif
+#define NSCG_STATX_MNT_ID 0x00001000U /* STATX_MNT_ID, Linux 5.8 */
+
 #ifndef FSOPEN_CLOEXEC
 #define FSOPEN_CLOEXEC 0x00000001
 #endif
@@ -392,6 +396,50 @@ static void op_mask(struct mctx *m, int i, const struct nscg_mount_op *op)
     close(fd);
 }
 
+/* The mount id of what fd (or path, from dfd) refers to. */
+static long mnt_id_of(int dfd, const char *path, uint64_t *id)
+{
+    struct statx st;
+    long r = syscall(SYS_statx, dfd, path, AT_EMPTY_PATH, NSCG_STATX_MNT_ID, &st);
+    if (r == 0 && !(st.stx_mask & NSCG_STATX_MNT_ID)) {
+        errno = ENOSYS;
+        return -1;
+    }
+    *id = st.stx_mnt_id;
+    return r;
+}
+
+/* After pivot_root: leave nothing stacked on the new root.
+ *
+ * pivot_root(".", ".") stacks the old root (the host's "/", read-write) on the
+ * new one, and a recursive bind of "/" also copies the staging tmpfs that was
+ * stacked on the old root. The payload's root is the new root and does not
+ * see them, but setns(CLONE_NEWNS) takes whatever is on top of the stack:
+ * a process joining the sandbox (Container.entering, nsenter) would land in
+ * the host's tree, and the payload could follow its /proc/PID/root there.
+ * umount2(".") after pivot_root detaches only the top of the stack, which
+ * need not be the old root. So: join our own mount namespace to land where a
+ * joiner would, and detach that mount until it is the new root. */
+static void detach_above_root(struct mctx *m)
+{
+    struct child_ctx *c = m->c;
+    uint64_t want, top;
+    int self;
+    STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "statx", mnt_id_of(m->root, "", &want));
+    STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "pidfd_open",
+         self = (int)syscall(SYS_pidfd_open, getpid(), 0));
+    for (int i = 0;; i++) {
+        STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "setns", setns(self, CLONE_NEWNS));
+        STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "statx", mnt_id_of(AT_FDCWD, "/", &top));
+        if (top == want)
+            break;
+        if (i == 64)
+            fail(c, NSCG_STAGE_PIVOT_ROOT, ELOOP, -1, "umount2");
+        STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "umount2", umount2("/", MNT_DETACH));
+    }
+    close(self);
+}
+
 void nscg_setup_mounts(struct child_ctx *c)
 {
     const struct nscg_plan *p = c->p;
@@ -448,7 +496,7 @@ void nscg_setup_mounts(struct child_ctx *c)
     if (fchdir(m->root) < 0)
         fail(c, NSCG_STAGE_PIVOT_ROOT, errno, -1, "fchdir");
     STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "pivot_root", syscall(SYS_pivot_root, ".", "."));
-    STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "umount2", umount2(".", MNT_DETACH));
+    detach_above_root(m);
     STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "chdir", chdir("/"));
     close(m->root);
 }
