@@ -128,3 +128,21 @@ def test_placed_through_cgroup_procs_without_clone3() -> None:
     mount = discover().mount_point
     assert mount is not None
     assert out == f"0::{path[len(mount) :]}\n".encode()
+
+
+def test_nscg_check_reports_pure_v2() -> None:
+    import json
+    import subprocess
+
+    r = subprocess.run(
+        [sys.executable, "-m", "nscg", "check", "--json"],
+        capture_output=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    checks = {c["name"]: c for c in json.loads(r.stdout)}
+    assert checks["cgroup v2 mode"]["ok"] is True
+    assert checks["cgroup v2 mode"]["detail"].startswith("unified")
+    for ctl in ("memory", "cpu", "pids", "io"):
+        assert ctl in checks["cgroup v2 controllers"]["detail"]
