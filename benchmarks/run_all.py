@@ -129,7 +129,7 @@ def nscg_levels(cgroup: bool) -> dict[str, Any]:
 
 def _oci_bundle(tool: str, where: Path) -> Path:
     """An OCI bundle of a busybox root (``/bin/busybox`` + ``/bin/true`` link)."""
-    bundle = where / tool
+    bundle = where / f"{os.path.basename(tool)}-bundle"
     (bundle / "rootfs" / "bin").mkdir(parents=True)
     shutil.copy2("/bin/busybox", bundle / "rootfs" / "bin" / "busybox")
     os.symlink("busybox", bundle / "rootfs" / "bin" / "true")
