@@ -74,11 +74,17 @@ def _own_pidfd() -> int:
 
 # ------------------------------------------------------------------ privileges
 def _cap_eff() -> int:
-    with open("/proc/self/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
+    # one read, no file object, no line loop: this runs several times per spawn
+    fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, 16384)
+    finally:
+        os.close(fd)
+    i = data.find(b"\nCapEff:")
+    if i < 0:
+        return 0
+    end = data.find(b"\n", i + 1)
+    return int(data[i + 8 : end if end >= 0 else None], 16)
 
 
 def _has_cap(bit: int) -> bool:
@@ -237,9 +243,10 @@ def _plan_maps(c: Container) -> tuple[tuple[IdMap, ...], tuple[IdMap, ...], str,
         (uid_map, euid, _CAP_SETUID, "newuidmap"),
         (gid_map, egid, _CAP_SETGID, "newgidmap"),
     ):
-        if _has_cap(cap) or _single_self_map(maps, own):
+        has_cap = _has_cap(cap)
+        if has_cap or _single_self_map(maps, own):
             tools.append("write")
-            if helper == "newgidmap" and not _has_cap(cap):
+            if helper == "newgidmap" and not has_cap:
                 deny = True
             continue
         found = which(helper)
