@@ -636,6 +636,7 @@ measured in one run on one machine. Regenerate with `nox -s bench` (or
   On the development hosts (hybrid cgroups) crun refuses to run and runc would create
   cgroups in the host's hierarchies, so they run in the pure cgroup v2 test VM, where
   everything is 10-25x slower (QEMU TCG): only ratios among the VM's cases are meaningful.
+  There both make a cgroup per container (cgroupfs): compare them with *nscg full + cgroup*.
 - Throughput: N sandboxes shared by 1 or 2 threads of one Python process (nscg releases the
   GIL in its C spawn call; subprocess does too), nscg full against bwrap, interleaved.
 - Memory: the parent's RSS delta (and fd count) for 100 live `sleep` sandboxes.
@@ -672,11 +673,15 @@ sequential spawns, interpreter start-up subtracted), `perf record -g`, py-spy,
   `move_mount`, `openat2(RESOLVE_IN_ROOT)`) of ~440 syscalls per full spawn (bwrap: ~440
   including its own exec). The Docker masked/read-only paths, which bwrap does not apply,
   cost ~0.4 ms CPU.
-- **No namespaces vs subprocess.run** (1.0-1.2x depending on load and order): ~+90 us of
-  Python (plan, Process) and ~+100 us in the kernel: `clone3(CLONE_VM|CLONE_PIDFD)` from
-  the spawner thread with two cross-thread wake-ups, instead of a `vfork`; 62
-  `rt_sigaction` calls in the child to reset every handler (~20 us); a fresh 400 KiB
-  child stack (`mmap` + 3 `mprotect` + `munmap`) per spawn.
+- **No namespaces vs subprocess.run** (0.99x and 1.21x in two runs; 1.17-1.2x in quiet
+  interleaved micro-runs): ~+110 us of Python per spawn (validation, executable lookup,
+  the cffi plan, three `fstat`s for stdio, the error pipe, the Process object) and a few
+  tens of us in C: the spawner-thread hop (~20 us: `die_with_parent=False` skips it), 62
+  `rt_sigaction` calls in the child to reset every handler (~20 us), a fresh child stack
+  (`mmap` + 3 `mprotect` + `munmap`). The mechanism itself is not the cost: in C,
+  `clone3(CLONE_VM|CLONE_PIDFD)` + own stack + error pipe + `waitid(P_PIDFD)` is within
+  0-10 % of `vfork` + `waitpid` (640-690 vs 670-710 us per /bin/true here), and adding
+  `CLONE_VFORK` does not help.
 - **Under load** (load average 8 on 2 vCPUs) nscg's latency grows more than bwrap's: one
   spawn crosses more tasks in series (caller -> spawner thread -> child -> parent writes the
   id maps -> child -> fork into the pid namespace -> init -> payload), and each hand-off
@@ -694,7 +699,13 @@ What would close the gaps (not done here):
   `mmap`/`munmap` per spawn (also fewer `mmap_lock` writers on the shared mm);
 - fewer serial hand-offs: no spawner-thread hop when spawning from the main thread, and the
   handler reset limited to signals that are not already default (one query in the parent);
-- no namespaces: a `CLONE_VFORK` path when nothing needs the parent between clone and exec.
+- no namespaces: the Python side, i.e. the flattened plan cached per frozen Container and
+  the validation done once per Container rather than per spawn.
+
+Run-to-run spread: two `nox -s bench` runs ten minutes apart on 2026-11-29 (load average
+~8.5 on 2 vCPUs, other jobs' VMs and test suites running) gave full/bwrap 0.92x and 0.78x,
+2-worker rate 1.19x and 1.61x, no namespaces/subprocess 0.99x and 1.21x. On this shared
+machine the full-isolation targets sit at the edge: met in one run, missed in the other.
 """
 
 
