@@ -416,10 +416,11 @@ def ratio_table(
 def plot(data: dict[str, Any], path: Path) -> bool:
     """A PNG: median spawn time per case (p5-p95 bars), and the throughput."""
     try:
-        import matplotlib
+        # a bench-only dependency (nox -s bench installs it): optional for mypy
+        import matplotlib  # type: ignore[import-not-found, unused-ignore]
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         return False
     host = data["host"]["cases"]
