@@ -226,7 +226,9 @@ def _single_self_map(maps: Sequence[IdMap], own: int) -> bool:
     return len(maps) == 1 and maps[0].count == 1 and maps[0].outside == own
 
 
-def _plan_maps(c: Container) -> tuple[tuple[IdMap, ...], tuple[IdMap, ...], str, str, bool]:
+def _plan_maps(
+    c: Container, cap_eff: int | None = None
+) -> tuple[tuple[IdMap, ...], tuple[IdMap, ...], str, str, bool]:
     """Return (uid_map, gid_map, uid tool, gid tool, deny_setgroups).
 
     A tool is "write" (the parent writes /proc/PID/*_map) or the path of
@@ -243,7 +245,7 @@ def _plan_maps(c: Container) -> tuple[tuple[IdMap, ...], tuple[IdMap, ...], str,
         (uid_map, euid, _CAP_SETUID, "newuidmap"),
         (gid_map, egid, _CAP_SETGID, "newgidmap"),
     ):
-        has_cap = _has_cap(cap)
+        has_cap = _has_cap(cap) if cap_eff is None else bool(cap_eff >> cap & 1)
         if has_cap or _single_self_map(maps, own):
             tools.append("write")
             if helper == "newgidmap" and not has_cap:
@@ -517,7 +519,9 @@ def _spawn(
     )
     path = _resolve_in_rootfs(c, argv[0], env.get("PATH", DEFAULT_PATH), executable)
 
-    maps = _plan_maps(c) if ns & Namespace.USER else None
+    # our effective capabilities, read once for this spawn (/proc/self/status)
+    cap_eff = _cap_eff() if ns & Namespace.USER else None
+    maps = _plan_maps(c, cap_eff) if ns & Namespace.USER else None
 
     p = _Plan()
     plan = p.plan
@@ -552,7 +556,7 @@ def _spawn(
         flags |= lib.NSCG_F_SETID
         plan.uid = uid_in
         plan.gid = c.group if c.group is not None else 0
-        if _has_cap(_CAP_SETGID) and maps is not None and not maps[4]:
+        if cap_eff is not None and cap_eff >> _CAP_SETGID & 1 and maps is not None and not maps[4]:
             flags |= lib.NSCG_F_SETGROUPS
     elif c.user is not None or c.group is not None:
         flags |= lib.NSCG_F_SETID
