@@ -115,11 +115,17 @@ def _own_pidfd() -> int:
 
 # ------------------------------------------------------------------ privileges
 def _cap_eff() -> int:
-    with open("/proc/self/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"CapEff:"):
-                return int(line.split()[1], 16)
-    return 0
+    # one read, no file object, no line loop: this runs several times per spawn
+    fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, 16384)
+    finally:
+        os.close(fd)
+    i = data.find(b"\nCapEff:")
+    if i < 0:
+        return 0
+    end = data.find(b"\n", i + 1)
+    return int(data[i + 8 : end if end >= 0 else None], 16)
 
 
 def _has_cap(bit: int) -> bool:
@@ -270,7 +276,9 @@ def _single_self_map(maps: Sequence[IdMap], own: int) -> bool:
     return len(maps) == 1 and maps[0].count == 1 and maps[0].outside == own
 
 
-def _plan_maps(c: Container) -> tuple[tuple[IdMap, ...], tuple[IdMap, ...], str, str, bool]:
+def _plan_maps(
+    c: Container, cap_eff: int | None = None
+) -> tuple[tuple[IdMap, ...], tuple[IdMap, ...], str, str, bool]:
     """Return (uid_map, gid_map, uid tool, gid tool, deny_setgroups).
 
     A tool is "write" (the parent writes /proc/PID/*_map) or the path of
@@ -287,9 +295,10 @@ def _plan_maps(c: Container) -> tuple[tuple[IdMap, ...], tuple[IdMap, ...], str,
         (uid_map, euid, _CAP_SETUID, "newuidmap"),
         (gid_map, egid, _CAP_SETGID, "newgidmap"),
     ):
-        if _has_cap(cap) or _single_self_map(maps, own):
+        has_cap = _has_cap(cap) if cap_eff is None else bool(cap_eff >> cap & 1)
+        if has_cap or _single_self_map(maps, own):
             tools.append("write")
-            if helper == "newgidmap" and not _has_cap(cap):
+            if helper == "newgidmap" and not has_cap:
                 deny = True
             continue
         found = which(helper)
@@ -619,7 +628,9 @@ def _spawn(
     )
     path = _resolve_in_rootfs(c, argv[0], env.get("PATH", DEFAULT_PATH), executable)
 
-    maps = _plan_maps(c) if ns & Namespace.USER else None
+    # our effective capabilities, read once for this spawn (/proc/self/status)
+    cap_eff = _cap_eff() if ns & Namespace.USER else None
+    maps = _plan_maps(c, cap_eff) if ns & Namespace.USER else None
 
     p = _Plan()
     plan = p.plan
@@ -654,7 +665,7 @@ def _spawn(
         flags |= lib.NSCG_F_SETID
         plan.uid = uid_in
         plan.gid = c.group if c.group is not None else 0
-        if _has_cap(_CAP_SETGID) and maps is not None and not maps[4]:
+        if cap_eff is not None and cap_eff >> _CAP_SETGID & 1 and maps is not None and not maps[4]:
             flags |= lib.NSCG_F_SETGROUPS
     elif c.user is not None or c.group is not None:
         flags |= lib.NSCG_F_SETID

@@ -451,6 +451,10 @@ class Process:
                 goes on from there).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        if not input and all(
+            s is None or s.closed for s in (self.stdin, self.stdout, self.stderr)
+        ):  # no pipe to serve: no selector (an epoll fd and objects per run)
+            return self._wait_output(deadline, timeout)
         sel = selectors.DefaultSelector()
         names: dict[int, str] = {}
         inbuf = memoryview(input or b"")
@@ -491,6 +495,11 @@ class Process:
                         getattr(self, names[fd]).close()
         finally:
             sel.close()
+        return self._wait_output(deadline, timeout)
+
+    def _wait_output(
+        self, deadline: float | None, timeout: float | None
+    ) -> tuple[bytes | None, bytes | None]:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             self.wait(left)
