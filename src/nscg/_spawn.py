@@ -782,7 +782,10 @@ def _spawn(
         if c.die_with_parent:
             plan.pdeathsig = signal.SIGKILL
             plan.parent_pidfd = _own_pidfd()
-        else:
+        if not c.die_with_parent or threading.current_thread() is threading.main_thread():
+            # The parent-death signal follows the thread that cloned; the main
+            # thread lives as long as the interpreter, so it can clone itself
+            # (no hop to a spawner thread). Other threads hand off to one.
             flags |= lib.NSCG_F_NO_SPAWNER_THREAD
         if flags & lib.NSCG_F_FORK_PIDNS:
             # a page the first child writes the new pid to, and nscg-init
