@@ -122,7 +122,12 @@ def _upper(value: str | os.PathLike[str] | None) -> str | None:
 
 
 def _content(value: bytes | str) -> bytes:
-    return value.encode() if isinstance(value, str) else bytes(value)
+    if not isinstance(value, str):
+        return bytes(value)
+    try:
+        return value.encode("utf-8", "surrogateescape")  # undecodable bytes kept as they came
+    except UnicodeEncodeError:
+        raise SpecError(f"file content {value[:40]!r} cannot be encoded as UTF-8") from None
 
 
 def _ops(value: Iterable[Op]) -> tuple[Op, ...]:
