@@ -15,6 +15,15 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+try:  # CI (CI=true) runs the hypothesis suites on a fixed, reproducible set of examples
+    from hypothesis import settings as _hyp_settings
+
+    _hyp_settings.register_profile("ci", derandomize=True, print_blob=True)
+    if os.environ.get("CI"):
+        _hyp_settings.load_profile("ci")
+except ImportError:  # pragma: no cover - hypothesis is a test dependency
+    pass
+
 
 def required(what: str) -> bool:
     """Whether ``NSCG_REQUIRE`` (comma-separated) names ``what``: a skip becomes a failure."""
