@@ -493,14 +493,8 @@ def spawn(
     from nscg._rootfs_run import RootfsRun
 
     c.validate()
-    c, etc_dir = _with_etc_files(c)
-    try:
-        root = RootfsRun(c)
-    except BaseException:
-        _rmtree_quiet(etc_dir)
-        raise
-    if etc_dir is not None:
-        root.temps.append(etc_dir)
+    c = _with_etc_files(c)
+    root = RootfsRun(c)
     try:
         proc = _spawn(c, argv, _root=root, **kwargs)
     except BaseException:
@@ -517,25 +511,66 @@ def _rmtree_quiet(path: str | None) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _with_etc_files(c: Container) -> tuple[Container, str | None]:
+_etc_lock = threading.Lock()
+_etc_dir: tuple[int, str] = (-1, "")  # (pid, dir): this process's cache of /etc files
+
+
+def _remove_etc_dir(pid: int, d: str) -> None:
+    if os.getpid() == pid:  # not in a forked child that exits
+        _rmtree_quiet(d)
+
+
+def _etc_file(text: str, name: str) -> str:
+    """A read-only file with ``text``, shared by every sandbox that needs the same.
+
+    Kept in one directory per process under /dev/shm (sandboxes with a RootFS
+    get a /dev of their own, so it is out of their sight), written once per
+    content, removed at exit.
+    """
+    global _etc_dir
+    import hashlib
+
+    pid = os.getpid()
+    with _etc_lock:
+        if _etc_dir[0] != pid:
+            import atexit
+            import tempfile
+
+            base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            d = tempfile.mkdtemp(prefix=f"nscg-etc-{pid}-", dir=base)
+            os.chmod(d, 0o755)
+            _etc_dir = (pid, d)
+            atexit.register(_remove_etc_dir, pid, d)
+        d = _etc_dir[1]
+        path = os.path.join(d, f"{name}-{hashlib.sha1(text.encode()).hexdigest()[:16]}")
+        if not os.path.exists(path):
+            tmp = f"{path}.tmp"
+            with open(tmp, "w") as f:
+                f.write(text)
+            os.chmod(tmp, 0o644)
+            os.rename(tmp, path)
+        return path
+
+
+def _with_etc_files(c: Container) -> Container:
     """Give a sandbox with its own root and hostname an /etc/hosts (and resolv.conf).
 
     Like Docker: the sandbox's hostname resolves (to its own address on a veth
     or bridge network, else 127.0.1.1), and /etc/resolv.conf lists no name
     server the sandbox cannot reach. Each file is bound read-only over the
     root's own, only where the root has one and the plan does not already put
-    something there. Returns the spec and the temp dir to remove afterwards.
+    something there.
     """
     import attrs
 
     root = c.rootfs
     assert root is not None
     if not c.namespaces & Namespace.UTS and c.network is None:
-        return c, None
-    targets = []
+        return c
     paths = ["/etc/hosts"]
     if c.namespaces & Namespace.NET:  # the host's resolver is out of reach
         paths.append("/etc/resolv.conf")
+    targets = []
     for path in paths:
         if any(op.dest == path for op in root.ops):
             continue
@@ -543,9 +578,7 @@ def _with_etc_files(c: Container) -> tuple[Container, str | None]:
         if hosts and any(os.path.isfile(h) for h in hosts):
             targets.append(path)
     if not targets:
-        return c, None
-    import tempfile
-
+        return c
     from nscg.network import Network
 
     name = c.hostname or "nscg"
@@ -554,19 +587,9 @@ def _with_etc_files(c: Container) -> tuple[Container, str | None]:
         "/etc/hosts": net.hosts_entries(name),
         "/etc/resolv.conf": net.resolv_conf(),
     }
-    d = tempfile.mkdtemp(prefix="nscg-etc-")
-    try:
-        os.chmod(d, 0o755)
-        for path in targets:
-            host = os.path.join(d, os.path.basename(path))
-            with open(host, "w") as f:
-                f.write(texts[path])
-            os.chmod(host, 0o644)
-            root = root.bind(host, path, readonly=True)
-    except BaseException:
-        _rmtree_quiet(d)
-        raise
-    return attrs.evolve(c, rootfs=root), d
+    for path in targets:
+        root = root.bind(_etc_file(texts[path], os.path.basename(path)), path, readonly=True)
+    return attrs.evolve(c, rootfs=root)
 
 
 def _resolve_in_rootfs(c: Container, name: str, path_var: str, executable: str | None) -> str:

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -256,7 +257,19 @@ def test_own_hostname_resolves_and_resolv_conf_names_no_unreachable_server() -> 
     lines = (r.stdout or b"").decode().splitlines()
     assert lines[0].split() == ["127.0.1.1", "box-7"]
     assert not any(line.startswith("nameserver") for line in lines)
-    assert not [n for n in os.listdir("/tmp") if n.startswith("nscg-etc-")]
+    r = c.run(["sh", "-c", "echo x >> /etc/hosts"], capture_output=True)
+    assert r.returncode != 0  # bound read-only (the file is shared by sandboxes)
+
+
+def test_etc_files_are_removed_when_the_process_exits() -> None:
+    code = (
+        "import os, nscg\n"
+        "nscg.Container().with_rootfs(nscg.RootFS.host()).run(['true'], check=True)\n"
+        "print(os.getpid())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    pid = r.stdout.decode().strip()
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"nscg-etc-{pid}-")]
 
 
 def test_entering_a_sandbox_with_its_own_root_lands_in_that_root() -> None:
