@@ -52,6 +52,14 @@ def _nscg(c: nscg.Container) -> Callable[[], None]:
     return run
 
 
+def _bwrap_ro_argv(bwrap: str) -> list[str]:
+    """bwrap with the host's / read-only + /proc + /dev + a tmpfs /tmp (issue 3's peer)."""
+    from run_all import _bwrap_argv  # the same command in both scripts
+
+    argv: list[str] = _bwrap_argv(bwrap)
+    return argv
+
+
 def cases() -> dict[str, Callable[[], None] | str]:
     """The benchmark cases; a string value is the reason a case is skipped."""
     out: dict[str, Callable[[], None] | str] = {
@@ -106,24 +114,7 @@ def cases() -> dict[str, Callable[[], None] | str]:
         else "bwrap not installed (apt-get install bubblewrap)"
     )
     out["bwrap --unshare-all ro /"] = (
-        _cmd(
-            [
-                bwrap,
-                "--unshare-all",
-                "--ro-bind",
-                "/",
-                "/",
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "--tmpfs",
-                "/tmp",
-                TRUE,
-            ]
-        )
-        if bwrap
-        else "bwrap not installed (apt-get install bubblewrap)"
+        _cmd(_bwrap_ro_argv(bwrap)) if bwrap else "bwrap not installed (apt-get install bubblewrap)"
     )
     # the levels of the spawn benchmark: isolation only, no capability or
     # seccomp changes (those are the "full" level's)

@@ -671,20 +671,13 @@ def flatten(root: RootFS, userns: bool) -> list[Prim]:
                     create_dir=True,
                 ),
             )
-        elif isinstance(op, Proc):
+        elif isinstance(op, (Proc, Mqueue)):
+            fstype = "proc" if isinstance(op, Proc) else "mqueue"
             add(
                 "fs",
                 op.dest,
-                fstype="proc",
-                source=b"proc",
-                flags=_flags(nosuid=True, nodev=True, noexec=True, create_dir=True),
-            )
-        elif isinstance(op, Mqueue):
-            add(
-                "fs",
-                op.dest,
-                fstype="mqueue",
-                source=b"mqueue",
+                fstype=fstype,
+                source=fstype.encode(),
                 flags=_flags(nosuid=True, nodev=True, noexec=True, create_dir=True),
             )
         elif isinstance(op, Mount):
