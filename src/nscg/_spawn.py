@@ -115,7 +115,10 @@ def _own_pidfd() -> int:
 
 # ------------------------------------------------------------------ privileges
 def _cap_eff() -> int:
-    # one read, no file object, no line loop: this runs several times per spawn
+    """This thread's effective capabilities (capget; /proc/self/status if that fails)."""
+    out = ffi.new("uint64_t *")
+    if lib.nscg_cap_effective(out) == 0:
+        return int(out[0])
     fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
     try:
         data = os.read(fd, 16384)
@@ -479,29 +482,203 @@ def spawn(
     ``_fault`` (stage, errno, op index) makes that stage fail on purpose and
     ``_extra_flags`` adds NSCG_F_* flags: both are for tests only.
     """
-    kwargs: dict[str, Any] = {
-        "stdin": stdin,
-        "stdout": stdout,
-        "stderr": stderr,
-        "pass_fds": pass_fds,
-        "executable": executable,
-        "_fault": _fault,
-        "_extra_flags": _extra_flags,
-    }
-    if c.rootfs is None:
-        return _spawn(c, argv, **kwargs)
-    from nscg._rootfs_run import RootfsRun
+    prep = _prepare(c)
+    if prep.own is not None:
+        c = prep.own
+    root: Any = None
+    if prep.per_spawn_root:
+        # overlays: upper and work directories of this spawn's own
+        from nscg._rootfs_run import RootfsRun
 
-    c.validate()
-    c = _with_etc_files(c)
-    root = RootfsRun(c)
+        root = RootfsRun(c)
+    elif prep.prims is not None:
+        from nscg._rootfs_run import _current
+
+        _current.run = (c, prep.prims)  # failure labels
     try:
-        proc = _spawn(c, argv, _root=root, **kwargs)
+        proc = _spawn(
+            prep,
+            c,
+            argv,
+            stdin=stdin,
+            stdout=stdout,
+            stderr=stderr,
+            pass_fds=pass_fds,
+            executable=executable,
+            _fault=_fault,
+            _extra_flags=_extra_flags,
+            _root=root,
+        )
     except BaseException:
-        root.cleanup()
+        if root is not None:
+            root.cleanup()
         raise
-    root.attach(proc)
+    if root is not None:
+        root.attach(proc)
     return proc
+
+
+# ------------------------------------------------------------ prepared plans
+class _Prepared:
+    """A Container's spawn plan, made at its first spawn and reused by the next ones.
+
+    Everything a spawn needs that depends only on the (frozen) Container and on
+    who this process is: validation, the environment, the id maps and how they
+    are written, the flags, capability masks and seccomp program, the /etc files
+    of a RootFS and its flattened mount plan (unless it has overlays, whose
+    directories are per spawn). ``key`` says for whom it was made; a spawn
+    copies the template struct and adds what is its own (argv, the program's
+    path, fds, pipes, cgroup, parent-death pidfd).
+    """
+
+    def __init__(self, c: Container, key: tuple[Any, ...], cap_eff: int) -> None:
+        c.validate()
+        given = c
+        if c.rootfs is not None:
+            c = _with_etc_files(c)
+        self.key = key
+        #: the Container to run when it is not the one given (one with /etc
+        #: files added); never the given one, which the cache refers to weakly
+        self.own: Container | None = None if c is given else c
+        ns = c.namespaces
+        self.joins = sorted(c.join, key=lambda r: JOIN_ORDER.index(r.kind))
+        uid_in = c.user if c.user is not None else 0
+        self.env = (
+            dict(c.env)
+            if c.env is not None
+            else _default_env(uid_in if ns & Namespace.USER else os.geteuid())
+        )
+        self.path_var = self.env.get("PATH", DEFAULT_PATH)
+        self.maps = _plan_maps(c, cap_eff) if ns & Namespace.USER else None
+        self.hooks = bool(_parent_hooks(c))
+        self.late = bool(self.joins) and bool(ns & ~Namespace.TIME)
+        self.per_spawn_root = c.rootfs is not None and bool(c.rootfs.overlays())
+        self.prims: list[Any] | None = None
+        self.tmpl = t = _Plan()
+        self.flags = self._fill(t, c, cap_eff)
+        if c.rootfs is not None and not self.per_spawn_root:
+            from nscg._rootfs_run import RootfsRun
+
+            run = RootfsRun(c)  # no overlay: nothing of its own to clean up
+            run.fill(t, t.plan)
+            self.prims = run.prims
+
+    def _fill(self, p: _Plan, c: Container, cap_eff: int) -> int:
+        """Write the static part of the plan into ``p``; return its flags."""
+        plan = p.plan
+        ns = c.namespaces
+        joins, maps = self.joins, self.maps
+        flags = 0
+        pid_joined = any(r.kind == Namespace.PID for r in joins)
+        if self.late:
+            flags |= lib.NSCG_F_UNSHARE_LATE
+        if maps is not None or self.hooks or c.cgroup is not None:
+            # (with a cgroup: the fallback without clone3 places the child while it waits)
+            flags |= lib.NSCG_F_WAIT_PARENT
+        if pid_joined or ns & Namespace.PID:
+            flags |= lib.NSCG_F_FORK_PIDNS
+        if c.init and ns & Namespace.PID:
+            flags |= lib.NSCG_F_INIT
+        if ns & Namespace.NET:
+            flags |= lib.NSCG_F_LOOPBACK
+        if ns & Namespace.TIME:
+            flags |= lib.NSCG_F_NEWTIME
+            if c.time_offsets is not None:
+                plan.timens_offsets = p.cstr(c.time_offsets.text())
+        if c.new_session:
+            flags |= lib.NSCG_F_SETSID
+        if c.no_new_privs:
+            flags |= lib.NSCG_F_NO_NEW_PRIVS
+        if ns & Namespace.UTS:
+            plan.hostname = p.cstr(c.hostname if c.hostname is not None else "nscg")
+            plan.domainname = p.cstr(c.domainname)
+
+        # who the payload is
+        uid_in = c.user if c.user is not None else 0
+        if ns & Namespace.USER:
+            flags |= lib.NSCG_F_SETID
+            plan.uid = uid_in
+            plan.gid = c.group if c.group is not None else 0
+            if cap_eff >> _CAP_SETGID & 1 and maps is not None and not maps[4]:
+                flags |= lib.NSCG_F_SETGROUPS
+        elif c.user is not None or c.group is not None:
+            flags |= lib.NSCG_F_SETID
+            plan.uid = c.user if c.user is not None else os.getuid()
+            plan.gid = c.group if c.group is not None else os.getgid()
+            if c.groups is not None or os.geteuid() == 0:
+                flags |= lib.NSCG_F_SETGROUPS
+        elif c.groups is not None:
+            flags |= lib.NSCG_F_SETGROUPS
+        # capabilities and seccomp: applied last, right before execve
+        if c.capabilities != "inherit":
+            caps = _caps_masks(c.capabilities)
+            flags |= lib.NSCG_F_CAPS
+            plan.cap_bounding, plan.cap_permitted, plan.cap_effective = caps[0], caps[1], caps[2]
+            plan.cap_inheritable, plan.cap_ambient, plan.cap_last = caps[3], caps[4], caps[5]
+        joins_user = any(r.kind == Namespace.USER for r in joins)
+        if not flags & lib.NSCG_F_CAPS:
+            pass
+        elif ns & Namespace.USER or joins_user or cap_eff >> _CAP_SETPCAP & 1:
+            flags |= lib.NSCG_F_CAPS_BOUNDING
+        elif not c.no_new_privs:
+            raise UnsupportedError(
+                "dropping capabilities from the bounding set needs CAP_SETPCAP or a user "
+                "namespace; with no_new_privs off the payload could regain them",
+                feature="capabilities",
+            )
+        if c.seccomp != "unconfined":
+            prog = _seccomp_program(c.seccomp, c.capabilities)
+            plan.seccomp_filter = p.array("char[]", prog)
+            plan.seccomp_len = len(prog) // 8
+            flags |= lib.NSCG_F_SECCOMP
+
+        groups = list(c.groups or ())
+        plan.n_groups = len(groups)
+        plan.groups = p.array("uint32_t[]", groups) if groups else ffi.NULL
+
+        if c.rlimits:
+            rl = p.array("struct nscg_rlimit[]", len(c.rlimits))
+            for i, lim in enumerate(c.rlimits):
+                rl[i].resource = lim.resource
+                rl[i].cur = lim.soft
+                rl[i].max = lim.hard
+            plan.rlimits = rl
+            plan.n_rlimits = len(c.rlimits)
+        plan.envp = p.cstr_array([f"{k}={v}" for k, v in self.env.items()])
+        plan.cwd = p.cstr(c.cwd if c.cwd is not None or c.rootfs is None else "/")
+        plan.ns_new = int(ns)
+        return flags
+
+    def new_plan(self) -> _Plan:
+        """A copy of the template for one spawn (it keeps the template's buffers alive)."""
+        p = _Plan.__new__(_Plan)
+        p.keep = [self.tmpl]
+        p.plan = ffi.new("struct nscg_plan *", self.tmpl.plan[0])
+        return p
+
+
+_prepared: dict[int, tuple[Any, _Prepared]] = {}
+
+
+def _forget(key: int, ref: Any, _cache: dict[int, tuple[Any, _Prepared]] = _prepared) -> None:
+    # (the dict is bound here: at interpreter exit module globals may be gone)
+    ent = _cache.get(key)
+    if ent is not None and ent[0] is ref:
+        del _cache[key]
+
+
+def _prepare(c: Container) -> _Prepared:
+    """The prepared plan of ``c``: made once per Container and caller identity."""
+    import weakref
+
+    cap_eff = _cap_eff()
+    key = (os.getpid(), os.geteuid(), os.getegid(), cap_eff, os.environ.get("TERM"))
+    ent = _prepared.get(id(c))
+    if ent is not None and ent[0]() is c and ent[1].key == key:
+        return ent[1]
+    prep = _Prepared(c, key, cap_eff)
+    _prepared[id(c)] = (weakref.ref(c, functools.partial(_forget, id(c))), prep)
+    return prep
 
 
 def _rmtree_quiet(path: str | None) -> None:
@@ -619,6 +796,7 @@ def _resolve_in_rootfs(c: Container, name: str, path_var: str, executable: str |
 
 
 def _spawn(
+    prep: _Prepared,
     c: Container,
     argv: Sequence[str],
     *,
@@ -637,107 +815,22 @@ def _spawn(
     for a in argv:
         if not isinstance(a, str) or "\0" in a:
             raise SpecError(f"invalid argument {a!r}")
-    c.validate()
+    joins = prep.joins
+    for r in joins:
+        if r.closed:
+            raise SpecError(f"namespace reference {r!r} is closed")
     if _abandoned_pending():
         reap_abandoned()
     ns = c.namespaces
-    joins = sorted(c.join, key=lambda r: JOIN_ORDER.index(r.kind))
+    path = _resolve_in_rootfs(c, argv[0], prep.path_var, executable)
+    maps = prep.maps
+    late = prep.late
 
-    uid_in = c.user if c.user is not None else 0
-    env = (
-        dict(c.env)
-        if c.env is not None
-        else _default_env(uid_in if ns & Namespace.USER else os.geteuid())
-    )
-    path = _resolve_in_rootfs(c, argv[0], env.get("PATH", DEFAULT_PATH), executable)
-
-    # our effective capabilities, read once for this spawn (/proc/self/status)
-    cap_eff = _cap_eff() if ns & Namespace.USER else None
-    maps = _plan_maps(c, cap_eff) if ns & Namespace.USER else None
-
-    p = _Plan()
+    p = prep.new_plan()
     plan = p.plan
-    flags = _extra_flags
-    late = bool(joins) and bool(ns & ~Namespace.TIME)
-    pid_joined = any(r.kind == Namespace.PID for r in joins)
-    if late:
-        flags |= lib.NSCG_F_UNSHARE_LATE
-    if maps is not None or _parent_hooks(c) or c.cgroup is not None:
-        # (with a cgroup: the fallback without clone3 places the child while it waits)
-        flags |= lib.NSCG_F_WAIT_PARENT
-    if pid_joined or ns & Namespace.PID:
-        flags |= lib.NSCG_F_FORK_PIDNS
-    if c.init and ns & Namespace.PID:
-        flags |= lib.NSCG_F_INIT
-    if ns & Namespace.NET:
-        flags |= lib.NSCG_F_LOOPBACK
-    if ns & Namespace.TIME:
-        flags |= lib.NSCG_F_NEWTIME
-        if c.time_offsets is not None:
-            plan.timens_offsets = p.cstr(c.time_offsets.text())
-    if c.new_session:
-        flags |= lib.NSCG_F_SETSID
-    if c.no_new_privs:
-        flags |= lib.NSCG_F_NO_NEW_PRIVS
-    if ns & Namespace.UTS:
-        plan.hostname = p.cstr(c.hostname if c.hostname is not None else "nscg")
-        plan.domainname = p.cstr(c.domainname)
-
-    # who the payload is
-    if ns & Namespace.USER:
-        flags |= lib.NSCG_F_SETID
-        plan.uid = uid_in
-        plan.gid = c.group if c.group is not None else 0
-        if cap_eff is not None and cap_eff >> _CAP_SETGID & 1 and maps is not None and not maps[4]:
-            flags |= lib.NSCG_F_SETGROUPS
-    elif c.user is not None or c.group is not None:
-        flags |= lib.NSCG_F_SETID
-        plan.uid = c.user if c.user is not None else os.getuid()
-        plan.gid = c.group if c.group is not None else os.getgid()
-        if c.groups is not None or os.geteuid() == 0:
-            flags |= lib.NSCG_F_SETGROUPS
-    elif c.groups is not None:
-        flags |= lib.NSCG_F_SETGROUPS
-    # capabilities and seccomp: applied last, right before execve
-    if c.capabilities != "inherit":
-        caps = _caps_masks(c.capabilities)
-        flags |= lib.NSCG_F_CAPS
-        plan.cap_bounding, plan.cap_permitted, plan.cap_effective = caps[0], caps[1], caps[2]
-        plan.cap_inheritable, plan.cap_ambient, plan.cap_last = caps[3], caps[4], caps[5]
-    joins_user = any(r.kind == Namespace.USER for r in joins)
-    if not flags & lib.NSCG_F_CAPS:
-        pass
-    elif ns & Namespace.USER or joins_user or _has_cap(_CAP_SETPCAP):
-        flags |= lib.NSCG_F_CAPS_BOUNDING
-    elif not c.no_new_privs:
-        raise UnsupportedError(
-            "dropping capabilities from the bounding set needs CAP_SETPCAP or a user "
-            "namespace; with no_new_privs off the payload could regain them",
-            feature="capabilities",
-        )
-    if c.seccomp != "unconfined":
-        prog = _seccomp_program(c.seccomp, c.capabilities)
-        plan.seccomp_filter = p.array("char[]", prog)
-        plan.seccomp_len = len(prog) // 8
-        flags |= lib.NSCG_F_SECCOMP
-
-    groups = list(c.groups or ())
-    plan.n_groups = len(groups)
-    plan.groups = p.array("uint32_t[]", groups) if groups else ffi.NULL
-
-    if c.rlimits:
-        rl = p.array("struct nscg_rlimit[]", len(c.rlimits))
-        for i, lim in enumerate(c.rlimits):
-            rl[i].resource = lim.resource
-            rl[i].cur = lim.soft
-            rl[i].max = lim.hard
-        plan.rlimits = rl
-        plan.n_rlimits = len(c.rlimits)
-
+    flags = prep.flags | _extra_flags
     plan.path = p.cstr(path)
     plan.argv = p.cstr_array(argv)
-    plan.envp = p.cstr_array([f"{k}={v}" for k, v in env.items()])
-    plan.cwd = p.cstr(c.cwd if c.cwd is not None or c.rootfs is None else "/")
     if _root is not None:
         _root.fill(p, plan)
 
@@ -825,7 +918,6 @@ def _spawn(
             if flags & lib.NSCG_F_INIT:
                 plan.init_fd = _init_fd()
         plan.flags = flags
-        plan.ns_new = int(ns)
 
         out = ffi.new("struct nscg_spawn_out *")
         lib.nscg_spawn(plan, out)

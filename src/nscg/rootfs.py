@@ -637,7 +637,8 @@ def flatten(root: RootFS, userns: bool) -> list[Prim]:
             out.append(Prim(kind, _rel(dest), op_index=_i, label=_l, **kw))
 
         if isinstance(op, Bind):
-            is_dir = os.path.isdir(op.source)
+            # both create flags: a missing mount point is made like the
+            # source, a directory or a file, as the child finds it (mount.c)
             add(
                 "bind",
                 op.dest,
@@ -649,8 +650,8 @@ def flatten(root: RootFS, userns: bool) -> list[Prim]:
                     nodev=op.nodev,
                     noexec=op.noexec,
                     optional=op.optional,
-                    create_dir=is_dir,
-                    create_file=not is_dir,
+                    create_dir=True,
+                    create_file=True,
                 ),
             )
         elif isinstance(op, Tmpfs):

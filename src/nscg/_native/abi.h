@@ -6,7 +6,7 @@
  * boundary. Bump NSCG_ABI_VERSION whenever a struct or a signature changes.
  */
 
-#define NSCG_ABI_VERSION 5
+#define NSCG_ABI_VERSION 6
 
 /* ---- stages of the child's setup (reported in struct nscg_child_error) ---- */
 #define NSCG_STAGE_NONE 0
@@ -229,5 +229,6 @@ int nscg_wait(int pidfd, int options, struct nscg_wait_out *out);
 int nscg_pidfd_open(int pid);
 int nscg_pidfd_send_signal(int pidfd, int sig);
 void nscg_release_stack(uint64_t addr, uint64_t size);
+int nscg_cap_effective(uint64_t *out);
 struct nscg_shared *nscg_map_shared(int fd);
 void nscg_unmap_shared(struct nscg_shared *page);

@@ -81,7 +81,8 @@ struct nscg_mount_attr {
 
 struct mctx {
     struct child_ctx *c;
-    int root; /* the topmost mount at the new root */
+    int root;     /* the topmost mount at the new root */
+    int mask_dir; /* the first directory mask, once attached: cloned for the others */
 };
 
 static size_t slen(const char *s)
@@ -227,12 +228,13 @@ static int open_dest(int root, const char *rel, uint32_t flags)
     return -1;
 }
 
-/* Attach the detached mount mnt at op->dest; the fd is consumed. */
-static void attach(struct mctx *m, int i, const struct nscg_mount_op *op, int mnt)
+/* Attach the detached mount mnt at op->dest (created as flags say); the fd is
+ * consumed. */
+static void attach(struct mctx *m, int i, const struct nscg_mount_op *op, uint32_t flags, int mnt)
 {
     struct child_ctx *c = m->c;
     int dst;
-    STEP(c, NSCG_STAGE_MOUNTS, i, "openat2", dst = open_dest(m->root, op->dest, op->flags));
+    STEP(c, NSCG_STAGE_MOUNTS, i, "openat2", dst = open_dest(m->root, op->dest, flags));
     STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount", sys_move_to(mnt, dst));
     close(dst);
     if (op->dest[0] == 0) {
@@ -258,7 +260,15 @@ static void op_bind(struct mctx *m, int i, const struct nscg_mount_op *op)
     uint64_t a = attrs_of(op->flags);
     if (a)
         STEP(c, NSCG_STAGE_MOUNTS, i, "mount_setattr", sys_setattr(tree, rec, a));
-    attach(m, i, op, tree);
+    uint32_t flags = op->flags;
+    if ((flags & NSCG_MNT_CREATE_DIR) && (flags & NSCG_MNT_CREATE_FILE)) {
+        /* a missing mount point is made like the source: what the source is
+         * now, not what it was when the plan was made */
+        struct stat st;
+        STEP(c, NSCG_STAGE_MOUNTS, i, "fstat", fstat(tree, &st));
+        flags &= S_ISDIR(st.st_mode) ? ~(uint32_t)NSCG_MNT_CREATE_FILE : ~(uint32_t)NSCG_MNT_CREATE_DIR;
+    }
+    attach(m, i, op, flags, tree);
 }
 
 static void op_fs(struct mctx *m, int i, const struct nscg_mount_op *op)
@@ -280,7 +290,7 @@ static void op_fs(struct mctx *m, int i, const struct nscg_mount_op *op)
     STEP(c, NSCG_STAGE_MOUNTS, i, "fsmount",
          mnt = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, (unsigned)attrs_of(op->flags)));
     close(fs);
-    attach(m, i, op, mnt);
+    attach(m, i, op, op->flags, mnt);
 }
 
 static void op_mkdir(struct mctx *m, int i, const struct nscg_mount_op *op)
@@ -361,7 +371,9 @@ static void op_readonly(struct mctx *m, int i, const struct nscg_mount_op *op)
 }
 
 /* Hide op->dest: /dev/null over a file, an empty read-only tmpfs over a
- * directory; a path that does not exist is skipped. */
+ * directory; a path that does not exist is skipped. Every directory mask is
+ * the same tmpfs: the first one is made, the others are binds of it (one
+ * superblock per sandbox instead of one per masked directory). */
 static void op_mask(struct mctx *m, int i, const struct nscg_mount_op *op)
 {
     struct child_ctx *c = m->c;
@@ -374,8 +386,11 @@ static void op_mask(struct mctx *m, int i, const struct nscg_mount_op *op)
         fail(c, NSCG_STAGE_MOUNTS, errno, i, "openat2");
     }
     STEP(c, NSCG_STAGE_MOUNTS, i, "fstat", fstat(fd, &st));
-    int mnt;
-    if (S_ISDIR(st.st_mode)) {
+    int mnt, keep = 0;
+    if (S_ISDIR(st.st_mode) && m->mask_dir >= 0) {
+        STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree",
+             mnt = (int)sys_open_tree(m->mask_dir, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH));
+    } else if (S_ISDIR(st.st_mode)) {
         int fs;
         STEP(c, NSCG_STAGE_MOUNTS, i, "fsopen", fs = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC));
         STEP(c, NSCG_STAGE_MOUNTS, i, "fsconfig",
@@ -387,12 +402,16 @@ static void op_mask(struct mctx *m, int i, const struct nscg_mount_op *op)
                                 NSCG_ATTR_RDONLY | NSCG_ATTR_NOSUID | NSCG_ATTR_NODEV |
                                     NSCG_ATTR_NOEXEC));
         close(fs);
+        keep = 1;
     } else {
         STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree",
              mnt = (int)sys_open_tree(AT_FDCWD, "/dev/null", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC));
     }
     STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount", sys_move_to(mnt, fd));
-    close(mnt);
+    if (keep)
+        m->mask_dir = mnt; /* attached now: open_tree can clone it */
+    else
+        close(mnt);
     close(fd);
 }
 
@@ -443,7 +462,7 @@ static void detach_above_root(struct mctx *m)
 void nscg_setup_mounts(struct child_ctx *c)
 {
     const struct nscg_plan *p = c->p;
-    struct mctx mc = {.c = c, .root = -1}, *m = &mc;
+    struct mctx mc = {.c = c, .root = -1, .mask_dir = -1}, *m = &mc;
     int fs;
     unsigned long prop = (p->mount_flags & NSCG_MOUNTS_SLAVE) ? MS_SLAVE : MS_PRIVATE;
 
@@ -488,6 +507,8 @@ void nscg_setup_mounts(struct child_ctx *c)
             fail(c, NSCG_STAGE_MOUNTS, EINVAL, i, "mount");
         }
     }
+    if (m->mask_dir >= 0)
+        close(m->mask_dir);
     if (p->mount_flags & NSCG_MOUNTS_ROOT_RDONLY)
         STEP(c, NSCG_STAGE_MOUNTS, p->n_mounts, "mount_setattr",
              sys_setattr(m->root, 0, NSCG_ATTR_RDONLY));

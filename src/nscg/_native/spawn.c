@@ -42,11 +42,32 @@ static void set_out_err(struct nscg_spawn_out *out, int err, uint32_t stage, con
  * is past execve or gone (nscg_release_stack). */
 #define NSCG_CHILD_STACK (128 * 1024)
 
+static size_t stack_total(void)
+{
+    return 3 * (NSCG_CHILD_STACK + (size_t)sysconf(_SC_PAGESIZE));
+}
+
+/* Released regions are kept for the next spawns (up to a few): a fresh
+ * region costs an mmap, three mprotects, page faults in the child and, when
+ * released, an munmap whose TLB shootdown interrupts every CPU running one of
+ * our threads. */
+#define NSCG_STACK_POOL 8
+static pthread_mutex_t stack_mu = PTHREAD_MUTEX_INITIALIZER;
+static void *stack_pool[NSCG_STACK_POOL];
+static int stack_pooled;
+
 static void *stack_alloc(size_t *total)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size_t slot = NSCG_CHILD_STACK + page;
-    *total = 3 * slot;
+    void *pooled = NULL;
+    *total = stack_total();
+    pthread_mutex_lock(&stack_mu);
+    if (stack_pooled > 0)
+        pooled = stack_pool[--stack_pooled];
+    pthread_mutex_unlock(&stack_mu);
+    if (pooled)
+        return pooled;
     char *p = mmap(NULL, *total, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
     if (p == MAP_FAILED)
@@ -58,6 +79,23 @@ static void *stack_alloc(size_t *total)
         }
     }
     return p;
+}
+
+void nscg_release_stack(uint64_t addr, uint64_t size)
+{
+    void *p = (void *)(uintptr_t)addr;
+    if (!p)
+        return;
+    if (size == stack_total()) {
+        pthread_mutex_lock(&stack_mu);
+        if (stack_pooled < NSCG_STACK_POOL) {
+            stack_pool[stack_pooled++] = p;
+            p = NULL;
+        }
+        pthread_mutex_unlock(&stack_mu);
+    }
+    if (p)
+        munmap(p, (size_t)size);
 }
 
 static void child_entry(void *plan) { nscg_child_main(plan); }
@@ -186,9 +224,12 @@ static void *spawner_main(void *arg)
     return NULL;
 }
 
-/* After os.fork() in the Python process the spawner threads are gone. */
+/* After os.fork() in the Python process the spawner threads are gone; the
+ * pooled stacks are left mapped (a lock may have been held at the fork). */
 static void reset_after_fork(void)
 {
+    stack_pooled = 0;
+    pthread_mutex_init(&stack_mu, NULL);
     n_spawners = 0;
     memset(spawners, 0, sizeof spawners);
     pthread_mutex_init(&pool_mu, NULL);
@@ -266,6 +307,7 @@ int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     }
     if (plan->flags & NSCG_F_NO_SPAWNER_THREAD) {
         sigset_t all, old;
+        pthread_once(&atfork_once, install_atfork);
         sigfillset(&all);
         pthread_sigmask(SIG_SETMASK, &all, &old);
         do_clone(plan, out);
@@ -273,7 +315,9 @@ int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
         return out->err ? -1 : 0;
     }
     int err = 0;
-    struct spawner *s = acquire_spawner(&err);
+    struct spawner *s;
+    pthread_once(&atfork_once, install_atfork);
+    s = acquire_spawner(&err);
     if (!s) {
         set_out_err(out, err, NSCG_STAGE_CLONE, "pthread_create");
         return -1;

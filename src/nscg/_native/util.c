@@ -1,6 +1,7 @@
 /* Small syscall wrappers used by the parent: waiting with rusage, pidfds. */
 #include "nscg.h"
 
+#include <linux/capability.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -33,10 +34,16 @@ void nscg_unmap_shared(struct nscg_shared *page)
         munmap(page, (size_t)sysconf(_SC_PAGESIZE));
 }
 
-void nscg_release_stack(uint64_t addr, uint64_t size)
+int nscg_cap_effective(uint64_t *out)
 {
-    if (addr)
-        munmap((void *)(uintptr_t)addr, (size_t)size);
+    /* capget: the calling thread's sets (no /proc/self/status to parse) */
+    struct __user_cap_header_struct hdr = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct data[2];
+    memset(data, 0, sizeof data);
+    if (syscall(SYS_capget, &hdr, data) < 0)
+        return -errno;
+    *out = (uint64_t)data[0].effective | ((uint64_t)data[1].effective << 32);
+    return 0;
 }
 
 int nscg_wait(int pidfd, int options, struct nscg_wait_out *out)
