@@ -28,6 +28,7 @@ from nscg.errors import (
     UnsupportedError,
 )
 from nscg.namespaces import JOIN_ORDER, IdMap, Namespace
+from nscg import process as _process_mod
 from nscg.process import Process, Result, Stage, reap_abandoned
 
 #: The same values as subprocess.PIPE, DEVNULL and STDOUT (not imported: import time).
@@ -552,6 +553,7 @@ class _Prepared:
         self.maps = _plan_maps(c, cap_eff) if ns & Namespace.USER else None
         self.hooks = bool(_parent_hooks(c))
         self.late = bool(self.joins) and bool(ns & ~Namespace.TIME)
+        self.pid_ns = bool(ns & Namespace.PID)
         self.per_spawn_root = c.rootfs is not None and bool(c.rootfs.overlays())
         self.prims: list[Any] | None = None
         self.tmpl = t = _Plan()
@@ -577,6 +579,8 @@ class _Prepared:
             flags |= lib.NSCG_F_WAIT_PARENT
         if pid_joined or ns & Namespace.PID:
             flags |= lib.NSCG_F_FORK_PIDNS
+        if not flags & (lib.NSCG_F_WAIT_PARENT | lib.NSCG_F_FORK_PIDNS):
+            flags |= lib.NSCG_F_VFORK
         if c.init and ns & Namespace.PID:
             flags |= lib.NSCG_F_INIT
         if ns & Namespace.NET:
@@ -668,11 +672,22 @@ def _forget(key: int, ref: Any, _cache: dict[int, tuple[Any, _Prepared]] = _prep
 
 
 def _prepare(c: Container) -> _Prepared:
-    """The prepared plan of ``c``: made once per Container and caller identity."""
+    """The prepared plan of ``c``: made once per Container and caller identity.
+
+    Made again when the caller changed: another process (a fork), another
+    euid/egid, other effective capabilities, or (for the default environment)
+    another ``TERM``.
+    """
     import weakref
 
     cap_eff = _cap_eff()
-    key = (os.getpid(), os.geteuid(), os.getegid(), cap_eff, os.environ.get("TERM"))
+    key = (
+        os.getpid(),
+        os.geteuid(),
+        os.getegid(),
+        cap_eff,
+        os.environ.get("TERM") if c.env is None else None,
+    )
     ent = _prepared.get(id(c))
     if ent is not None and ent[0]() is c and ent[1].key == key:
         return ent[1]
@@ -821,7 +836,6 @@ def _spawn(
             raise SpecError(f"namespace reference {r!r} is closed")
     if _abandoned_pending():
         reap_abandoned()
-    ns = c.namespaces
     path = _resolve_in_rootfs(c, argv[0], prep.path_var, executable)
     maps = prep.maps
     late = prep.late
@@ -888,9 +902,10 @@ def _spawn(
             cgfd = cgroup.open_fd()
             fds.child_side.append(cgfd)
             plan.cgroup_fd = cgfd
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        fds.child_side.append(err_w)
-        plan.err_fd = err_w
+        if not flags & lib.NSCG_F_VFORK:
+            err_r, err_w = os.pipe2(os.O_CLOEXEC)
+            fds.child_side.append(err_w)
+            plan.err_fd = err_w
         if flags & lib.NSCG_F_WAIT_PARENT:
             sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
             fds.child_side.append(sync_r)
@@ -925,7 +940,7 @@ def _spawn(
         stack = (int(out.stack_addr), int(out.stack_size))
         if out.err:
             lib.nscg_release_stack(*stack)
-            raise _clone_error(out.err, ffi.string(out.syscall).decode(), ns)
+            raise _clone_error(out.err, ffi.string(out.syscall).decode(), c.namespaces)
     except BaseException:
         fds.close_all()
         for fd in (sync_w, err_r):
@@ -982,13 +997,21 @@ def _spawn(
             if gfd < 0:
                 raise SpawnError(-gfd, "pidfd_open", Stage.FORK, -1, str(g))
             later = _Child(g, gfd)
-        rec = _read_record(err_r)
-        if rec is not None:
-            _raise_child_error(rec, c, path, joins)
+        if err_r < 0:  # vfork-style: the report (if any) is in memory
+            ce = out.child_err
+            if ce.stage:
+                _raise_child_error(
+                    (ce.abi, ce.stage, ce.err, ce.index, ffi.string(ce.syscall)), c, path, joins
+                )
+        else:
+            rec = _read_record(err_r)
+            if rec is not None:
+                _raise_child_error(rec, c, path, joins)
     except BaseException:
         if sync_w >= 0:
             os.close(sync_w)
-        os.close(err_r)
+        if err_r >= 0:
+            os.close(err_r)
         for child in (later, first):
             if child is not None:
                 child.kill_and_reap()
@@ -1002,7 +1025,8 @@ def _spawn(
         if cgroup is not None:
             cgroup.close()
         raise
-    os.close(err_r)
+    if err_r >= 0:
+        os.close(err_r)
     lib.nscg_release_stack(*stack)  # the first child has exec'd or exited
     main = later or first
     proc_stdio = [
@@ -1018,7 +1042,7 @@ def _spawn(
         stdin=proc_stdio[0],
         stdout=proc_stdio[1],
         stderr=proc_stdio[2],
-        whole_sandbox_by_pid1=bool(ns & Namespace.PID),
+        whole_sandbox_by_pid1=prep.pid_ns,
         process_group=main.pid if c.new_session else None,
         cgroup=cgroup,
     )
@@ -1089,9 +1113,7 @@ def _child_exited(pidfd: int) -> bool:
 
 
 def _abandoned_pending() -> bool:
-    from nscg import process
-
-    return bool(process._abandoned)
+    return bool(_process_mod._abandoned)
 
 
 def _read_record(fd: int) -> tuple[int, int, int, int, bytes] | None:

@@ -243,6 +243,8 @@ class Process:
         signal handler may call them too.
         """
         out = ffi.new("struct nscg_wait_out *")
+        if block and self.returncode is None:
+            self._wait_pidfd(None)  # readable once it has exited: no waitid to try first
         while True:
             with self._lock:
                 if self.returncode is not None:

@@ -55,6 +55,10 @@
 #define NSCG_F_CAPS 4096
 #define NSCG_F_CAPS_BOUNDING 8192
 #define NSCG_F_SECCOMP 16384
+/* the first child is the payload and nothing waits for the parent: clone it
+ * vfork-style (the caller resumes once it has exec'd or failed) and take its
+ * failure report from memory (nscg_spawn_out.child_err) instead of a pipe */
+#define NSCG_F_VFORK 32768
 
 /* ---- mount plan: kinds of struct nscg_mount_op (see mount.c) ---- */
 #define NSCG_MOUNT_BIND 1
@@ -199,6 +203,7 @@ struct nscg_plan {
     int32_t n_mounts;
     uint32_t mount_flags;
     const struct nscg_mount_op *mounts;
+    struct nscg_child_error *err_mem; /* set by nscg_spawn with NSCG_F_VFORK */
 };
 
 struct nscg_spawn_out {
@@ -209,6 +214,8 @@ struct nscg_spawn_out {
     char syscall[24];
     uint64_t stack_addr;
     uint64_t stack_size;
+    /* NSCG_F_VFORK: the child's failure (stage 0: it exec'd) */
+    struct nscg_child_error child_err;
 };
 
 struct nscg_wait_out {

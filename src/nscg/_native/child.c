@@ -50,7 +50,23 @@ static void write_record(int fd, uint32_t stage, int err, int index, const char 
 
 void nscg_fail(struct child_ctx *c, uint32_t stage, int err, int index, const char *sc)
 {
-    write_record(c->err_fd, stage, err ? err : EIO, index, sc);
+    struct nscg_child_error *m = c->p->err_mem;
+    if (c->err_fd < 0 && m) {
+        /* vfork-style: the caller is suspended until we _exit, then reads it */
+        m->abi = NSCG_ABI_VERSION;
+        m->err = err ? err : EIO;
+        m->index = index;
+        size_t n = 0;
+        while (sc && sc[n] && n < sizeof m->syscall - 1) {
+            m->syscall[n] = sc[n];
+            n++;
+        }
+        while (n < sizeof m->syscall)
+            m->syscall[n++] = 0;
+        m->stage = stage;
+    } else {
+        write_record(c->err_fd, stage, err ? err : EIO, index, sc);
+    }
     _exit(NSCG_CHILD_FAILED);
 }
 

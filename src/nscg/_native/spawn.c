@@ -125,6 +125,15 @@ static void do_clone(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     out->pid = -1;
     out->pidfd = -1;
     out->err = 0;
+    unsigned long vforked = 0;
+    if (plan->flags & NSCG_F_VFORK) {
+        /* only for a child that execs the payload itself and waits for nobody */
+        if (plan->flags & (NSCG_F_WAIT_PARENT | NSCG_F_FORK_PIDNS) || plan->err_fd >= 0) {
+            set_out_err(out, EINVAL, NSCG_STAGE_CLONE, "clone3");
+            return;
+        }
+        vforked = CLONE_VFORK;
+    }
     if (plan->fail_stage == NSCG_STAGE_CLONE) { /* test-only fault hook */
         set_out_err(out, plan->fail_errno, NSCG_STAGE_CLONE, "clone3");
         return;
@@ -142,6 +151,7 @@ static void do_clone(const struct nscg_plan *plan, struct nscg_spawn_out *out)
         size_t page = (size_t)sysconf(_SC_PAGESIZE);
         wp->aux_stacks = (uint64_t)(uintptr_t)region;
         wp->aux_stack_size = NSCG_CHILD_STACK;
+        wp->err_mem = vforked ? &out->child_err : NULL;
         /* the first child's stack: the last slot */
         region = (char *)region + 2 * (NSCG_CHILD_STACK + page) + page;
         size = NSCG_CHILD_STACK;
@@ -151,7 +161,7 @@ static void do_clone(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     if (!(plan->flags & NSCG_F_FORCE_CLONE_FALLBACK) && atomic_load(&clone3_state) >= 0) {
         struct nscg_clone_args args;
         memset(&args, 0, sizeof args);
-        args.flags = ns | CLONE_PIDFD | CLONE_VM;
+        args.flags = ns | CLONE_PIDFD | CLONE_VM | vforked;
         args.pidfd = (uint64_t)(uintptr_t)&pidfd;
         args.exit_signal = SIGCHLD;
         args.stack = (uint64_t)(uintptr_t)stack;
@@ -180,7 +190,8 @@ static void do_clone(const struct nscg_plan *plan, struct nscg_spawn_out *out)
         return;
     }
     /* glibc's clone(): the legacy call, stores the pidfd through parent_tid */
-    pid = clone(child_entry_int, (char *)stack + size, (int)(ns | CLONE_PIDFD | CLONE_VM | SIGCHLD),
+    pid = clone(child_entry_int, (char *)stack + size,
+                (int)(ns | CLONE_PIDFD | CLONE_VM | vforked | SIGCHLD),
                 (void *)plan, &pidfd, NULL, NULL);
     if (pid < 0) {
         set_out_err(out, errno, NSCG_STAGE_CLONE, "clone");
