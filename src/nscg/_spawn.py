@@ -107,6 +107,8 @@ def _sealed_copy(path: str) -> int:
 def _own_pidfd() -> int:
     global _self_pidfd
     pid = os.getpid()
+    if _self_pidfd[0] == pid:
+        return _self_pidfd[1]
     with _self_pidfd_lock:
         if _self_pidfd[0] != pid:
             fd = lib.nscg_pidfd_open(pid)
@@ -241,12 +243,12 @@ class _Fds:
 def _stdio(
     spec: StdioSpec, target: int, fds: _Fds, stdout_fd: int | None
 ) -> tuple[int | None, int | None]:
-    """Return (fd the child gets at ``target``, parent's pipe end)."""
+    """Return (fd the child gets at ``target``, parent's pipe end).
+
+    None (inherit) maps ``target`` to itself; the child keeps it only if it is
+    open (NSCG_FD_IF_OPEN: no check here, the child's dup tells).
+    """
     if spec is None:
-        try:
-            os.stat(target)  # only if open in the parent
-        except OSError:
-            return None, None
         return target, None
     if spec == PIPE:
         r, w = os.pipe2(os.O_CLOEXEC)
@@ -836,13 +838,17 @@ def _spawn(
             raise SpecError(f"namespace reference {r!r} is closed")
     if _abandoned_pending():
         reap_abandoned()
-    path = _resolve_in_rootfs(c, argv[0], prep.path_var, executable)
+    flags = prep.flags | _extra_flags
+    prog = executable or argv[0]
+    # An absolute path run vfork-style is left to execve: a missing program
+    # costs a clone that fails, not namespaces, and is told apart below.
+    checked = not (flags & lib.NSCG_F_VFORK and prog.startswith("/") and c.rootfs is None)
+    path = _resolve_in_rootfs(c, argv[0], prep.path_var, executable) if checked else prog
     maps = prep.maps
     late = prep.late
 
     p = prep.new_plan()
     plan = p.plan
-    flags = prep.flags | _extra_flags
     plan.path = p.cstr(path)
     plan.argv = p.cstr_array(argv)
     if _root is not None:
@@ -858,15 +864,18 @@ def _spawn(
     err_r = -1
     try:
         # stdio and passed fds
-        fdmap: list[tuple[int, int]] = []
+        fdmap: list[tuple[int, int, int]] = []
         parent_ends: list[int | None] = []
         out_child: int | None = None
+        out_flags = 0
         for target, spec in ((0, stdin), (1, stdout), (2, stderr)):
             child_fd, parent_fd = _stdio(spec, target, fds, out_child)
+            # inherited (or stderr to an inherited stdout): kept only if open
+            fl = lib.NSCG_FD_IF_OPEN if spec is None else out_flags if spec == STDOUT else 0
             if target == 1:
-                out_child = child_fd
+                out_child, out_flags = child_fd, fl
             if child_fd is not None:
-                fdmap.append((child_fd, target))
+                fdmap.append((child_fd, target, fl))
             parent_ends.append(parent_fd)
         for fd in pass_fds:
             if not isinstance(fd, int) or fd < 0:
@@ -877,14 +886,16 @@ def _spawn(
                 os.fstat(fd)
             except OSError:
                 raise SpecError(f"fd {fd} in pass_fds is not open") from None
-            fdmap.append((fd, fd))
+            fdmap.append((fd, fd, 0))
         plan.n_fdmap = len(fdmap)
+        floor = 3
         if fdmap:
-            fm = p.array("struct nscg_fdmap[]", len(fdmap))
-            for i, (src, dst) in enumerate(fdmap):
-                fm[i].src, fm[i].dst = src, dst
+            fm = p.array("struct nscg_fdmap[]", fdmap)
             plan.fdmap = fm
-        plan.fd_floor = max([3, *(d + 1 for _, d in fdmap)])
+            for _, dst, _ in fdmap:
+                if dst >= floor:
+                    floor = dst + 1
+        plan.fd_floor = floor
         if joins:
             jn = p.array("struct nscg_join[]", len(joins))
             for i, r in enumerate(joins):
@@ -913,7 +924,7 @@ def _spawn(
         if c.die_with_parent:
             plan.pdeathsig = signal.SIGKILL
             plan.parent_pidfd = _own_pidfd()
-        if not c.die_with_parent or threading.current_thread() is threading.main_thread():
+        if not c.die_with_parent or threading.get_ident() == threading.main_thread().ident:
             # The parent-death signal follows the thread that cloned; the main
             # thread lives as long as the interpreter, so it can clone itself
             # (no hop to a spawner thread). Other threads hand off to one.
@@ -1000,6 +1011,9 @@ def _spawn(
         if err_r < 0:  # vfork-style: the report (if any) is in memory
             ce = out.child_err
             if ce.stage:
+                if ce.stage == Stage.EXEC and not checked:
+                    # ExecutableNotFoundError if that is why (as if checked first)
+                    _resolve_in_rootfs(c, argv[0], prep.path_var, executable)
                 _raise_child_error(
                     (ce.abi, ce.stage, ce.err, ce.index, ffi.string(ce.syscall)), c, path, joins
                 )
