@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from nscg import process as _process_mod
 from nscg._native import ffi, lib
 from nscg.container import DEFAULT_PATH, Container, StdioSpec
 from nscg.errors import (
@@ -28,7 +29,6 @@ from nscg.errors import (
     UnsupportedError,
 )
 from nscg.namespaces import JOIN_ORDER, IdMap, Namespace
-from nscg import process as _process_mod
 from nscg.process import Process, Result, Stage, reap_abandoned
 
 #: The same values as subprocess.PIPE, DEVNULL and STDOUT (not imported: import time).
@@ -53,6 +53,23 @@ def which(name: str, path: str | None = None) -> str | None:
     return None
 
 
+def _above_stdio(fd: int) -> int:
+    """``fd`` moved above 0-2 if it landed there (the caller had closed its stdio).
+
+    An fd nscg keeps (a pidfd, the init's memfd) must not take the number of
+    a closed standard stream: a later spawn inheriting "stdin" would pass it
+    into the sandbox.
+    """
+    if not 0 <= fd < 3:
+        return fd
+    import fcntl
+
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
+
+
 def _init_fd() -> int:
     """An fd of nscg-init, made once per process, exec'd by fd as the sandbox's pid 1.
 
@@ -69,7 +86,7 @@ def _init_fd() -> int:
         if _init_fd_cache[0] != pid:
             from nscg._native import INIT_PATH
 
-            _init_fd_cache = (pid, _sealed_copy(INIT_PATH))
+            _init_fd_cache = (pid, _above_stdio(_sealed_copy(INIT_PATH)))
         return _init_fd_cache[1]
 
 
@@ -111,7 +128,7 @@ def _own_pidfd() -> int:
         return _self_pidfd[1]
     with _self_pidfd_lock:
         if _self_pidfd[0] != pid:
-            fd = lib.nscg_pidfd_open(pid)
+            fd = _above_stdio(lib.nscg_pidfd_open(pid))
             _self_pidfd = (pid, fd if fd >= 0 else -1)
         return _self_pidfd[1]
 
@@ -243,12 +260,14 @@ class _Fds:
 def _stdio(
     spec: StdioSpec, target: int, fds: _Fds, stdout_fd: int | None
 ) -> tuple[int | None, int | None]:
-    """Return (fd the child gets at ``target``, parent's pipe end).
-
-    None (inherit) maps ``target`` to itself; the child keeps it only if it is
-    open (NSCG_FD_IF_OPEN: no check here, the child's dup tells).
-    """
+    """Return (fd the child gets at ``target``, parent's pipe end)."""
     if spec is None:
+        # only if open in the parent, checked now: a pipe made for a later
+        # stream may take this number once it is free
+        try:
+            os.fstat(target)
+        except OSError:
+            return None, None
         return target, None
     if spec == PIPE:
         r, w = os.pipe2(os.O_CLOEXEC)
@@ -864,18 +883,15 @@ def _spawn(
     err_r = -1
     try:
         # stdio and passed fds
-        fdmap: list[tuple[int, int, int]] = []
+        fdmap: list[tuple[int, int]] = []
         parent_ends: list[int | None] = []
         out_child: int | None = None
-        out_flags = 0
         for target, spec in ((0, stdin), (1, stdout), (2, stderr)):
             child_fd, parent_fd = _stdio(spec, target, fds, out_child)
-            # inherited (or stderr to an inherited stdout): kept only if open
-            fl = lib.NSCG_FD_IF_OPEN if spec is None else out_flags if spec == STDOUT else 0
             if target == 1:
-                out_child, out_flags = child_fd, fl
+                out_child = child_fd
             if child_fd is not None:
-                fdmap.append((child_fd, target, fl))
+                fdmap.append((child_fd, target))
             parent_ends.append(parent_fd)
         for fd in pass_fds:
             if not isinstance(fd, int) or fd < 0:
@@ -886,13 +902,13 @@ def _spawn(
                 os.fstat(fd)
             except OSError:
                 raise SpecError(f"fd {fd} in pass_fds is not open") from None
-            fdmap.append((fd, fd, 0))
+            fdmap.append((fd, fd))
         plan.n_fdmap = len(fdmap)
         floor = 3
         if fdmap:
             fm = p.array("struct nscg_fdmap[]", fdmap)
             plan.fdmap = fm
-            for _, dst, _ in fdmap:
+            for _, dst in fdmap:
                 if dst >= floor:
                     floor = dst + 1
         plan.fd_floor = floor
@@ -966,7 +982,7 @@ def _spawn(
     # The first child shares our memory until it execs or exits: its stack is
     # released only then. With a pid namespace it forks the process that
     # lives on (a child of ours) and exits.
-    first = _Child(int(out.pid), int(out.pidfd))
+    first = _Child(int(out.pid), _above_stdio(int(out.pidfd)))
     later: _Child | None = None
     cleanups: list[Callable[[], None]] = []
     try:
@@ -1004,7 +1020,7 @@ def _spawn(
                 _raise_child_error(_read_record(err_r), c, path, joins)
             assert shared is not None
             g = int(shared.init_pid)
-            gfd = lib.nscg_pidfd_open(g)
+            gfd = _above_stdio(lib.nscg_pidfd_open(g))
             if gfd < 0:
                 raise SpawnError(-gfd, "pidfd_open", Stage.FORK, -1, str(g))
             later = _Child(g, gfd)

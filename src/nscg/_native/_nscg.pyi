@@ -71,7 +71,6 @@ class _Lib:
     NSCG_MNT_CREATE_DIR: Final[int]
     NSCG_MNT_CREATE_FILE: Final[int]
     NSCG_MNT_OPTIONAL: Final[int]
-    NSCG_FD_IF_OPEN: Final[int]
     NSCG_MOUNTS_ACTIVE: Final[int]
     NSCG_MOUNTS_SLAVE: Final[int]
     NSCG_MOUNTS_ROOT_RDONLY: Final[int]

@@ -99,13 +99,9 @@
 #define NSCG_HAS_CLONE_PIDFD 2
 #define NSCG_HAS_CLONE_INTO_CGROUP 4
 
-/* flags of struct nscg_fdmap */
-#define NSCG_FD_IF_OPEN 1 /* src may be closed: then dst stays closed too */
-
 struct nscg_fdmap {
     int32_t src;
     int32_t dst;
-    uint32_t flags;
 };
 
 struct nscg_rlimit {

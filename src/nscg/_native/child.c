@@ -127,22 +127,16 @@ static void setup_fds(struct child_ctx *c)
         STEP(c, NSCG_STAGE_FDS, -1, "fcntl", c->init_fd = dup_above(c->init_fd, floor));
         keep[nkeep++] = c->init_fd;
     }
-    for (int i = 0; i < p->n_fdmap; i++) {
-        STEP(c, NSCG_STAGE_FDS, i, "fcntl", 0);
-        scratch[i] = dup_above(p->fdmap[i].src, floor);
-        if (scratch[i] < 0 && !(errno == EBADF && (p->fdmap[i].flags & NSCG_FD_IF_OPEN)))
-            fail(c, NSCG_STAGE_FDS, errno, i, "fcntl");
-    }
+    for (int i = 0; i < p->n_fdmap; i++)
+        STEP(c, NSCG_STAGE_FDS, i, "fcntl", scratch[i] = dup_above(p->fdmap[i].src, floor));
     for (int i = 0; i < p->n_join; i++) {
         int *slot = &scratch[p->n_fdmap + i];
         STEP(c, NSCG_STAGE_FDS, i, "fcntl", *slot = dup_above(p->joins[i].fd, floor));
         if (nkeep < (int)(sizeof keep / sizeof keep[0]))
             keep[nkeep++] = *slot;
     }
-    for (int i = 0; i < p->n_fdmap; i++) {
-        if (scratch[i] >= 0)
-            STEP(c, NSCG_STAGE_FDS, i, "dup2", dup2(scratch[i], p->fdmap[i].dst));
-    }
+    for (int i = 0; i < p->n_fdmap; i++)
+        STEP(c, NSCG_STAGE_FDS, i, "dup2", dup2(scratch[i], p->fdmap[i].dst));
 
     /* close every fd below the floor that is not a destination */
     int lo = 0;
