@@ -12,7 +12,9 @@
  *     may be missing, a symlink, or shared): the process's root still refers
  *     to the mount underneath, so host paths (bind sources, /dev/null) keep
  *     resolving in the old tree while every destination is resolved from an
- *     fd of the new root.
+ *     fd of the new root. When the plan's first op mounts the root itself
+ *     (a bind of "/" or of a directory, a tmpfs), that mount is the new root
+ *     instead, with nothing under it to unmount later.
  *  3. Each op is executed in order. Destinations are opened with
  *     openat2(root_fd, dest, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS): a
  *     symlink in the new root is resolved as if the new root were "/", so it
@@ -234,6 +236,14 @@ static void attach(struct mctx *m, int i, const struct nscg_mount_op *op, uint32
 {
     struct child_ctx *c = m->c;
     int dst;
+    if (op->dest[0] == 0 && m->root < 0) {
+        /* the plan's first op makes the root itself: it is the new root,
+         * stacked on "/" like the staging tmpfs would be (see the top) */
+        STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount",
+             syscall(SYS_move_mount, mnt, "", AT_FDCWD, "/", MOVE_MOUNT_F_EMPTY_PATH));
+        m->root = mnt;
+        return;
+    }
     STEP(c, NSCG_STAGE_MOUNTS, i, "openat2", dst = open_dest(m->root, op->dest, flags));
     STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount", sys_move_to(mnt, dst));
     close(dst);
@@ -459,15 +469,11 @@ static void detach_above_root(struct mctx *m)
     close(self);
 }
 
-void nscg_setup_mounts(struct child_ctx *c)
+/* The staging root: a fresh tmpfs stacked on "/" (see the top of this file). */
+static void make_staging_root(struct mctx *m)
 {
-    const struct nscg_plan *p = c->p;
-    struct mctx mc = {.c = c, .root = -1, .mask_dir = -1}, *m = &mc;
+    struct child_ctx *c = m->c;
     int fs;
-    unsigned long prop = (p->mount_flags & NSCG_MOUNTS_SLAVE) ? MS_SLAVE : MS_PRIVATE;
-
-    STEP(c, NSCG_STAGE_MOUNTS, -1, "mount", mount(NULL, "/", NULL, MS_REC | prop, NULL));
-    /* the staging root: a tmpfs stacked on "/" (see the top of this file) */
     STEP(c, NSCG_STAGE_MOUNTS, -1, "fsopen", fs = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC));
     STEP(c, NSCG_STAGE_MOUNTS, -1, "fsconfig",
          syscall(SYS_fsconfig, fs, NSCG_FSCONFIG_SET_STRING, "mode", "0755", 0));
@@ -478,9 +484,26 @@ void nscg_setup_mounts(struct child_ctx *c)
     close(fs);
     STEP(c, NSCG_STAGE_MOUNTS, -1, "move_mount",
          syscall(SYS_move_mount, m->root, "", AT_FDCWD, "/", MOVE_MOUNT_F_EMPTY_PATH));
+}
 
+void nscg_setup_mounts(struct child_ctx *c)
+{
+    const struct nscg_plan *p = c->p;
+    struct mctx mc = {.c = c, .root = -1, .mask_dir = -1}, *m = &mc;
+    unsigned long prop = (p->mount_flags & NSCG_MOUNTS_SLAVE) ? MS_SLAVE : MS_PRIVATE;
+
+    STEP(c, NSCG_STAGE_MOUNTS, -1, "mount", mount(NULL, "/", NULL, MS_REC | prop, NULL));
+    /* A first op that mounts the root itself (RootFS.host()'s bind of "/",
+     * from_directory's bind, a tmpfs) becomes the new root directly. With a
+     * staging tmpfs under it, a recursive bind of "/" would copy the staging
+     * tmpfs too, and every extra layer stacked on the root costs an unmount
+     * later, each one waiting for an expedited RCU grace period. */
+    int direct = p->n_mounts > 0 && p->mounts[0].dest[0] == 0 &&
+                 (p->mounts[0].kind == NSCG_MOUNT_BIND || p->mounts[0].kind == NSCG_MOUNT_FS);
     for (int i = 0; i < p->n_mounts; i++) {
         const struct nscg_mount_op *op = &p->mounts[i];
+        if (m->root < 0 && !(i == 0 && direct))
+            make_staging_root(m); /* (also when an optional first bind was skipped) */
         switch (op->kind) {
         case NSCG_MOUNT_BIND:
             op_bind(m, i, op);
@@ -507,6 +530,8 @@ void nscg_setup_mounts(struct child_ctx *c)
             fail(c, NSCG_STAGE_MOUNTS, EINVAL, i, "mount");
         }
     }
+    if (m->root < 0)
+        make_staging_root(m); /* an empty plan: an empty root */
     if (m->mask_dir >= 0)
         close(m->mask_dir);
     if (p->mount_flags & NSCG_MOUNTS_ROOT_RDONLY)
