@@ -3,7 +3,8 @@
  * Rules (see DESIGN.md): only system calls, on memory the parent prepared;
  * no malloc, no stdio, no locks, nothing that glibc caches per thread. A
  * failing step writes one struct nscg_child_error to the error pipe and
- * _exit()s; the parent reads EOF on that pipe when execve succeeded.
+ * exits; the parent reads EOF on that pipe when execve succeeded. System
+ * calls go through nscg_sys (child.h), never through errno.
  */
 #include "child.h"
 
@@ -41,10 +42,10 @@ static void write_record(int fd, uint32_t stage, int err, int index, const char 
     for (size_t i = 0; sc && sc[i] && i < sizeof rec.syscall - 1; i++)
         rec.syscall[i] = sc[i];
     if (fd >= 0) {
-        ssize_t r;
+        long r;
         do {
-            r = write(fd, &rec, sizeof rec);
-        } while (r < 0 && errno == EINTR);
+            r = SYS3(SYS_write, fd, &rec, sizeof rec);
+        } while (r == -EINTR);
     }
 }
 
@@ -67,12 +68,12 @@ void nscg_fail(struct child_ctx *c, uint32_t stage, int err, int index, const ch
     } else {
         write_record(c->err_fd, stage, err ? err : EIO, index, sc);
     }
-    _exit(NSCG_CHILD_FAILED);
+    nscg_exit(NSCG_CHILD_FAILED);
 }
 
 static int dup_above(int fd, int floor)
 {
-    return fcntl(fd, F_DUPFD_CLOEXEC, floor);
+    return (int)SYS3(SYS_fcntl, fd, F_DUPFD_CLOEXEC, floor);
 }
 
 static void sort_ints(int *a, int n)
@@ -91,7 +92,7 @@ static int close_gap(int lo, int hi_incl)
 {
     if (lo > hi_incl)
         return 0;
-    return (int)syscall(SYS_close_range, (unsigned)lo, (unsigned)hi_incl, 0U);
+    return (int)SYS3(SYS_close_range, (unsigned)lo, (unsigned)hi_incl, 0U);
 }
 
 /* Give the payload exactly the fds it was promised (fdmap src -> dst) and
@@ -107,7 +108,7 @@ static void setup_fds(struct child_ctx *c)
     if (c->err_fd >= 0) {
         c->err_fd = dup_above(c->err_fd, floor);
         if (c->err_fd < 0)
-            _exit(NSCG_CHILD_FAILED); /* cannot even report */
+            nscg_exit(NSCG_CHILD_FAILED); /* cannot even report */
         keep[nkeep++] = c->err_fd;
     }
     STEP(c, NSCG_STAGE_FDS, -1, "fcntl", 0);
@@ -136,7 +137,8 @@ static void setup_fds(struct child_ctx *c)
             keep[nkeep++] = *slot;
     }
     for (int i = 0; i < p->n_fdmap; i++)
-        STEP(c, NSCG_STAGE_FDS, i, "dup2", dup2(scratch[i], p->fdmap[i].dst));
+        /* (dup3: scratch[i] is above the floor, never equal to dst) */
+        STEP(c, NSCG_STAGE_FDS, i, "dup2", SYS3(SYS_dup3, scratch[i], p->fdmap[i].dst, 0));
 
     /* close every fd below the floor that is not a destination */
     int lo = 0;
@@ -160,18 +162,18 @@ static void setup_fds(struct child_ctx *c)
         STEP(c, NSCG_STAGE_FDS, -1, "close_range", close_gap(lo, keep[i] - 1));
         lo = keep[i] + 1;
     }
-    STEP(c, NSCG_STAGE_FDS, -1, "close_range", syscall(SYS_close_range, (unsigned)lo, ~0U, 0U));
+    STEP(c, NSCG_STAGE_FDS, -1, "close_range", SYS3(SYS_close_range, (unsigned)lo, ~0U, 0U));
 }
 
 static void wait_parent(struct child_ctx *c)
 {
     char b;
-    ssize_t r;
+    long r;
     do {
-        r = read(c->sync_fd, &b, 1);
-    } while (r < 0 && errno == EINTR);
+        r = SYS3(SYS_read, c->sync_fd, &b, 1);
+    } while (r == -EINTR);
     if (r != 1)
-        _exit(NSCG_CHILD_FAILED); /* the parent gave up: nothing to report */
+        nscg_exit(NSCG_CHILD_FAILED); /* the parent gave up: nothing to report */
     STEP(c, NSCG_STAGE_WAIT_PARENT, -1, "read", 0);
 }
 
@@ -179,24 +181,25 @@ static void loopback_up(struct child_ctx *c)
 {
     int s;
     struct ifreq ifr;
-    STEP(c, NSCG_STAGE_LOOPBACK, -1, "socket", s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    STEP(c, NSCG_STAGE_LOOPBACK, -1, "socket",
+         s = (int)SYS3(SYS_socket, AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
     memset(&ifr, 0, sizeof ifr);
     memcpy(ifr.ifr_name, "lo", 3);
-    STEP(c, NSCG_STAGE_LOOPBACK, -1, "ioctl", ioctl(s, SIOCGIFFLAGS, &ifr));
+    STEP(c, NSCG_STAGE_LOOPBACK, -1, "ioctl", SYS3(SYS_ioctl, s, SIOCGIFFLAGS, &ifr));
     ifr.ifr_flags |= IFF_UP | IFF_RUNNING;
-    STEP(c, NSCG_STAGE_LOOPBACK, -1, "ioctl", ioctl(s, SIOCSIFFLAGS, &ifr));
-    close(s);
+    STEP(c, NSCG_STAGE_LOOPBACK, -1, "ioctl", SYS3(SYS_ioctl, s, SIOCSIFFLAGS, &ifr));
+    SYS1(SYS_close, s);
 }
 
 static void write_file(struct child_ctx *c, uint32_t stage, const char *path, const char *text)
 {
     int fd;
     size_t len = cstrlen(text);
-    STEP(c, stage, -1, "open", fd = open(path, O_WRONLY | O_CLOEXEC));
-    ssize_t w = write(fd, text, len);
+    STEP(c, stage, -1, "open", fd = (int)SYS4(SYS_openat, AT_FDCWD, path, O_WRONLY | O_CLOEXEC, 0));
+    long w = SYS3(SYS_write, fd, text, len);
     if (w < 0 || (size_t)w != len)
-        fail(c, stage, w < 0 ? errno : EIO, -1, "write");
-    close(fd);
+        fail(c, stage, w < 0 ? (int)-w : EIO, -1, "write");
+    SYS1(SYS_close, fd);
 }
 
 static void set_pdeathsig(struct child_ctx *c)
@@ -204,12 +207,14 @@ static void set_pdeathsig(struct child_ctx *c)
     const struct nscg_plan *p = c->p;
     if (p->pdeathsig <= 0)
         return;
-    STEP(c, NSCG_STAGE_PDEATHSIG, -1, "prctl", prctl(PR_SET_PDEATHSIG, p->pdeathsig, 0, 0, 0));
+    STEP(c, NSCG_STAGE_PDEATHSIG, -1, "prctl",
+         SYS5(SYS_prctl, PR_SET_PDEATHSIG, p->pdeathsig, 0, 0, 0));
     /* the race: the parent may have died before prctl took effect */
     if (c->parent_pidfd >= 0) {
         struct pollfd pfd = {.fd = c->parent_pidfd, .events = POLLIN};
-        if (poll(&pfd, 1, 0) > 0)
-            _exit(NSCG_CHILD_FAILED);
+        struct timespec now = {0, 0};
+        if (SYS5(SYS_ppoll, &pfd, 1, &now, NULL, 0) > 0)
+            nscg_exit(NSCG_CHILD_FAILED);
     }
 }
 
@@ -238,6 +243,8 @@ static long start_on_stack(const struct nscg_plan *p, int i, unsigned long extra
     args.stack_size = p->aux_stack_size;
     long pid = nscg_clone3_run(&args, fn, arg);
     if (pid == -ENOSYS) {
+        /* no clone3 (Linux < 5.3): glibc's clone, whose errno is the one
+         * read here (see child.h: only on this fallback) */
         pid = clone((int (*)(void *))(void *)fn, (char *)args.stack + args.stack_size,
                     (int)(vm | extra | SIGCHLD), arg);
         if (pid < 0)
@@ -252,7 +259,7 @@ static void payload_entry(void *arg)
 {
     struct child_ctx ctx = *(struct child_ctx *)arg, *c = &ctx;
     c->forked = 1;
-    STEP(c, NSCG_STAGE_PDEATHSIG, -1, "prctl", prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0));
+    STEP(c, NSCG_STAGE_PDEATHSIG, -1, "prctl", SYS5(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0));
     payload_steps(c);
 }
 
@@ -272,14 +279,15 @@ static void exec_init(struct child_ctx *c, pid_t payload)
     char pidbuf[24], fdbuf[24];
     int sfd = -1;
     if (c->status_fd >= 0) /* the init keeps it: not close-on-exec */
-        STEP(c, NSCG_STAGE_FORK, -1, "fcntl", sfd = fcntl(c->status_fd, F_DUPFD, 3));
+        STEP(c, NSCG_STAGE_FORK, -1, "fcntl", sfd = (int)SYS3(SYS_fcntl, c->status_fd, F_DUPFD, 3));
     char *argv[] = {"nscg-init", utoa(pidbuf + sizeof pidbuf, (unsigned long)payload),
                     sfd >= 0 ? utoa(fdbuf + sizeof fdbuf, (unsigned long)sfd) : "-1", NULL};
     char *envp[] = {NULL};
+    long r = -EIO;
     if (!injected(c, NSCG_STAGE_FORK, 1))
-        syscall(SYS_execveat, c->init_fd, "", argv, envp, AT_EMPTY_PATH);
-    int err = injected(c, NSCG_STAGE_FORK, 1) ? c->p->fail_errno : errno;
-    kill(payload, SIGKILL);
+        r = SYS5(SYS_execveat, c->init_fd, "", argv, envp, AT_EMPTY_PATH);
+    int err = injected(c, NSCG_STAGE_FORK, 1) ? c->p->fail_errno : (int)-r;
+    SYS2(SYS_kill, payload, SIGKILL);
     fail(c, NSCG_STAGE_FORK, err, 1, "execveat");
 }
 
@@ -290,14 +298,14 @@ static void setup_namespaces(struct child_ctx *c)
     const struct nscg_plan *p = c->p;
     if (p->hostname)
         STEP(c, NSCG_STAGE_HOSTNAME, -1, "sethostname",
-             sethostname(p->hostname, cstrlen(p->hostname)));
+             SYS2(SYS_sethostname, p->hostname, cstrlen(p->hostname)));
     if (p->domainname)
         STEP(c, NSCG_STAGE_DOMAINNAME, -1, "setdomainname",
-             setdomainname(p->domainname, cstrlen(p->domainname)));
+             SYS2(SYS_setdomainname, p->domainname, cstrlen(p->domainname)));
     if (p->flags & NSCG_F_LOOPBACK)
         loopback_up(c);
     if (p->flags & NSCG_F_NEWTIME) {
-        STEP(c, NSCG_STAGE_TIMENS, -1, "unshare", unshare(CLONE_NEWTIME));
+        STEP(c, NSCG_STAGE_TIMENS, -1, "unshare", SYS1(SYS_unshare, CLONE_NEWTIME));
         if (p->timens_offsets)
             write_file(c, NSCG_STAGE_TIMENS, "/proc/self/timens_offsets", p->timens_offsets);
     }
@@ -307,7 +315,7 @@ static void setup_namespaces(struct child_ctx *c)
 
 /* After setup: start the payload, then become the init if there is one. A
  * new time namespace is entered by the payload's creation, or by execve. */
-static void finish(struct child_ctx *c)
+__attribute__((noreturn)) static void finish(struct child_ctx *c)
 {
     setup_namespaces(c);
     if (c->p->flags & NSCG_F_INIT) {
@@ -335,7 +343,7 @@ static void pidns_entry(void *arg)
      * Dumpability belongs to the memory: so this process runs on a copy of
      * it (see start_on_stack's caller), never on the caller's. */
     if (c->p->n_join > 0)
-        STEP(c, NSCG_STAGE_FORK, -1, "prctl", prctl(PR_SET_DUMPABLE, 0, 0, 0, 0));
+        STEP(c, NSCG_STAGE_FORK, -1, "prctl", SYS5(SYS_prctl, PR_SET_DUMPABLE, 0, 0, 0, 0));
     set_pdeathsig(c);
     finish(c);
 }
@@ -355,13 +363,13 @@ void nscg_child_main(const struct nscg_plan *p)
     /* signals: every handler back to default; the mask stays full (the
      * spawner blocked everything) until right before execve */
     {
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = SIG_DFL;
+        /* the kernel's struct sigaction, all zero: SIG_DFL, no flags, no mask
+         * (handler and flags lead on every architecture) */
+        unsigned long sa[4] = {0, 0, 0, 0};
         for (int s = 1; s < NSIG; s++) {
             if (s == SIGKILL || s == SIGSTOP)
                 continue;
-            sigaction(s, &sa, NULL); /* EINVAL for glibc-reserved signals: fine */
+            SYS4(SYS_rt_sigaction, s, sa, NULL, 8);
         }
         STEP(c, NSCG_STAGE_SIGNALS, -1, "sigaction", 0);
     }
@@ -378,26 +386,26 @@ void nscg_child_main(const struct nscg_plan *p)
             /* not a namespace: the target's root directory, entered after its
              * mount namespace (setns puts us at that namespace's root mount,
              * not at the root the sandbox pivoted into) */
-            STEP(c, NSCG_STAGE_SETNS, i, "fchdir", fchdir(fd));
-            STEP(c, NSCG_STAGE_SETNS, i, "chroot", chroot("."));
-            STEP(c, NSCG_STAGE_SETNS, i, "chdir", chdir("/"));
+            STEP(c, NSCG_STAGE_SETNS, i, "fchdir", SYS1(SYS_fchdir, fd));
+            STEP(c, NSCG_STAGE_SETNS, i, "chroot", SYS1(SYS_chroot, "."));
+            STEP(c, NSCG_STAGE_SETNS, i, "chdir", SYS1(SYS_chdir, "/"));
         } else {
-            STEP(c, NSCG_STAGE_SETNS, i, "setns", setns(fd, (int)p->joins[i].nstype));
+            STEP(c, NSCG_STAGE_SETNS, i, "setns", SYS2(SYS_setns, fd, p->joins[i].nstype));
         }
     }
     for (int i = 0; i < p->n_join; i++)
-        close(p->scratch[p->n_fdmap + i]);
+        SYS1(SYS_close, p->scratch[p->n_fdmap + i]);
     if (p->flags & NSCG_F_UNSHARE_LATE) {
         uint64_t ns = p->ns_new & ~(uint64_t)(NSCG_CLONE_NEWTIME | NSCG_CLONE_NEWPID);
         if (ns)
-            STEP(c, NSCG_STAGE_UNSHARE, -1, "unshare", unshare((int)ns));
+            STEP(c, NSCG_STAGE_UNSHARE, -1, "unshare", SYS1(SYS_unshare, ns));
         if (p->flags & NSCG_F_WAIT_PARENT) {
             write_record(c->err_fd, NSCG_STAGE_READY, 0, -1, "");
             wait_parent(c);
         }
     }
     if (c->sync_fd >= 0) {
-        close(c->sync_fd);
+        SYS1(SYS_close, c->sync_fd);
         c->sync_fd = -1;
     }
 
@@ -408,14 +416,14 @@ void nscg_child_main(const struct nscg_plan *p)
     if (p->flags & NSCG_F_FORK_PIDNS) {
         long g;
         if (p->ns_new & NSCG_CLONE_NEWPID)
-            STEP(c, NSCG_STAGE_UNSHARE, -1, "unshare", unshare(CLONE_NEWPID));
+            STEP(c, NSCG_STAGE_UNSHARE, -1, "unshare", SYS1(SYS_unshare, CLONE_NEWPID));
         if (injected(c, NSCG_STAGE_FORK, -1))
             fail(c, NSCG_STAGE_FORK, p->fail_errno, -1, "clone3");
         g = start_on_stack(p, 0, CLONE_PARENT, pidns_entry, c, p->n_join > 0);
         if (g < 0)
             fail(c, NSCG_STAGE_FORK, (int)-g, -1, "clone3");
         __atomic_store_n(&p->shared->init_pid, (int32_t)g, __ATOMIC_RELEASE);
-        _exit(0);
+        nscg_exit(0);
     }
     finish(c);
 }
@@ -430,8 +438,9 @@ static void drop_bounding(struct child_ctx *c)
     for (int cap = 0; cap <= p->cap_last && cap < 64; cap++) {
         if (p->cap_bounding & (1ULL << cap))
             continue;
-        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL)
-            fail(c, NSCG_STAGE_CAPS, errno, cap, "prctl");
+        long r = SYS5(SYS_prctl, PR_CAPBSET_DROP, cap, 0, 0, 0);
+        if (r < 0 && r != -EINVAL)
+            fail(c, NSCG_STAGE_CAPS, (int)-r, cap, "prctl");
     }
     STEP(c, NSCG_STAGE_CAPS, 0, "prctl", 0);
 }
@@ -447,13 +456,14 @@ static void set_caps(struct child_ctx *c)
         data[i].permitted = (uint32_t)(p->cap_permitted >> (32 * i));
         data[i].inheritable = (uint32_t)(p->cap_inheritable >> (32 * i));
     }
-    STEP(c, NSCG_STAGE_CAPS, 1, "capset", syscall(SYS_capset, &hdr, data));
-    if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL)
-        fail(c, NSCG_STAGE_CAPS, errno, 2, "prctl");
+    STEP(c, NSCG_STAGE_CAPS, 1, "capset", SYS2(SYS_capset, &hdr, data));
+    long r = SYS5(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0);
+    if (r < 0 && r != -EINVAL)
+        fail(c, NSCG_STAGE_CAPS, (int)-r, 2, "prctl");
     for (int cap = 0; cap <= p->cap_last && cap < 64; cap++) {
         if (p->cap_ambient & (1ULL << cap))
             STEP(c, NSCG_STAGE_CAPS, 2, "prctl",
-                 prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0));
+                 SYS5(SYS_prctl, PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0));
     }
 }
 
@@ -464,7 +474,7 @@ static void load_seccomp(struct child_ctx *c)
     struct sock_fprog prog = {.len = (unsigned short)p->seccomp_len,
                               .filter = (struct sock_filter *)(uintptr_t)p->seccomp_filter};
     STEP(c, NSCG_STAGE_SECCOMP, -1, "seccomp",
-         syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, p->seccomp_flags, &prog));
+         SYS3(SYS_seccomp, SECCOMP_SET_MODE_FILTER, p->seccomp_flags, &prog));
 }
 
 /* The payload's own process attributes, then execve. */
@@ -472,55 +482,56 @@ static void payload_steps(struct child_ctx *c)
 {
     const struct nscg_plan *p = c->p;
     if (p->flags & NSCG_F_SETSID)
-        STEP(c, NSCG_STAGE_SETSID, -1, "setsid", setsid());
+        STEP(c, NSCG_STAGE_SETSID, -1, "setsid", SYS0(SYS_setsid));
     for (int i = 0; i < p->n_rlimits; i++) {
-        struct rlimit64 rl = {.rlim_cur = p->rlimits[i].cur, .rlim_max = p->rlimits[i].max};
-        STEP(c, NSCG_STAGE_RLIMITS, i, "setrlimit", setrlimit64(p->rlimits[i].resource, &rl));
+        uint64_t rl[2] = {p->rlimits[i].cur, p->rlimits[i].max}; /* struct rlimit64 */
+        STEP(c, NSCG_STAGE_RLIMITS, i, "setrlimit",
+             SYS4(SYS_prlimit64, 0, p->rlimits[i].resource, rl, NULL));
     }
     if (p->cwd)
-        STEP(c, NSCG_STAGE_CHDIR, -1, "chdir", chdir(p->cwd));
+        STEP(c, NSCG_STAGE_CHDIR, -1, "chdir", SYS1(SYS_chdir, p->cwd));
     if (p->flags & NSCG_F_CAPS_BOUNDING)
         drop_bounding(c);
     if ((p->flags & NSCG_F_CAPS) && (p->flags & NSCG_F_SETID) && p->uid != 0)
-        STEP(c, NSCG_STAGE_CAPS, 3, "prctl", prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0));
+        STEP(c, NSCG_STAGE_CAPS, 3, "prctl", SYS5(SYS_prctl, PR_SET_KEEPCAPS, 1, 0, 0, 0));
     if (p->flags & NSCG_F_SETGROUPS)
         STEP(c, NSCG_STAGE_SETGROUPS, -1, "setgroups",
-             syscall(SYS_setgroups, (size_t)p->n_groups, p->groups));
+             SYS2(SYS_setgroups, (size_t)p->n_groups, p->groups));
     if (p->flags & NSCG_F_SETID) {
         /* raw syscalls: glibc's setresuid broadcasts to all threads (setxid),
          * which is meaningless and unsafe here */
         STEP(c, NSCG_STAGE_SETGID, -1, "setresgid",
-             syscall(SYS_setresgid, p->gid, p->gid, p->gid));
+             SYS3(SYS_setresgid, p->gid, p->gid, p->gid));
         STEP(c, NSCG_STAGE_SETUID, -1, "setresuid",
-             syscall(SYS_setresuid, p->uid, p->uid, p->uid));
+             SYS3(SYS_setresuid, p->uid, p->uid, p->uid));
         /* a credential change clears the parent-death signal: set it again */
         if (c->forked)
-            STEP(c, NSCG_STAGE_PDEATHSIG, -1, "prctl", prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0));
+            STEP(c, NSCG_STAGE_PDEATHSIG, -1, "prctl",
+                 SYS5(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0));
         else
             set_pdeathsig(c);
     }
     if (c->parent_pidfd >= 0) {
-        close(c->parent_pidfd);
+        SYS1(SYS_close, c->parent_pidfd);
         c->parent_pidfd = -1;
     }
     if (p->flags & NSCG_F_CAPS) {
         if ((p->flags & NSCG_F_SETID) && p->uid != 0)
-            STEP(c, NSCG_STAGE_CAPS, 3, "prctl", prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0));
+            STEP(c, NSCG_STAGE_CAPS, 3, "prctl", SYS5(SYS_prctl, PR_SET_KEEPCAPS, 0, 0, 0, 0));
         set_caps(c);
     }
     if (p->flags & NSCG_F_NO_NEW_PRIVS)
-        STEP(c, NSCG_STAGE_NO_NEW_PRIVS, -1, "prctl", prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
+        STEP(c, NSCG_STAGE_NO_NEW_PRIVS, -1, "prctl", SYS5(SYS_prctl, PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
 
     /* 6. execve, with the signal mask the payload should start with */
     {
-        sigset_t empty;
-        sigemptyset(&empty);
-        sigprocmask(SIG_SETMASK, &empty, NULL);
+        uint64_t empty = 0; /* the kernel's sigset: 64 bits */
+        SYS4(SYS_rt_sigprocmask, SIG_SETMASK, &empty, NULL, 8);
     }
     if (p->flags & NSCG_F_SECCOMP)
         load_seccomp(c);
     if (injected(c, NSCG_STAGE_EXEC, -1))
         fail(c, NSCG_STAGE_EXEC, p->fail_errno, -1, "execve");
-    execve(p->path, p->argv, p->envp);
-    fail(c, NSCG_STAGE_EXEC, errno, -1, "execve");
+    long r = SYS3(SYS_execve, p->path, p->argv, p->envp);
+    fail(c, NSCG_STAGE_EXEC, (int)-r, -1, "execve");
 }

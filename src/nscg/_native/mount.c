@@ -101,18 +101,17 @@ static int open_in_root(int root, const char *rel, int oflags)
     memset(&how, 0, sizeof how);
     how.flags = (uint64_t)(O_PATH | O_CLOEXEC | oflags);
     how.resolve = NSCG_RESOLVE_IN_ROOT | NSCG_RESOLVE_NO_MAGICLINKS;
-    return (int)syscall(SYS_openat2, root, rel[0] ? rel : ".", &how, sizeof how);
+    return (int)SYS4(SYS_openat2, root, rel[0] ? rel : ".", &how, sizeof how);
 }
 
 static long sys_open_tree(int dfd, const char *path, unsigned flags)
 {
-    return syscall(SYS_open_tree, dfd, path, flags);
+    return SYS3(SYS_open_tree, dfd, path, flags);
 }
 
 static long sys_move_to(int from, int to)
 {
-    return syscall(SYS_move_mount, from, "", to, "",
-                   MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
+    return SYS5(SYS_move_mount, from, "", to, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
 }
 
 static long sys_setattr(int fd, unsigned at_flags, uint64_t set)
@@ -120,7 +119,7 @@ static long sys_setattr(int fd, unsigned at_flags, uint64_t set)
     struct nscg_mount_attr a;
     memset(&a, 0, sizeof a);
     a.attr_set = set;
-    return syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | at_flags, &a, sizeof a);
+    return SYS5(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | at_flags, &a, sizeof a);
 }
 
 static uint64_t attrs_of(uint32_t f)
@@ -157,12 +156,12 @@ static void split(char *buf, const char *rel, const char **name)
 }
 
 /* Open the directory that will hold rel, creating missing directories on the
- * way, each one inside the new root. Returns an O_PATH fd or -1 (errno). */
+ * way, each one inside the new root. Returns an O_PATH fd or -errno. */
 static int ensure_dir(int root, const char *rel)
 {
     char buf[PATH_BUF];
     int fd = open_in_root(root, rel, O_DIRECTORY);
-    if (fd >= 0 || errno != ENOENT)
+    if (fd != -ENOENT)
         return fd;
     size_t n = slen(rel);
     memcpy(buf, rel, n + 1);
@@ -183,16 +182,13 @@ static int ensure_dir(int root, const char *rel)
             pfd = open_in_root(root, buf, O_DIRECTORY);
             buf[start - 1] = '/';
             if (pfd < 0)
-                return -1;
+                return pfd;
         }
-        int r = mkdirat(pfd, buf + start, 0755);
-        int e = errno;
+        long r = SYS3(SYS_mkdirat, pfd, buf + start, 0755);
         if (pfd != root)
-            close(pfd);
-        if (r < 0 && e != EEXIST) {
-            errno = e;
-            return -1;
-        }
+            SYS1(SYS_close, pfd);
+        if (r < 0 && r != -EEXIST)
+            return (int)r;
         buf[end] = save;
         if (!save)
             break;
@@ -201,11 +197,11 @@ static int ensure_dir(int root, const char *rel)
 }
 
 /* Open the destination of an op, creating it (a directory or an empty file)
- * if the op says so. */
+ * if the op says so. Returns an O_PATH fd or -errno. */
 static int open_dest(int root, const char *rel, uint32_t flags)
 {
     int fd = open_in_root(root, rel, 0);
-    if (fd >= 0 || errno != ENOENT)
+    if (fd != -ENOENT)
         return fd;
     if (flags & NSCG_MNT_CREATE_DIR)
         return ensure_dir(root, rel);
@@ -215,19 +211,25 @@ static int open_dest(int root, const char *rel, uint32_t flags)
         split(buf, rel, &name);
         int pfd = ensure_dir(root, buf);
         if (pfd < 0)
-            return -1;
-        int f = openat(pfd, name, O_CREAT | O_EXCL | O_NOFOLLOW | O_WRONLY | O_CLOEXEC, 0644);
-        int e = errno;
-        close(pfd);
-        if (f < 0 && e != EEXIST) {
-            errno = e;
-            return -1;
-        }
+            return pfd;
+        long f = SYS4(SYS_openat, pfd, name, O_CREAT | O_EXCL | O_NOFOLLOW | O_WRONLY | O_CLOEXEC,
+                      0644);
+        SYS1(SYS_close, pfd);
+        if (f < 0 && f != -EEXIST)
+            return (int)f;
         if (f >= 0)
-            close(f);
+            SYS1(SYS_close, f);
         return open_in_root(root, rel, 0);
     }
-    return -1;
+    return fd;
+}
+
+/* Whether fd is a directory (statx: the same struct on every architecture). */
+static int is_dir(struct child_ctx *c, int i, int fd)
+{
+    struct statx st;
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fstat", SYS5(SYS_statx, fd, "", AT_EMPTY_PATH, STATX_TYPE, &st));
+    return S_ISDIR(st.stx_mode);
 }
 
 /* Attach the detached mount mnt at op->dest (created as flags say); the fd is
@@ -240,19 +242,19 @@ static void attach(struct mctx *m, int i, const struct nscg_mount_op *op, uint32
         /* the plan's first op makes the root itself: it is the new root,
          * stacked on "/" like the staging tmpfs would be (see the top) */
         STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount",
-             syscall(SYS_move_mount, mnt, "", AT_FDCWD, "/", MOVE_MOUNT_F_EMPTY_PATH));
+             SYS5(SYS_move_mount, mnt, "", AT_FDCWD, "/", MOVE_MOUNT_F_EMPTY_PATH));
         m->root = mnt;
         return;
     }
     STEP(c, NSCG_STAGE_MOUNTS, i, "openat2", dst = open_dest(m->root, op->dest, flags));
     STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount", sys_move_to(mnt, dst));
-    close(dst);
+    SYS1(SYS_close, dst);
     if (op->dest[0] == 0) {
         /* stacked on the root: lookups from the old root fd would not see it */
-        close(m->root);
+        SYS1(SYS_close, m->root);
         m->root = mnt;
     } else {
-        close(mnt);
+        SYS1(SYS_close, mnt);
     }
 }
 
@@ -263,9 +265,9 @@ static void op_bind(struct mctx *m, int i, const struct nscg_mount_op *op)
     STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree", 0);
     int tree = (int)sys_open_tree(AT_FDCWD, op->source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec);
     if (tree < 0) {
-        if (errno == ENOENT && (op->flags & NSCG_MNT_OPTIONAL))
+        if (tree == -ENOENT && (op->flags & NSCG_MNT_OPTIONAL))
             return;
-        fail(c, NSCG_STAGE_MOUNTS, errno, i, "open_tree");
+        fail(c, NSCG_STAGE_MOUNTS, -tree, i, "open_tree");
     }
     uint64_t a = attrs_of(op->flags);
     if (a)
@@ -274,9 +276,8 @@ static void op_bind(struct mctx *m, int i, const struct nscg_mount_op *op)
     if ((flags & NSCG_MNT_CREATE_DIR) && (flags & NSCG_MNT_CREATE_FILE)) {
         /* a missing mount point is made like the source: what the source is
          * now, not what it was when the plan was made */
-        struct stat st;
-        STEP(c, NSCG_STAGE_MOUNTS, i, "fstat", fstat(tree, &st));
-        flags &= S_ISDIR(st.st_mode) ? ~(uint32_t)NSCG_MNT_CREATE_FILE : ~(uint32_t)NSCG_MNT_CREATE_DIR;
+        flags &= is_dir(c, i, tree) ? ~(uint32_t)NSCG_MNT_CREATE_FILE
+                                    : ~(uint32_t)NSCG_MNT_CREATE_DIR;
     }
     attach(m, i, op, flags, tree);
 }
@@ -285,21 +286,21 @@ static void op_fs(struct mctx *m, int i, const struct nscg_mount_op *op)
 {
     struct child_ctx *c = m->c;
     int fs, mnt;
-    STEP(c, NSCG_STAGE_MOUNTS, i, "fsopen", fs = (int)syscall(SYS_fsopen, op->fstype, FSOPEN_CLOEXEC));
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fsopen", fs = (int)SYS2(SYS_fsopen, op->fstype, FSOPEN_CLOEXEC));
     for (int k = 0; op->options && op->options[k]; k += 2) {
         const char *key = op->options[k], *val = op->options[k + 1];
         STEP(c, NSCG_STAGE_MOUNTS, i, "fsconfig",
-             syscall(SYS_fsconfig, fs, val ? NSCG_FSCONFIG_SET_STRING : NSCG_FSCONFIG_SET_FLAG, key,
-                     val, 0));
+             SYS5(SYS_fsconfig, fs, val ? NSCG_FSCONFIG_SET_STRING : NSCG_FSCONFIG_SET_FLAG, key,
+                  val, 0));
     }
     if (op->source)
         STEP(c, NSCG_STAGE_MOUNTS, i, "fsconfig",
-             syscall(SYS_fsconfig, fs, NSCG_FSCONFIG_SET_STRING, "source", op->source, 0));
+             SYS5(SYS_fsconfig, fs, NSCG_FSCONFIG_SET_STRING, "source", op->source, 0));
     STEP(c, NSCG_STAGE_MOUNTS, i, "fsconfig",
-         syscall(SYS_fsconfig, fs, NSCG_FSCONFIG_CMD_CREATE, NULL, NULL, 0));
+         SYS5(SYS_fsconfig, fs, NSCG_FSCONFIG_CMD_CREATE, NULL, NULL, 0));
     STEP(c, NSCG_STAGE_MOUNTS, i, "fsmount",
-         mnt = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, (unsigned)attrs_of(op->flags)));
-    close(fs);
+         mnt = (int)SYS3(SYS_fsmount, fs, FSMOUNT_CLOEXEC, (unsigned)attrs_of(op->flags)));
+    SYS1(SYS_close, fs);
     attach(m, i, op, op->flags, mnt);
 }
 
@@ -311,9 +312,10 @@ static void op_mkdir(struct mctx *m, int i, const struct nscg_mount_op *op)
     int pfd;
     split(buf, op->dest, &name);
     STEP(c, NSCG_STAGE_MOUNTS, i, "mkdirat", pfd = ensure_dir(m->root, buf));
-    if (mkdirat(pfd, name, op->mode) < 0 && errno != EEXIST)
-        fail(c, NSCG_STAGE_MOUNTS, errno, i, "mkdirat");
-    close(pfd);
+    long r = SYS3(SYS_mkdirat, pfd, name, op->mode);
+    if (r < 0 && r != -EEXIST)
+        fail(c, NSCG_STAGE_MOUNTS, (int)-r, i, "mkdirat");
+    SYS1(SYS_close, pfd);
 }
 
 static void op_symlink(struct mctx *m, int i, const struct nscg_mount_op *op)
@@ -324,8 +326,8 @@ static void op_symlink(struct mctx *m, int i, const struct nscg_mount_op *op)
     int pfd;
     split(buf, op->dest, &name);
     STEP(c, NSCG_STAGE_MOUNTS, i, "mkdirat", pfd = ensure_dir(m->root, buf));
-    STEP(c, NSCG_STAGE_MOUNTS, i, "symlinkat", symlinkat(op->source, pfd, name));
-    close(pfd);
+    STEP(c, NSCG_STAGE_MOUNTS, i, "symlinkat", SYS3(SYS_symlinkat, op->source, pfd, name));
+    SYS1(SYS_close, pfd);
 }
 
 static void op_file(struct mctx *m, int i, const struct nscg_mount_op *op)
@@ -337,19 +339,20 @@ static void op_file(struct mctx *m, int i, const struct nscg_mount_op *op)
     split(buf, op->dest, &name);
     STEP(c, NSCG_STAGE_MOUNTS, i, "mkdirat", pfd = ensure_dir(m->root, buf));
     STEP(c, NSCG_STAGE_MOUNTS, i, "openat",
-         fd = openat(pfd, name, O_CREAT | O_TRUNC | O_NOFOLLOW | O_WRONLY | O_CLOEXEC, op->mode));
-    close(pfd);
+         fd = (int)SYS4(SYS_openat, pfd, name, O_CREAT | O_TRUNC | O_NOFOLLOW | O_WRONLY | O_CLOEXEC,
+                        op->mode));
+    SYS1(SYS_close, pfd);
     uint64_t off = 0;
     while (off < op->size) {
-        ssize_t w = write(fd, op->source + off, (size_t)(op->size - off));
-        if (w < 0 && errno == EINTR)
+        long w = SYS3(SYS_write, fd, op->source + off, (size_t)(op->size - off));
+        if (w == -EINTR)
             continue;
         if (w <= 0)
-            fail(c, NSCG_STAGE_MOUNTS, w < 0 ? errno : EIO, i, "write");
+            fail(c, NSCG_STAGE_MOUNTS, w < 0 ? (int)-w : EIO, i, "write");
         off += (uint64_t)w;
     }
-    STEP(c, NSCG_STAGE_MOUNTS, i, "fchmod", fchmod(fd, op->mode));
-    close(fd);
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fchmod", SYS2(SYS_fchmod, fd, op->mode));
+    SYS1(SYS_close, fd);
 }
 
 /* Make op->dest read-only: the root mount directly, any other path by a
@@ -366,9 +369,9 @@ static void op_readonly(struct mctx *m, int i, const struct nscg_mount_op *op)
     STEP(c, NSCG_STAGE_MOUNTS, i, "openat2", 0);
     int fd = open_in_root(m->root, op->dest, 0);
     if (fd < 0) {
-        if (errno == ENOENT && (op->flags & NSCG_MNT_OPTIONAL))
+        if (fd == -ENOENT && (op->flags & NSCG_MNT_OPTIONAL))
             return;
-        fail(c, NSCG_STAGE_MOUNTS, errno, i, "openat2");
+        fail(c, NSCG_STAGE_MOUNTS, -fd, i, "openat2");
     }
     int tree;
     STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree",
@@ -376,8 +379,8 @@ static void op_readonly(struct mctx *m, int i, const struct nscg_mount_op *op)
     STEP(c, NSCG_STAGE_MOUNTS, i, "mount_setattr",
          sys_setattr(tree, rec, NSCG_ATTR_RDONLY | attrs_of(op->flags)));
     STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount", sys_move_to(tree, fd));
-    close(tree);
-    close(fd);
+    SYS1(SYS_close, tree);
+    SYS1(SYS_close, fd);
 }
 
 /* Hide op->dest: /dev/null over a file, an empty read-only tmpfs over a
@@ -387,31 +390,30 @@ static void op_readonly(struct mctx *m, int i, const struct nscg_mount_op *op)
 static void op_mask(struct mctx *m, int i, const struct nscg_mount_op *op)
 {
     struct child_ctx *c = m->c;
-    struct stat st;
     STEP(c, NSCG_STAGE_MOUNTS, i, "openat2", 0);
     int fd = open_in_root(m->root, op->dest, 0);
     if (fd < 0) {
-        if (errno == ENOENT)
+        if (fd == -ENOENT)
             return;
-        fail(c, NSCG_STAGE_MOUNTS, errno, i, "openat2");
+        fail(c, NSCG_STAGE_MOUNTS, -fd, i, "openat2");
     }
-    STEP(c, NSCG_STAGE_MOUNTS, i, "fstat", fstat(fd, &st));
+    int dir = is_dir(c, i, fd);
     int mnt, keep = 0;
-    if (S_ISDIR(st.st_mode) && m->mask_dir >= 0) {
+    if (dir && m->mask_dir >= 0) {
         STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree",
              mnt = (int)sys_open_tree(m->mask_dir, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH));
-    } else if (S_ISDIR(st.st_mode)) {
+    } else if (dir) {
         int fs;
-        STEP(c, NSCG_STAGE_MOUNTS, i, "fsopen", fs = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC));
+        STEP(c, NSCG_STAGE_MOUNTS, i, "fsopen", fs = (int)SYS2(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC));
         STEP(c, NSCG_STAGE_MOUNTS, i, "fsconfig",
-             syscall(SYS_fsconfig, fs, NSCG_FSCONFIG_SET_STRING, "size", "4k", 0));
+             SYS5(SYS_fsconfig, fs, NSCG_FSCONFIG_SET_STRING, "size", "4k", 0));
         STEP(c, NSCG_STAGE_MOUNTS, i, "fsconfig",
-             syscall(SYS_fsconfig, fs, NSCG_FSCONFIG_CMD_CREATE, NULL, NULL, 0));
+             SYS5(SYS_fsconfig, fs, NSCG_FSCONFIG_CMD_CREATE, NULL, NULL, 0));
         STEP(c, NSCG_STAGE_MOUNTS, i, "fsmount",
-             mnt = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC,
-                                NSCG_ATTR_RDONLY | NSCG_ATTR_NOSUID | NSCG_ATTR_NODEV |
-                                    NSCG_ATTR_NOEXEC));
-        close(fs);
+             mnt = (int)SYS3(SYS_fsmount, fs, FSMOUNT_CLOEXEC,
+                             NSCG_ATTR_RDONLY | NSCG_ATTR_NOSUID | NSCG_ATTR_NODEV |
+                                 NSCG_ATTR_NOEXEC));
+        SYS1(SYS_close, fs);
         keep = 1;
     } else {
         STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree",
@@ -421,19 +423,17 @@ static void op_mask(struct mctx *m, int i, const struct nscg_mount_op *op)
     if (keep)
         m->mask_dir = mnt; /* attached now: open_tree can clone it */
     else
-        close(mnt);
-    close(fd);
+        SYS1(SYS_close, mnt);
+    SYS1(SYS_close, fd);
 }
 
 /* The mount id of what fd (or path, from dfd) refers to. */
 static long mnt_id_of(int dfd, const char *path, uint64_t *id)
 {
     struct statx st;
-    long r = syscall(SYS_statx, dfd, path, AT_EMPTY_PATH, NSCG_STATX_MNT_ID, &st);
-    if (r == 0 && !(st.stx_mask & NSCG_STATX_MNT_ID)) {
-        errno = ENOSYS;
-        return -1;
-    }
+    long r = SYS5(SYS_statx, dfd, path, AT_EMPTY_PATH, NSCG_STATX_MNT_ID, &st);
+    if (r == 0 && !(st.stx_mask & NSCG_STATX_MNT_ID))
+        return -ENOSYS;
     *id = st.stx_mnt_id;
     return r;
 }
@@ -456,17 +456,17 @@ static void detach_above_root(struct mctx *m)
     int self;
     STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "statx", mnt_id_of(m->root, "", &want));
     STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "pidfd_open",
-         self = (int)syscall(SYS_pidfd_open, getpid(), 0));
+         self = (int)SYS2(SYS_pidfd_open, SYS0(SYS_getpid), 0));
     for (int i = 0;; i++) {
-        STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "setns", setns(self, CLONE_NEWNS));
+        STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "setns", SYS2(SYS_setns, self, CLONE_NEWNS));
         STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "statx", mnt_id_of(AT_FDCWD, "/", &top));
         if (top == want)
             break;
         if (i == 64)
             fail(c, NSCG_STAGE_PIVOT_ROOT, ELOOP, -1, "umount2");
-        STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "umount2", umount2("/", MNT_DETACH));
+        STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "umount2", SYS2(SYS_umount2, "/", MNT_DETACH));
     }
-    close(self);
+    SYS1(SYS_close, self);
 }
 
 /* The staging root: a fresh tmpfs stacked on "/" (see the top of this file). */
@@ -474,16 +474,16 @@ static void make_staging_root(struct mctx *m)
 {
     struct child_ctx *c = m->c;
     int fs;
-    STEP(c, NSCG_STAGE_MOUNTS, -1, "fsopen", fs = (int)syscall(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC));
+    STEP(c, NSCG_STAGE_MOUNTS, -1, "fsopen", fs = (int)SYS2(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC));
     STEP(c, NSCG_STAGE_MOUNTS, -1, "fsconfig",
-         syscall(SYS_fsconfig, fs, NSCG_FSCONFIG_SET_STRING, "mode", "0755", 0));
+         SYS5(SYS_fsconfig, fs, NSCG_FSCONFIG_SET_STRING, "mode", "0755", 0));
     STEP(c, NSCG_STAGE_MOUNTS, -1, "fsconfig",
-         syscall(SYS_fsconfig, fs, NSCG_FSCONFIG_CMD_CREATE, NULL, NULL, 0));
+         SYS5(SYS_fsconfig, fs, NSCG_FSCONFIG_CMD_CREATE, NULL, NULL, 0));
     STEP(c, NSCG_STAGE_MOUNTS, -1, "fsmount",
-         m->root = (int)syscall(SYS_fsmount, fs, FSMOUNT_CLOEXEC, NSCG_ATTR_NOSUID | NSCG_ATTR_NODEV));
-    close(fs);
+         m->root = (int)SYS3(SYS_fsmount, fs, FSMOUNT_CLOEXEC, NSCG_ATTR_NOSUID | NSCG_ATTR_NODEV));
+    SYS1(SYS_close, fs);
     STEP(c, NSCG_STAGE_MOUNTS, -1, "move_mount",
-         syscall(SYS_move_mount, m->root, "", AT_FDCWD, "/", MOVE_MOUNT_F_EMPTY_PATH));
+         SYS5(SYS_move_mount, m->root, "", AT_FDCWD, "/", MOVE_MOUNT_F_EMPTY_PATH));
 }
 
 void nscg_setup_mounts(struct child_ctx *c)
@@ -492,7 +492,7 @@ void nscg_setup_mounts(struct child_ctx *c)
     struct mctx mc = {.c = c, .root = -1, .mask_dir = -1}, *m = &mc;
     unsigned long prop = (p->mount_flags & NSCG_MOUNTS_SLAVE) ? MS_SLAVE : MS_PRIVATE;
 
-    STEP(c, NSCG_STAGE_MOUNTS, -1, "mount", mount(NULL, "/", NULL, MS_REC | prop, NULL));
+    STEP(c, NSCG_STAGE_MOUNTS, -1, "mount", SYS5(SYS_mount, NULL, "/", NULL, MS_REC | prop, NULL));
     /* A first op that mounts the root itself (RootFS.host()'s bind of "/",
      * from_directory's bind, a tmpfs) becomes the new root directly. With a
      * staging tmpfs under it, a recursive bind of "/" would copy the staging
@@ -533,16 +533,17 @@ void nscg_setup_mounts(struct child_ctx *c)
     if (m->root < 0)
         make_staging_root(m); /* an empty plan: an empty root */
     if (m->mask_dir >= 0)
-        close(m->mask_dir);
+        SYS1(SYS_close, m->mask_dir);
     if (p->mount_flags & NSCG_MOUNTS_ROOT_RDONLY)
         STEP(c, NSCG_STAGE_MOUNTS, p->n_mounts, "mount_setattr",
              sys_setattr(m->root, 0, NSCG_ATTR_RDONLY));
 
     /* pivot_root(".", "."): the old root ends up stacked on the new one */
-    if (fchdir(m->root) < 0)
-        fail(c, NSCG_STAGE_PIVOT_ROOT, errno, -1, "fchdir");
-    STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "pivot_root", syscall(SYS_pivot_root, ".", "."));
+    long r = SYS1(SYS_fchdir, m->root);
+    if (r < 0)
+        fail(c, NSCG_STAGE_PIVOT_ROOT, (int)-r, -1, "fchdir");
+    STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "pivot_root", SYS2(SYS_pivot_root, ".", "."));
     detach_above_root(m);
-    STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "chdir", chdir("/"));
-    close(m->root);
+    STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "chdir", SYS1(SYS_chdir, "/"));
+    SYS1(SYS_close, m->root);
 }
