@@ -717,7 +717,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=100, help="rounds per block (default 100)")
     ap.add_argument("--repeat", type=int, default=3, help="blocks (default 3)")
-    ap.add_argument("--throughput", type=int, default=120, help="sandboxes per rate sample")
+    ap.add_argument("--throughput", type=int, default=240, help="sandboxes per rate sample")
     ap.add_argument("--throughput-rounds", type=int, default=5)
     ap.add_argument("--json", help="write the numbers to this file")
     ap.add_argument("--doc", help="write the Markdown report (e.g. docs/performance.md)")
