@@ -650,66 +650,54 @@ measured in one run on one machine. Regenerate with `nox -s bench` (or
 DOC_TAIL = """
 ## Where the time goes (profiled 2026-11-29, same machine)
 
-Tools: `perf stat -e task-clock` (CPU per sandbox over the whole process tree, 200
-sequential spawns, interpreter start-up subtracted), `perf record -g`, py-spy,
-`strace -f -tt` / `-c`. These are notes from one profiling session, not regenerated.
+Tools: CPU per sandbox from `/proc/stat` (all CPUs busy time, kernel workers included,
+over 200 sequential spawns), `getrusage` of the parent and its children, `perf record -a
+-g`, `perf record -e sched:sched_switch -g` (where tasks block), `strace -f`. Notes from
+one profiling session, not regenerated.
 
-- **CPU per sandbox**: subprocess.run 0.70 ms, nscg no namespaces 0.98, nscg namespaces
-  only 2.7, + `RootFS.host()` 4.0 (3.6 with `mask=False`), nscg full 3.9, bwrap 5.0. nscg
-  full costs ~0.78x bwrap's CPU. With 2 workers on 2 vCPUs that other jobs also use, the
-  rate is CPU-bound, so the 2-worker rate ratio sits near 1/0.78 = 1.3 whatever the latency:
-  the >= 1.5x target needs ~15 % less CPU per sandbox (or a quieter/larger machine).
-- **nscg full, `perf record`** (all CPU of the tree): ~13 % is the kernel creating the
-  network namespace (`copy_net_ns` -> loopback `register_netdevice`, sysctl tables; its
-  teardown runs later in a kworker and is not counted); ~10 % is `/bin/true`'s dynamic
-  loader, mostly `init_cpu_features`/`handle_amd`: CPUID traps to the hypervisor on this
-  VM, every exec pays it (bwrap pays it twice, bwrap + true); nscg-init ~7 %, a third of it
-  the same CPUID probing by static glibc; the Python interpreter ~20-25 %.
-- **The parent, py-spy (steady state)**: the C spawn call (clone3 with 5 namespaces,
-  through the spawner thread) ~32 % of the parent's wall time, waiting for the first child
-  (mount plan, fork into the pid namespace) ~23 %, the rest Python: `/proc/self/status`
-  read up to 4x per spawn for CapEff (now one `os.read` each, one call per id map), plan
-  building, `RootfsRun`, the Process, waiting.
-- **The mount plan**: ~150 mount-API calls (`open_tree`, `fsopen`/`fsconfig`/`fsmount`,
-  `move_mount`, `openat2(RESOLVE_IN_ROOT)`) of ~440 syscalls per full spawn (bwrap: ~440
-  including its own exec). The Docker masked/read-only paths, which bwrap does not apply,
-  cost ~0.4 ms CPU.
-- **No namespaces vs subprocess.run** (0.99x and 1.21x in two runs; 1.17-1.2x in quiet
-  interleaved micro-runs): ~+110 us of Python per spawn (validation, executable lookup,
-  the cffi plan, three `fstat`s for stdio, the error pipe, the Process object) and a few
-  tens of us in C: the spawner-thread hop (~20 us: `die_with_parent=False` skips it), 62
-  `rt_sigaction` calls in the child to reset every handler (~20 us), a fresh child stack
-  (`mmap` + 3 `mprotect` + `munmap`). The mechanism itself is not the cost: in C,
-  `clone3(CLONE_VM|CLONE_PIDFD)` + own stack + error pipe + `waitid(P_PIDFD)` is within
-  0-10 % of `vfork` + `waitpid` (640-690 vs 670-710 us per /bin/true here), and adding
-  `CLONE_VFORK` does not help.
-- **Under load** (load average 8 on 2 vCPUs) nscg's latency grows more than bwrap's: one
-  spawn crosses more tasks in series (caller -> spawner thread -> child -> parent writes the
-  id maps -> child -> fork into the pid namespace -> init -> payload), and each hand-off
-  waits for a CPU.
+- **CPU per sandbox**, whole machine: nscg full 3.3 ms, bwrap 6.3-6.6 ms, nscg namespaces
+  only 2.3 ms, nscg no namespaces 0.75 ms, subprocess.run 0.75 ms. nscg full costs about
+  half of bwrap's CPU. At the start of the day it was 5.2 ms (full) and 1.05 ms (no
+  namespaces); what took it down:
+  - *Prepared plans.* Validation, environment, id maps, flags, capability masks, the
+    seccomp program, the /etc files and the flattened mount plan are made once per
+    Container (frozen) and copied per spawn: the Python part of a full spawn went from
+    ~800 us to ~100 us (full: 4.7 -> 3.8 ms, CPU 5.2 -> 4.5 ms).
+  - *nscg-init without a C library* (own `_start`, raw system calls, 8 KB instead of
+    772 KB): a static glibc start-up probes the CPU with CPUID, which traps to the
+    hypervisor on this VM; -0.4 ms CPU per sandbox.
+  - *The first mount is the new root* (no staging tmpfs under a bind of `/`): one unmount
+    after `pivot_root` instead of three; each unmount that frees mounts waits for an
+    expedited RCU grace period, which interrupts every CPU.
+  - *vfork-style start* when the child waits for nothing (no namespaces): the caller
+    resumes once the payload has exec'd, the failure report is read from memory (no
+    error pipe), an absolute program is looked up only if `execve` fails; pooled child
+    stacks (no `mmap`/`munmap` and its TLB shootdown per spawn); `capget` instead of
+    parsing `/proc/self/status`.
+- **nscg full, `perf record -a`** (busy time only): creating the network namespace
+  (`copy_net_ns`: loopback registration, sysctl tables) ~12 %, tearing it down later in a
+  kworker (`cleanup_net`) ~8 %, `/bin/true` ~16 % (mostly its dynamic loader's CPUID
+  probing: every exec pays it here, bwrap pays it twice), the Python interpreter ~11 %,
+  the rest the mount plan (~35 mount-API operations), execs and exits.
+- **Two workers.** The machine is not saturated (~80 % busy at ~400 sandboxes/s): tasks
+  block in `synchronize_rcu_expedited` (the unmount of the old root, the mount namespace's
+  teardown at exit: two per sandbox), in the vfork waits of the start chain, and on
+  futexes (the GIL, the spawner threads). Two worker *processes* instead of two threads
+  reach about the same rate (400-455/s), so the GIL is not the limit: kernel-side
+  serialization is, the same that bwrap meets at twice the CPU per sandbox.
+- **No namespaces vs subprocess.run**: the child is as cheap as subprocess's vfork child
+  (children's CPU equal); the difference is the parent's Python, ~90-100 us of user time
+  per spawn against subprocess's ~45 (`getrusage` over 3000 runs): the Process and Result
+  objects, the stdio checks, the reaping through a pidfd.
 - **`nscg.Container`** (first use loads the API): ~40-48 ms, of which `attrs` ~27 ms,
   `typing` ~9 ms, the cffi extension ~11 ms (`python -X importtime`). `import nscg` alone
   is lazy (< 3 ms).
 
-What would close the gaps (not done here):
-
-- less CPU per full sandbox: masks from one pre-made read-only empty tmpfs/file cloned per
-  spawn instead of a tmpfs or an `open_tree` + `mount_setattr` per path; nscg-init built
-  without glibc start-up (`-nostdlib`: no CPUID probing); the flattened C plan cached per
-  frozen Container (only fds change between spawns); a pool of child stacks instead of
-  `mmap`/`munmap` per spawn (also fewer `mmap_lock` writers on the shared mm);
-- fewer serial hand-offs: no spawner-thread hop when spawning from the main thread, and the
-  handler reset limited to signals that are not already default (one query in the parent);
-- no namespaces: the Python side, i.e. the flattened plan cached per frozen Container and
-  the validation done once per Container rather than per spawn.
-
-Run-to-run spread: three `nox -s bench` runs on 2026-11-29 between 15:53 and 16:13 UTC
-(load average 4.7-8.8 on 2 vCPUs: other jobs' VMs and test suites running) gave full/bwrap
-0.92x, 0.78x, 0.95x; 2-worker rate 1.19x, 1.61x, 1.36x; no namespaces/subprocess 0.99x,
-1.21x, 1.23x. Other runs the same day (`bench_spawn.py` at load 2.5, two interleaved
-micro-runs) gave full/bwrap 0.68-0.77x. So on this shared machine the full-isolation
-latency target is met when it is quieter and missed under load, where nscg's longer chain
-of hand-offs seems to cost more than bwrap's (few runs: a hypothesis, not a measurement).
+What would go further (not done): a mount namespace made from a detached tree (newer
+kernels' `open_tree(OPEN_TREE_NAMESPACE)`) would need no unmount at all; fewer Python
+objects per spawn for the no-namespace case; no spawner-thread hop for threads other
+than the main one (the parent-death signal follows the thread that cloned: a pid-1 init
+watching the caller's pidfd could replace it for sandboxes with a pid namespace).
 """
 
 

@@ -231,3 +231,34 @@ def test_every_masked_directory_is_empty_and_read_only(tmp_path: Path) -> None:
         assert out[d] == [[], "EROFS"], out
     assert out["f"] == ""
     assert (host / "a" / "secret").read_text() == "a"  # the host's files are untouched
+
+
+def test_one_prepared_plan_shared_by_many_threads() -> None:
+    # one Container, one template: every thread's children read the same mount
+    # plan and strings while the others run (and write errno, see child.h)
+    import threading
+
+    c = Container().with_rootfs(RootFS.host()).with_hostname("shared")
+    out: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(40):
+                r = c.run(
+                    ["/bin/sh", "-c", "hostname; wc -c < /proc/timer_list"], capture_output=True
+                )
+                out.append((r.stdout or b"") + str(r.returncode).encode())
+        except BaseException as e:
+            errors.append(e)
+
+    fds, kids = open_fds(), set(children())
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert out == [b"shared\n0\n0"] * 160  # and /proc/timer_list masked in every one
+    assert open_fds() == fds
+    assert set(children()) == kids
