@@ -508,15 +508,16 @@ def spawn(
     if prep.own is not None:
         c = prep.own
     root: Any = None
+    labels: Any = None
     if prep.per_spawn_root:
         # overlays: upper and work directories of this spawn's own
         from nscg._rootfs_run import RootfsRun
 
         root = RootfsRun(c)
     elif prep.prims is not None:
-        from nscg._rootfs_run import _current
+        from nscg._rootfs_run import _current as labels
 
-        _current.run = (c, prep.prims)  # failure labels
+        labels.run = (c, prep.prims)  # for failure labels, during this spawn
     try:
         proc = _spawn(
             prep,
@@ -535,6 +536,9 @@ def spawn(
         if root is not None:
             root.cleanup()
         raise
+    finally:
+        if labels is not None:
+            labels.run = None
     if root is not None:
         root.attach(proc)
     return proc
