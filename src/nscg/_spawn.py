@@ -560,8 +560,10 @@ class _Prepared:
     def __init__(self, c: Container, key: tuple[Any, ...], cap_eff: int) -> None:
         c.validate()
         given = c
+        #: files this plan binds from nscg's /etc directory (made again if gone)
+        self.etc_files: list[str] = []
         if c.rootfs is not None:
-            c = _with_etc_files(c)
+            c, self.etc_files = _with_etc_files(c)
         self.key = key
         #: the Container to run when it is not the one given (one with /etc
         #: files added); never the given one, which the cache refers to weakly
@@ -714,7 +716,13 @@ def _prepare(c: Container) -> _Prepared:
         os.environ.get("TERM") if c.env is None else None,
     )
     ent = _prepared.get(id(c))
-    if ent is not None and ent[0]() is c and ent[1].key == key:
+    # (the /etc files are written again if something removed them)
+    if (
+        ent is not None
+        and ent[0]() is c
+        and ent[1].key == key
+        and all(os.path.exists(f) for f in ent[1].etc_files)
+    ):
         return ent[1]
     prep = _Prepared(c, key, cap_eff)
     _prepared[id(c)] = (weakref.ref(c, functools.partial(_forget, id(c))), prep)
@@ -769,21 +777,21 @@ def _etc_file(text: str, name: str) -> str:
         return path
 
 
-def _with_etc_files(c: Container) -> Container:
+def _with_etc_files(c: Container) -> tuple[Container, list[str]]:
     """Give a sandbox with its own root and hostname an /etc/hosts (and resolv.conf).
 
     Like Docker: the sandbox's hostname resolves (to its own address on a veth
     or bridge network, else 127.0.1.1), and /etc/resolv.conf lists no name
     server the sandbox cannot reach. Each file is bound read-only over the
     root's own, only where the root has one and the plan does not already put
-    something there.
+    something there. Returns the Container with those binds and the files bound.
     """
     import attrs
 
     root = c.rootfs
     assert root is not None
     if not c.namespaces & Namespace.UTS and c.network is None:
-        return c
+        return c, []
     paths = ["/etc/hosts"]
     if c.namespaces & Namespace.NET:  # the host's resolver is out of reach
         paths.append("/etc/resolv.conf")
@@ -795,7 +803,7 @@ def _with_etc_files(c: Container) -> Container:
         if hosts and any(os.path.isfile(h) for h in hosts):
             targets.append(path)
     if not targets:
-        return c
+        return c, []
     from nscg.network import Network
 
     name = c.hostname or "nscg"
@@ -804,9 +812,10 @@ def _with_etc_files(c: Container) -> Container:
         "/etc/hosts": net.hosts_entries(name),
         "/etc/resolv.conf": net.resolv_conf(),
     }
-    for path in targets:
-        root = root.bind(_etc_file(texts[path], os.path.basename(path)), path, readonly=True)
-    return attrs.evolve(c, rootfs=root)
+    files = [_etc_file(texts[path], os.path.basename(path)) for path in targets]
+    for path, file in zip(targets, files, strict=True):
+        root = root.bind(file, path, readonly=True)
+    return attrs.evolve(c, rootfs=root), files
 
 
 def _resolve_in_rootfs(c: Container, name: str, path_var: str, executable: str | None) -> str:

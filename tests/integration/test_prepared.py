@@ -262,3 +262,16 @@ def test_one_prepared_plan_shared_by_many_threads() -> None:
     assert out == [b"shared\n0\n0"] * 160  # and /proc/timer_list masked in every one
     assert open_fds() == fds
     assert set(children()) == kids
+
+
+def test_etc_files_removed_behind_a_prepared_plan_are_written_again() -> None:
+    need_root()
+    c = Container().with_rootfs(RootFS.host()).with_hostname("again")
+    assert c.run(["/bin/true"]).returncode == 0
+    files = _prepared[id(c)][1].etc_files
+    assert files
+    for f in files:  # a tmp cleaner, say
+        os.unlink(f)
+    r = c.run(["/bin/sh", "-c", "grep again /etc/hosts"], capture_output=True, check=True)
+    assert b"127.0.1.1" in (r.stdout or b"")
+    assert all(os.path.exists(f) for f in _prepared[id(c)][1].etc_files)
