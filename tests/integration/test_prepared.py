@@ -160,6 +160,9 @@ def test_prepared_plan_is_made_again_after_fork() -> None:
             code = 0 if ok and _prepared[id(c)][1].key[0] == os.getpid() else 2
         finally:
             os.write(w, bytes([code]))
+            from nscg import _spawn as sp
+
+            sp._remove_etc_dir(*sp._etc_dir)  # os._exit skips atexit
             os._exit(code)
     os.close(w)
     status = os.read(r, 1)
