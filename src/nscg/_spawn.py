@@ -745,6 +745,33 @@ def _remove_etc_dir(pid: int, d: str) -> None:
         _rmtree_quiet(d)
 
 
+def _remove_stale_etc_dirs(base: str) -> None:
+    """Remove the /etc directories of processes that are gone without cleaning up.
+
+    A process killed by a signal (or leaving by ``os._exit``) cannot run its
+    atexit handler. Only directories of this uid whose process no longer
+    exists are removed; a live process (or a reused pid) keeps its own.
+    """
+    try:
+        names = os.listdir(base)
+    except OSError:
+        return
+    uid = os.geteuid()
+    for name in names:
+        parts = name.split("-")
+        if len(parts) < 4 or parts[:2] != ["nscg", "etc"] or not parts[2].isdigit():
+            continue
+        path = os.path.join(base, name)
+        try:
+            if os.lstat(path).st_uid != uid:
+                continue
+            os.kill(int(parts[2]), 0)
+        except ProcessLookupError:
+            _rmtree_quiet(path)
+        except OSError:
+            continue  # alive (EPERM: another uid's process), or already gone
+
+
 def _etc_file(text: str, name: str) -> str:
     """A read-only file with ``text``, shared by every sandbox that needs the same.
 
@@ -762,6 +789,7 @@ def _etc_file(text: str, name: str) -> str:
             import tempfile
 
             base = "/dev/shm" if os.path.isdir("/dev/shm") else None
+            _remove_stale_etc_dirs(base or tempfile.gettempdir())
             d = tempfile.mkdtemp(prefix=f"nscg-etc-{pid}-", dir=base)
             os.chmod(d, 0o755)
             _etc_dir = (pid, d)

@@ -278,3 +278,24 @@ def test_etc_files_removed_behind_a_prepared_plan_are_written_again() -> None:
     r = c.run(["/bin/sh", "-c", "grep again /etc/hosts"], capture_output=True, check=True)
     assert b"127.0.1.1" in (r.stdout or b"")
     assert all(os.path.exists(f) for f in _prepared[id(c)][1].etc_files)
+
+
+def test_etc_dirs_of_killed_processes_are_removed_by_the_next_one() -> None:
+    need_root()
+    code = textwrap.dedent(
+        """
+        import os, signal, sys, nscg
+        from nscg import _spawn
+        nscg.Container().with_rootfs(nscg.RootFS.host()).run(["/bin/true"])
+        print(_spawn._etc_dir[1], flush=True)
+        if sys.argv[1] == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    run = [sys.executable, "-c", code]
+    killed = subprocess.run([*run, "kill"], capture_output=True, text=True, check=False)
+    stale = killed.stdout.strip()
+    assert killed.returncode == -9 and os.path.isdir(stale)  # no atexit after SIGKILL
+    clean = subprocess.run([*run, "exit"], capture_output=True, text=True, check=True)
+    assert not os.path.exists(stale)  # removed by the next process that made its own
+    assert not os.path.exists(clean.stdout.strip())  # and that one's, at its exit
