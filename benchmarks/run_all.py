@@ -685,6 +685,12 @@ one profiling session, not regenerated.
   futexes (the GIL, the spawner threads). Two worker *processes* instead of two threads
   reach about the same rate (400-455/s), so the GIL is not the limit: kernel-side
   serialization is, the same that bwrap meets at twice the CPU per sandbox.
+- **Under load** nscg's lead shrinks: with two busy loops on the two vCPUs, full isolation
+  took 16.4 ms against bwrap's 16.9 ms (0.97x; no namespaces 1.06x subprocess.run; 150
+  interleaved rounds). A full spawn crosses more tasks in series (caller -> first child ->
+  caller writes the id maps -> first child -> pid 1 -> payload -> init), and under load each
+  hand-off waits for a CPU. Writing the id maps from C right after the clone, without the
+  round trip through Python, would remove one of them.
 - **No namespaces vs subprocess.run**: the child is as cheap as subprocess's vfork child
   (children's CPU equal); the difference is the parent's Python, ~90-100 us of user time
   per spawn against subprocess's ~45 (`getrusage` over 3000 runs): the Process and Result
