@@ -302,7 +302,7 @@ def _single_self_map(maps: Sequence[IdMap], own: int) -> bool:
 
 
 def _plan_maps(
-    c: Container, cap_eff: int | None = None
+    c: Container, cap_eff: int
 ) -> tuple[tuple[IdMap, ...], tuple[IdMap, ...], str, str, bool]:
     """Return (uid_map, gid_map, uid tool, gid tool, deny_setgroups).
 
@@ -320,7 +320,7 @@ def _plan_maps(
         (uid_map, euid, _CAP_SETUID, "newuidmap"),
         (gid_map, egid, _CAP_SETGID, "newgidmap"),
     ):
-        has_cap = _has_cap(cap) if cap_eff is None else bool(cap_eff >> cap & 1)
+        has_cap = bool(cap_eff >> cap & 1)
         if has_cap or _single_self_map(maps, own):
             tools.append("write")
             if helper == "newgidmap" and not has_cap:

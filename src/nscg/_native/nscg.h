@@ -44,8 +44,4 @@ struct nscg_clone_args {
  * Returns the child's pid, or -errno (-ENOSYS where there is no clone3). */
 long nscg_clone3_run(struct nscg_clone_args *args, void (*fn)(void *), void *arg);
 
-/* A fork(2) that bypasses glibc's fork wrapper (no atfork handlers, no lock
- * juggling): safe in a child created by a raw clone. Returns as fork(). */
-pid_t nscg_raw_fork(unsigned long extra_flags);
-
 #endif

@@ -14,12 +14,6 @@ uint32_t nscg_abi_version(void) { return NSCG_ABI_VERSION; }
 
 const char *nscg_build_hash(void) { return NSCG_BUILD_HASH; }
 
-pid_t nscg_raw_fork(unsigned long extra_flags)
-{
-    /* no new stack: the child goes on with a copy of this one */
-    return (pid_t)syscall(SYS_clone, extra_flags | (unsigned long)SIGCHLD, 0UL, 0UL, 0UL, 0UL);
-}
-
 /* Map the status memfd (one page) without keeping an fd open, unlike
  * Python's mmap, which holds a dup of it for the mapping's lifetime. */
 struct nscg_shared *nscg_map_shared(int fd)
