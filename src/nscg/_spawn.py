@@ -604,6 +604,17 @@ class _Prepared:
         if maps is not None or self.hooks or c.cgroup is not None:
             # (with a cgroup: the fallback without clone3 places the child while it waits)
             flags |= lib.NSCG_F_WAIT_PARENT
+        if (
+            maps is not None
+            and maps[2] == maps[3] == "write"
+            and not (self.hooks or c.cgroup is not None or self.late)
+        ):
+            # only the maps to write before the go: done in C right after the
+            # clone (no trip back to Python, nor for the GIL, in between)
+            flags |= lib.NSCG_F_PARENT_MAPS
+            plan.uid_map_text = p.cstr(_map_text(maps[0]))
+            plan.gid_map_text = p.cstr(_map_text(maps[1]))
+            plan.deny_setgroups = int(maps[4])
         if pid_joined or ns & Namespace.PID:
             flags |= lib.NSCG_F_FORK_PIDNS
         if not flags & (lib.NSCG_F_WAIT_PARENT | lib.NSCG_F_FORK_PIDNS):
@@ -899,6 +910,8 @@ def _spawn(
     if _abandoned_pending():
         reap_abandoned()
     flags = prep.flags | _extra_flags
+    if _fault is not None and _fault[0] == Stage.ID_MAPS:
+        flags &= ~lib.NSCG_F_PARENT_MAPS  # the test hook is on the Python side
     prog = executable or argv[0]
     # An absolute path run vfork-style is left to execve: a missing program
     # costs a clone that fails, not namespaces, and is told apart below.
@@ -978,6 +991,7 @@ def _spawn(
             sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
             fds.child_side.append(sync_r)
             plan.sync_fd = sync_r
+            plan.sync_w = sync_w
         if c.die_with_parent:
             plan.pdeathsig = signal.SIGKILL
             plan.parent_pidfd = _own_pidfd()
@@ -1032,27 +1046,37 @@ def _spawn(
                 rec = _read_record(err_r)
                 if rec is None or rec[1] != lib.NSCG_STAGE_READY:
                     _raise_child_error(rec, c, path, joins)
-            try:
-                if _fault is not None and _fault[0] == Stage.ID_MAPS:
-                    raise SpawnError(
-                        _fault[1], "write", Stage.ID_MAPS, -1, f"/proc/{first.pid}/uid_map"
-                    )
-                if maps is not None:
-                    _write_maps(first.pid, *maps)
-                if cgroup is not None and (
-                    flags & lib.NSCG_F_FORCE_CLONE_FALLBACK
-                    or not lib.nscg_clone_features() & lib.NSCG_HAS_CLONE_INTO_CGROUP
-                ):
-                    cgroup.add_pid(first.pid)  # no clone3: placed before it runs on
-                for hook in _parent_hooks(c):
-                    cleanups.append(hook.attach(first.pid))
-                os.write(sync_w, b"\x01")
-            except OSError:
-                # the child died before the go: its own report explains why
-                rec = _read_record(err_r) if _child_exited(first.pidfd) else None
-                if rec is not None:
-                    _raise_child_error(rec, c, path, joins)
-                raise
+            if flags & lib.NSCG_F_PARENT_MAPS:
+                # written in C right after the clone, and the child let go
+                if out.maps_err:
+                    rec = _read_record(err_r) if _child_exited(first.pidfd) else None
+                    if rec is not None:
+                        _raise_child_error(rec, c, path, joins)
+                    what = ("uid_map", "setgroups", "gid_map", "")[min(out.maps_file, 3)]
+                    where = f"/proc/{first.pid}/{what}" if what else "the go-ahead pipe"
+                    raise SpawnError(out.maps_err, "write", Stage.ID_MAPS, -1, where)
+            else:
+                try:
+                    if _fault is not None and _fault[0] == Stage.ID_MAPS:
+                        raise SpawnError(
+                            _fault[1], "write", Stage.ID_MAPS, -1, f"/proc/{first.pid}/uid_map"
+                        )
+                    if maps is not None:
+                        _write_maps(first.pid, *maps)
+                    if cgroup is not None and (
+                        flags & lib.NSCG_F_FORCE_CLONE_FALLBACK
+                        or not lib.nscg_clone_features() & lib.NSCG_HAS_CLONE_INTO_CGROUP
+                    ):
+                        cgroup.add_pid(first.pid)  # no clone3: placed before it runs on
+                    for hook in _parent_hooks(c):
+                        cleanups.append(hook.attach(first.pid))
+                    os.write(sync_w, b"\x01")
+                except OSError:
+                    # the child died before the go: its own report explains why
+                    rec = _read_record(err_r) if _child_exited(first.pidfd) else None
+                    if rec is not None:
+                        _raise_child_error(rec, c, path, joins)
+                    raise
             os.close(sync_w)
             sync_w = -1
         if flags & lib.NSCG_F_FORK_PIDNS:

@@ -59,6 +59,10 @@
  * vfork-style (the caller resumes once it has exec'd or failed) and take its
  * failure report from memory (nscg_spawn_out.child_err) instead of a pipe */
 #define NSCG_F_VFORK 32768
+/* the caller's thread writes the child's id maps (uid_map_text, gid_map_text,
+ * setgroups "deny" if asked) right after the clone and lets it go (sync_w),
+ * without a trip back to Python; a failure is in nscg_spawn_out.maps_err */
+#define NSCG_F_PARENT_MAPS 65536
 
 /* ---- mount plan: kinds of struct nscg_mount_op (see mount.c) ---- */
 #define NSCG_MOUNT_BIND 1
@@ -204,6 +208,10 @@ struct nscg_plan {
     uint32_t mount_flags;
     const struct nscg_mount_op *mounts;
     struct nscg_child_error *err_mem; /* set by nscg_spawn with NSCG_F_VFORK */
+    const char *uid_map_text;         /* NSCG_F_PARENT_MAPS */
+    const char *gid_map_text;
+    int32_t sync_w;                   /* the parent's end of sync_fd */
+    uint32_t deny_setgroups;
 };
 
 struct nscg_spawn_out {
@@ -216,6 +224,10 @@ struct nscg_spawn_out {
     uint64_t stack_size;
     /* NSCG_F_VFORK: the child's failure (stage 0: it exec'd) */
     struct nscg_child_error child_err;
+    /* NSCG_F_PARENT_MAPS: errno of a failed write, and which file
+     * (0 uid_map, 1 setgroups, 2 gid_map, 3 the go-ahead byte) */
+    int32_t maps_err;
+    uint32_t maps_file;
 };
 
 struct nscg_wait_out {

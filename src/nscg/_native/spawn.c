@@ -11,6 +11,7 @@
 #include "nscg.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -98,6 +99,44 @@ void nscg_release_stack(uint64_t addr, uint64_t size)
         munmap(p, (size_t)size);
 }
 
+/* NSCG_F_PARENT_MAPS: write the waiting child's id maps, then let it go.
+ * On failure the child keeps waiting; the caller kills and reaps it. */
+static void write_proc(long pid, const char *file, const char *text, int *err)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%ld/%s", pid, file);
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) {
+        *err = errno;
+        return;
+    }
+    size_t len = strlen(text);
+    ssize_t w = write(fd, text, len);
+    *err = w < 0 ? errno : (size_t)w != len ? EIO : 0;
+    close(fd);
+}
+
+static void parent_maps(const struct nscg_plan *plan, long pid, struct nscg_spawn_out *out)
+{
+    int err = 0;
+    write_proc(pid, "uid_map", plan->uid_map_text, &err);
+    if (!err && plan->deny_setgroups) {
+        out->maps_file = 1;
+        write_proc(pid, "setgroups", "deny", &err);
+    }
+    if (!err) {
+        out->maps_file = 2;
+        write_proc(pid, "gid_map", plan->gid_map_text, &err);
+    }
+    if (!err) {
+        char go = 1;
+        out->maps_file = 3;
+        if (write(plan->sync_w, &go, 1) != 1)
+            err = errno ? errno : EIO;
+    }
+    out->maps_err = err;
+}
+
 static void child_entry(void *plan) { nscg_child_main(plan); }
 
 static int child_entry_int(void *plan)
@@ -175,6 +214,8 @@ static void do_clone(const struct nscg_plan *plan, struct nscg_spawn_out *out)
             atomic_store(&clone3_state, 1);
             out->pid = (int32_t)pid;
             out->pidfd = pidfd;
+            if (plan->flags & NSCG_F_PARENT_MAPS)
+                parent_maps(plan, pid, out);
             return;
         }
         if (pid != -ENOSYS) {
@@ -199,6 +240,8 @@ static void do_clone(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     }
     out->pid = (int32_t)pid;
     out->pidfd = pidfd;
+    if (plan->flags & NSCG_F_PARENT_MAPS)
+        parent_maps(plan, pid, out);
 }
 
 /* ------------------------------------------------------------ spawner pool */
