@@ -619,6 +619,12 @@ class _Prepared:
             flags |= lib.NSCG_F_FORK_PIDNS
         if not flags & (lib.NSCG_F_WAIT_PARENT | lib.NSCG_F_FORK_PIDNS):
             flags |= lib.NSCG_F_VFORK
+        elif not (self.hooks or c.cgroup is not None or self.late) and (
+            maps is None or flags & lib.NSCG_F_PARENT_MAPS
+        ):
+            # nothing for Python to do until the payload runs: the C call
+            # also waits for that (one release of the GIL, not one per step)
+            flags |= lib.NSCG_F_WAIT_EXEC
         if c.init and ns & Namespace.PID:
             flags |= lib.NSCG_F_INIT
         if ns & Namespace.NET:
@@ -911,7 +917,8 @@ def _spawn(
         reap_abandoned()
     flags = prep.flags | _extra_flags
     if _fault is not None and _fault[0] == Stage.ID_MAPS:
-        flags &= ~lib.NSCG_F_PARENT_MAPS  # the test hook is on the Python side
+        # the test hook is on the Python side
+        flags &= ~(lib.NSCG_F_PARENT_MAPS | lib.NSCG_F_WAIT_EXEC)
     prog = executable or argv[0]
     # An absolute path run vfork-style is left to execve: a missing program
     # costs a clone that fails, not namespaces, and is told apart below.
@@ -987,6 +994,7 @@ def _spawn(
             err_r, err_w = os.pipe2(os.O_CLOEXEC)
             fds.child_side.append(err_w)
             plan.err_fd = err_w
+            plan.err_r = err_r
         if flags & lib.NSCG_F_WAIT_PARENT:
             sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
             fds.child_side.append(sync_r)
@@ -1018,6 +1026,8 @@ def _spawn(
 
         out = ffi.new("struct nscg_spawn_out *")
         lib.nscg_spawn(plan, out)
+        if out.exec_waited:
+            fds.child_side.remove(plan.err_fd)  # closed by the C call
         fds.close_child_side()
         stack = (int(out.stack_addr), int(out.stack_size))
         if out.err:
@@ -1079,7 +1089,19 @@ def _spawn(
                     raise
             os.close(sync_w)
             sync_w = -1
-        if flags & lib.NSCG_F_FORK_PIDNS:
+        if out.exec_waited:
+            # done in the C call (NSCG_F_WAIT_EXEC): the first child reaped,
+            # the process it started opened, err_r read to EOF or a record
+            if flags & lib.NSCG_F_FORK_PIDNS:
+                if out.first_status != 0:
+                    _raise_child_error(_record_of(out), c, path, joins)
+                if out.pidfd2 < 0:
+                    raise SpawnError(-out.pidfd2, "pidfd_open", Stage.FORK, -1, str(out.pid2))
+                later = _Child(int(out.pid2), _above_stdio(int(out.pidfd2)))
+            rec = _record_of(out)
+            if rec is not None:
+                _raise_child_error(rec, c, path, joins)
+        elif flags & lib.NSCG_F_FORK_PIDNS:
             status = first.reap()
             if status != 0:
                 _raise_child_error(_read_record(err_r), c, path, joins)
@@ -1089,7 +1111,9 @@ def _spawn(
             if gfd < 0:
                 raise SpawnError(-gfd, "pidfd_open", Stage.FORK, -1, str(g))
             later = _Child(g, gfd)
-        if err_r < 0:  # vfork-style: the report (if any) is in memory
+        if out.exec_waited:
+            pass
+        elif err_r < 0:  # vfork-style: the report (if any) is in memory
             ce = out.child_err
             if ce.stage:
                 if ce.stage == Stage.EXEC and not checked:
@@ -1209,6 +1233,14 @@ def _child_exited(pidfd: int) -> bool:
 
 def _abandoned_pending() -> bool:
     return bool(_process_mod._abandoned)
+
+
+def _record_of(out: Any) -> tuple[int, int, int, int, bytes] | None:
+    """The child's record read by the C call (NSCG_F_WAIT_EXEC), or None at EOF."""
+    if out.rec_len != _REC.size:
+        return None
+    ce = out.child_err
+    return int(ce.abi), int(ce.stage), int(ce.err), int(ce.index), ffi.string(ce.syscall)
 
 
 def _read_record(fd: int) -> tuple[int, int, int, int, bytes] | None:

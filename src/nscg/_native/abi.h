@@ -63,6 +63,11 @@
  * setgroups "deny" if asked) right after the clone and lets it go (sync_w),
  * without a trip back to Python; a failure is in nscg_spawn_out.maps_err */
 #define NSCG_F_PARENT_MAPS 65536
+/* after the clone, nscg_spawn also closes the caller's copy of err_fd, reaps the
+ * first child (with NSCG_F_FORK_PIDNS: opens a pidfd of the process it started)
+ * and reads err_r to EOF or one record: one call, one release of the GIL,
+ * instead of a Python step (and a wait for the GIL) after each */
+#define NSCG_F_WAIT_EXEC 131072
 
 /* ---- mount plan: kinds of struct nscg_mount_op (see mount.c) ---- */
 #define NSCG_MOUNT_BIND 1
@@ -212,6 +217,8 @@ struct nscg_plan {
     const char *gid_map_text;
     int32_t sync_w;                   /* the parent's end of sync_fd */
     uint32_t deny_setgroups;
+    int32_t err_r;                    /* NSCG_F_WAIT_EXEC: the read end of err_fd */
+    uint32_t reserved2;
 };
 
 struct nscg_spawn_out {
@@ -228,6 +235,13 @@ struct nscg_spawn_out {
      * (0 uid_map, 1 setgroups, 2 gid_map, 3 the go-ahead byte) */
     int32_t maps_err;
     uint32_t maps_file;
+    /* NSCG_F_WAIT_EXEC: what the caller would have waited for */
+    uint32_t exec_waited;   /* 1 once err_fd was closed and the waits done */
+    int32_t first_status;   /* the first child's exit: code, or -signal */
+    int32_t pid2;           /* with NSCG_F_FORK_PIDNS: the process it started */
+    int32_t pidfd2;         /* its pidfd, or -errno */
+    uint32_t rec_len;       /* bytes of child_err read from err_r (0: EOF) */
+    uint32_t reserved;
 };
 
 struct nscg_wait_out {

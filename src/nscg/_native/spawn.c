@@ -16,6 +16,11 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
+
+#ifndef P_PIDFD
+#define P_PIDFD 3
+#endif
 
 static atomic_int clone3_state; /* 0 unknown, 1 works, -1 ENOSYS */
 
@@ -135,6 +140,46 @@ static void parent_maps(const struct nscg_plan *plan, long pid, struct nscg_spaw
             err = errno ? errno : EIO;
     }
     out->maps_err = err;
+}
+
+/* NSCG_F_WAIT_EXEC: what the caller did in Python after the clone, here in
+ * one call. The first child (and everything it started) is past execve when
+ * err_r reads EOF; a failure is one record there. */
+static void wait_exec(const struct nscg_plan *plan, struct nscg_spawn_out *out)
+{
+    close(plan->err_fd); /* our copy of the write end: EOF needs every copy gone */
+    if (plan->flags & NSCG_F_FORK_PIDNS) {
+        siginfo_t info;
+        long r;
+        memset(&info, 0, sizeof info);
+        do {
+            r = syscall(SYS_waitid, P_PIDFD, out->pidfd, &info, WEXITED, NULL);
+        } while (r < 0 && errno == EINTR);
+        if (r < 0)
+            out->first_status = -255;
+        else
+            out->first_status = info.si_code == CLD_EXITED ? info.si_status : -info.si_status;
+        close(out->pidfd);
+        out->pidfd = -1;
+        if (out->first_status == 0) {
+            int g = __atomic_load_n(&plan->shared->init_pid, __ATOMIC_ACQUIRE);
+            long fd = syscall(SYS_pidfd_open, g, 0);
+            out->pid2 = g;
+            out->pidfd2 = fd < 0 ? -errno : (int32_t)fd;
+        }
+    }
+    char *buf = (char *)&out->child_err;
+    size_t got = 0;
+    while (got < sizeof out->child_err) {
+        ssize_t n = read(plan->err_r, buf + got, sizeof out->child_err - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    out->rec_len = (uint32_t)got;
+    out->exec_waited = 1;
 }
 
 static void child_entry(void *plan) { nscg_child_main(plan); }
@@ -349,6 +394,12 @@ static void release_spawner(struct spawner *s)
     pthread_mutex_unlock(&pool_mu);
 }
 
+static void finish(const struct nscg_plan *plan, struct nscg_spawn_out *out)
+{
+    if ((plan->flags & NSCG_F_WAIT_EXEC) && !out->err && !out->maps_err && out->pid > 0)
+        wait_exec(plan, out);
+}
+
 int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
 {
     memset(out, 0, sizeof *out);
@@ -366,6 +417,7 @@ int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
         pthread_sigmask(SIG_SETMASK, &all, &old);
         do_clone(plan, out);
         pthread_sigmask(SIG_SETMASK, &old, NULL);
+        finish(plan, out);
         return out->err ? -1 : 0;
     }
     int err = 0;
@@ -386,5 +438,6 @@ int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     s->state = 0;
     pthread_mutex_unlock(&s->mu);
     release_spawner(s);
+    finish(plan, out); /* in the caller's thread: the spawner is free again */
     return out->err ? -1 : 0;
 }
