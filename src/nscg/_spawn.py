@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import mmap
 import os
 import signal
 import struct
@@ -24,7 +23,6 @@ from nscg.errors import (
     ExecutableNotFoundError,
     SpawnError,
     SpecError,
-    SyscallError,
     TimeoutExpired,
     UnsupportedError,
 )
@@ -616,7 +614,7 @@ class _Prepared:
             plan.gid_map_text = p.cstr(_map_text(maps[1]))
             plan.deny_setgroups = int(maps[4])
         if pid_joined or ns & Namespace.PID:
-            flags |= lib.NSCG_F_FORK_PIDNS
+            flags |= lib.NSCG_F_FORK_PIDNS | lib.NSCG_F_MAKE_STATUS
         if not flags & (lib.NSCG_F_WAIT_PARENT | lib.NSCG_F_FORK_PIDNS):
             flags |= lib.NSCG_F_VFORK
         elif not (self.hooks or c.cgroup is not None or self.late) and (
@@ -1008,24 +1006,17 @@ def _spawn(
             # thread lives as long as the interpreter, so it can clone itself
             # (no hop to a spawner thread). Other threads hand off to one.
             flags |= lib.NSCG_F_NO_SPAWNER_THREAD
-        if flags & lib.NSCG_F_FORK_PIDNS:
-            # a page the first child writes the new pid to, and nscg-init
-            # the payload's wait status (it survives the init's execve)
-            memfd = os.memfd_create("nscg-status", os.MFD_CLOEXEC)
-            fds.child_side.append(memfd)
-            os.ftruncate(memfd, mmap.PAGESIZE)
-            shared = lib.nscg_map_shared(memfd)
-            if shared == ffi.NULL:
-                raise SyscallError(ffi.errno, "mmap", "status memfd")
-            plan.shared = shared
-            shared.abi = lib.NSCG_ABI_VERSION
-            plan.status_fd = memfd
-            if flags & lib.NSCG_F_INIT:
-                plan.init_fd = _init_fd()
+        if flags & lib.NSCG_F_INIT:
+            plan.init_fd = _init_fd()
         plan.flags = flags
 
+        # (with a pid namespace the C call makes the status page: a memfd the
+        # first child writes the new pid to, and nscg-init the payload's wait
+        # status; NSCG_F_MAKE_STATUS)
         out = ffi.new("struct nscg_spawn_out *")
         lib.nscg_spawn(plan, out)
+        if out.shared != ffi.NULL:
+            shared = out.shared
         if out.exec_waited:
             fds.child_side.remove(plan.err_fd)  # closed by the C call
         fds.close_child_side()

@@ -251,7 +251,9 @@ class Process:
                     return True
                 if self._pidfd < 0:
                     return False
-                r = lib.nscg_wait(self._pidfd, os.WEXITED | os.WNOHANG, out)
+                # (with a status page: read and unmapped by the same call)
+                page = self._shared if self._shared is not None else ffi.NULL
+                r = lib.nscg_reap(self._pidfd, os.WEXITED | os.WNOHANG, out, page)
                 if r == -errno.EINTR:
                     continue
                 if r < 0:
@@ -285,8 +287,10 @@ class Process:
         self._ended = time.monotonic()
         code, status = int(out.code), int(out.status)
         rc = -status if code in (_CLD_KILLED, _CLD_DUMPED) else status
-        if self._shared is not None and self._shared.has_status:
-            rc = os.waitstatus_to_exitcode(int(self._shared.payload_status))
+        if self._shared is not None:
+            self._shared = None  # unmapped by nscg_reap
+            if out.has_status:
+                rc = os.waitstatus_to_exitcode(int(out.payload_status))
         self.usage = Usage(
             cpu_user=out.utime_usec / 1e6,
             cpu_system=out.stime_usec / 1e6,

@@ -68,6 +68,9 @@
  * and reads err_r to EOF or one record: one call, one release of the GIL,
  * instead of a Python step (and a wait for the GIL) after each */
 #define NSCG_F_WAIT_EXEC 131072
+/* with NSCG_F_FORK_PIDNS: nscg_spawn makes the status page itself (a memfd,
+ * mapped; nscg_spawn_out.shared) and closes its fd after the clone */
+#define NSCG_F_MAKE_STATUS 262144
 
 /* ---- mount plan: kinds of struct nscg_mount_op (see mount.c) ---- */
 #define NSCG_MOUNT_BIND 1
@@ -242,12 +245,15 @@ struct nscg_spawn_out {
     int32_t pidfd2;         /* its pidfd, or -errno */
     uint32_t rec_len;       /* bytes of child_err read from err_r (0: EOF) */
     uint32_t reserved;
+    struct nscg_shared *shared; /* NSCG_F_MAKE_STATUS: the mapped status page */
 };
 
 struct nscg_wait_out {
     int32_t pid;
     int32_t code;
     int32_t status;
+    int32_t has_status; /* nscg_reap with a status page: nscg-init's report */
+    int32_t payload_status;
     int32_t reserved;
     int64_t utime_usec;
     int64_t stime_usec;
@@ -259,6 +265,7 @@ const char *nscg_build_hash(void);
 uint32_t nscg_clone_features(void);
 int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out);
 int nscg_wait(int pidfd, int options, struct nscg_wait_out *out);
+int nscg_reap(int pidfd, int options, struct nscg_wait_out *out, struct nscg_shared *page);
 int nscg_pidfd_open(int pid);
 int nscg_pidfd_send_signal(int pidfd, int sig);
 void nscg_release_stack(uint64_t addr, uint64_t size);

@@ -16,6 +16,10 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+
+#ifndef MFD_CLOEXEC
+#define MFD_CLOEXEC 0x0001U
+#endif
 #include <sys/wait.h>
 
 #ifndef P_PIDFD
@@ -394,10 +398,53 @@ static void release_spawner(struct spawner *s)
     pthread_mutex_unlock(&pool_mu);
 }
 
+static void drop_status_fd(const struct nscg_plan *plan, struct nscg_spawn_out *out);
+
 static void finish(const struct nscg_plan *plan, struct nscg_spawn_out *out)
 {
+    drop_status_fd(plan, out);
     if ((plan->flags & NSCG_F_WAIT_EXEC) && !out->err && !out->maps_err && out->pid > 0)
         wait_exec(plan, out);
+}
+
+/* NSCG_F_MAKE_STATUS: the page the first child writes the new pid to and
+ * nscg-init the payload's wait status (through its own fd, after execve). */
+static int make_status(const struct nscg_plan *plan, struct nscg_spawn_out *out)
+{
+    struct nscg_plan *wp = (struct nscg_plan *)(uintptr_t)plan;
+    int fd = (int)syscall(SYS_memfd_create, "nscg-status", MFD_CLOEXEC);
+    if (fd < 0)
+        return errno;
+    if (ftruncate(fd, sysconf(_SC_PAGESIZE)) < 0) {
+        int e = errno;
+        close(fd);
+        return e;
+    }
+    struct nscg_shared *page = nscg_map_shared(fd);
+    if (!page) {
+        int e = errno;
+        close(fd);
+        return e;
+    }
+    page->abi = NSCG_ABI_VERSION;
+    wp->shared = page;
+    wp->status_fd = fd;
+    out->shared = page;
+    return 0;
+}
+
+/* After the clone (or its failure): the caller's copy of the memfd goes. The
+ * plan is left alone: the child, sharing our memory, may not have read it yet
+ * (the fd number stays valid in its own copy of the fd table). */
+static void drop_status_fd(const struct nscg_plan *plan, struct nscg_spawn_out *out)
+{
+    if (!(plan->flags & NSCG_F_MAKE_STATUS) || plan->status_fd < 0)
+        return;
+    close(plan->status_fd);
+    if (out->err && out->shared) {
+        nscg_unmap_shared(out->shared);
+        out->shared = NULL;
+    }
 }
 
 int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
@@ -409,6 +456,13 @@ int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     if (plan->abi != NSCG_ABI_VERSION) {
         set_out_err(out, EINVAL, NSCG_STAGE_CLONE, "abi");
         return -1;
+    }
+    if (plan->flags & NSCG_F_MAKE_STATUS) {
+        int e = make_status(plan, out);
+        if (e) {
+            set_out_err(out, e, NSCG_STAGE_CLONE, "memfd_create");
+            return -1;
+        }
     }
     if (plan->flags & NSCG_F_NO_SPAWNER_THREAD) {
         sigset_t all, old;
@@ -426,6 +480,7 @@ int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     s = acquire_spawner(&err);
     if (!s) {
         set_out_err(out, err, NSCG_STAGE_CLONE, "pthread_create");
+        drop_status_fd(plan, out);
         return -1;
     }
     pthread_mutex_lock(&s->mu);

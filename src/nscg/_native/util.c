@@ -59,6 +59,19 @@ int nscg_wait(int pidfd, int options, struct nscg_wait_out *out)
     return 0;
 }
 
+/* nscg_wait, and once the process is reaped, the status page's report read
+ * and the page unmapped: one call (one release of the GIL) for both. */
+int nscg_reap(int pidfd, int options, struct nscg_wait_out *out, struct nscg_shared *page)
+{
+    int r = nscg_wait(pidfd, options, out);
+    if (r == 0 && out->pid != 0 && page) {
+        out->has_status = (int32_t)__atomic_load_n(&page->has_status, __ATOMIC_ACQUIRE);
+        out->payload_status = page->payload_status;
+        nscg_unmap_shared(page);
+    }
+    return r;
+}
+
 int nscg_pidfd_open(int pid)
 {
     long r = syscall(SYS_pidfd_open, pid, 0);
