@@ -266,6 +266,39 @@ def throughput(todo: dict[str, Case | str], total: int, rounds: int) -> dict[str
     }
 
 
+def busy_thread(todo: dict[str, Case | str], rounds: int) -> dict[str, float]:
+    """Median spawn time (ms) while another Python thread runs pure Python.
+
+    Each time the spawning thread gives up the GIL for a call that takes a
+    while, the busy thread takes it and keeps it until the switch interval
+    (5 ms) ends: what a spawn costs inside a busy Python program.
+    """
+    cases = [k for k in (NSCG_FULL, BWRAP, NSCG_NONE, SUBPROCESS) if callable(todo.get(k))]
+    stop = threading.Event()
+
+    def spin() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+
+    got: dict[str, list[float]] = {k: [] for k in cases}
+    busy = threading.Thread(target=spin)
+    busy.start()
+    try:
+        for _ in range(rounds):
+            random.shuffle(cases)
+            for k in cases:
+                fn = todo[k]
+                assert not isinstance(fn, str)
+                t0 = time.perf_counter()
+                fn()
+                got[k].append(time.perf_counter() - t0)
+    finally:
+        stop.set()
+        busy.join()
+    return {k: statistics.median(v) * 1e3 for k, v in got.items()}
+
+
 # ------------------------------------------------------------------ the rest
 def import_times(repeat: int = 11) -> dict[str, float]:
     """Median wall time (ms) of importing in a fresh interpreter, and the startup alone."""
@@ -584,6 +617,22 @@ def render(data: dict[str, Any], host_lines: list[str], png: str | None) -> str:
         md.append(f"| {case} | {cells[0]} | {cells[1]} |")
     md += ["", f"{data['throughput_total']} sandboxes per measurement; median (min-max) of"]
     md += [f"{data['throughput_rounds']} interleaved measurements.", ""]
+    bt = data.get("busy_thread") or {}
+    if bt:
+        md += [
+            "### With a busy Python thread (spawn + wait, median of 40 interleaved rounds)",
+            "",
+            "Another thread of the same process runs a pure-Python loop: each time the",
+            "spawning thread gives up the GIL for a call that takes a while, it waits up to",
+            "the switch interval (5 ms) to get it back.",
+            "",
+            "| case | ms | /bwrap |",
+            "|---|---:|---:|",
+        ]
+        for k, v in bt.items():
+            ref = bt.get(BWRAP)
+            md.append(f"| {k} | {v:.1f} | {v / ref:.2f}x |" if ref else f"| {k} | {v:.1f} | - |")
+        md.append("")
     md += ["### Import, memory, seccomp", "", "| what | value |", "|---|---:|"]
     for k, v in data["import_ms"].items():
         md.append(f"| `{k}` (fresh interpreter, median of 11) | {v:.1f} ms |")
@@ -685,12 +734,19 @@ one profiling session, not regenerated.
   futexes (the GIL, the spawner threads). Two worker *processes* instead of two threads
   reach about the same rate (400-455/s), so the GIL is not the limit: kernel-side
   serialization is, the same that bwrap meets at twice the CPU per sandbox.
+- **A busy Python thread** (the table above): each time the spawning thread releases the
+  GIL for a call that takes a while, the other thread takes it and keeps it for up to the
+  switch interval (5 ms). A full spawn released it for ~25 calls; ~7 of them cost a wait
+  (49 ms per spawn against ~13 ms for bwrap through subprocess.run). Writing the id maps
+  in C right after the clone, reaping the first child and reading the error pipe in the
+  same C call, and making / unmapping the status page in C brought it to ~24 ms. What is
+  left: the pipes, the program lookup and the /etc checks before the clone, the reaping
+  after.
 - **Under load** nscg's lead shrinks: with two busy loops on the two vCPUs, full isolation
   took 16.4 ms against bwrap's 16.9 ms (0.97x; no namespaces 1.06x subprocess.run; 150
   interleaved rounds). A full spawn crosses more tasks in series (caller -> first child ->
   caller writes the id maps -> first child -> pid 1 -> payload -> init), and under load each
-  hand-off waits for a CPU. Writing the id maps from C right after the clone, without the
-  round trip through Python, would remove one of them.
+  hand-off waits for a CPU (measured before the id maps moved into the C call).
 - **No namespaces vs subprocess.run**: the child is as cheap as subprocess's vfork child
   (children's CPU equal); the difference is the parent's Python, ~90-100 us of user time
   per spawn against subprocess's ~45 (`getrusage` over 3000 runs): the Process and Result
@@ -748,6 +804,7 @@ def main() -> int:
     with _tmpdir() as tmp:
         todo = cases(tmp)
         data["throughput"] = throughput(todo, args.throughput, args.throughput_rounds)
+        data["busy_thread"] = busy_thread(todo, 40)
     data["throughput_total"] = args.throughput
     data["throughput_rounds"] = args.throughput_rounds
     data["import_ms"] = import_times()
