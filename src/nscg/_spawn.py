@@ -1017,7 +1017,7 @@ def _spawn(
         lib.nscg_spawn(plan, out)
         if out.shared != ffi.NULL:
             shared = out.shared
-        if out.exec_waited:
+        if out.err_closed:
             fds.child_side.remove(plan.err_fd)  # closed by the C call
         fds.close_child_side()
         stack = (int(out.stack_addr), int(out.stack_size))
@@ -1085,11 +1085,11 @@ def _spawn(
             # the process it started opened, err_r read to EOF or a record
             if flags & lib.NSCG_F_FORK_PIDNS:
                 if out.first_status != 0:
-                    _raise_child_error(_record_of(out), c, path, joins)
+                    _raise_child_error(_record_of(out, err_r), c, path, joins)
                 if out.pidfd2 < 0:
                     raise SpawnError(-out.pidfd2, "pidfd_open", Stage.FORK, -1, str(out.pid2))
                 later = _Child(int(out.pid2), _above_stdio(int(out.pidfd2)))
-            rec = _record_of(out)
+            rec = _record_of(out, err_r)
             if rec is not None:
                 _raise_child_error(rec, c, path, joins)
         elif flags & lib.NSCG_F_FORK_PIDNS:
@@ -1226,17 +1226,23 @@ def _abandoned_pending() -> bool:
     return bool(_process_mod._abandoned)
 
 
-def _record_of(out: Any) -> tuple[int, int, int, int, bytes] | None:
-    """The child's record read by the C call (NSCG_F_WAIT_EXEC), or None at EOF."""
-    if out.rec_len != _REC.size:
+def _record_of(out: Any, fd: int) -> tuple[int, int, int, int, bytes] | None:
+    """The child's record read by the C call (NSCG_F_WAIT_EXEC), or None at EOF.
+
+    If a signal interrupted that read, the rest is read here, where the
+    signal's Python handler has run (and may have raised KeyboardInterrupt).
+    """
+    got = bytes(ffi.buffer(ffi.addressof(out, "child_err"))[: out.rec_len])
+    if out.interrupted:
+        return _read_record(fd, got)
+    if len(got) != _REC.size:
         return None
-    ce = out.child_err
-    return int(ce.abi), int(ce.stage), int(ce.err), int(ce.index), ffi.string(ce.syscall)
+    abi, stage, err, index, sc = _REC.unpack(got)
+    return abi, stage, err, index, sc
 
 
-def _read_record(fd: int) -> tuple[int, int, int, int, bytes] | None:
-    """Read one child record, or None at EOF (execve succeeded)."""
-    buf = b""
+def _read_record(fd: int, buf: bytes = b"") -> tuple[int, int, int, int, bytes] | None:
+    """Read one child record (after ``buf``, read already), or None at EOF (execve succeeded)."""
     while len(buf) < _REC.size:
         try:
             chunk = os.read(fd, _REC.size - len(buf))

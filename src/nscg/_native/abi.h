@@ -239,11 +239,13 @@ struct nscg_spawn_out {
     int32_t maps_err;
     uint32_t maps_file;
     /* NSCG_F_WAIT_EXEC: what the caller would have waited for */
-    uint32_t exec_waited;   /* 1 once err_fd was closed and the waits done */
+    uint32_t exec_waited;   /* 1 once the waits are done (see interrupted) */
     int32_t first_status;   /* the first child's exit: code, or -signal */
     int32_t pid2;           /* with NSCG_F_FORK_PIDNS: the process it started */
     int32_t pidfd2;         /* its pidfd, or -errno */
     uint32_t rec_len;       /* bytes of child_err read from err_r (0: EOF) */
+    uint32_t interrupted;   /* a signal came while waiting: the caller goes on */
+    uint32_t err_closed;    /* the caller's copy of err_fd is closed */
     uint32_t reserved;
     struct nscg_shared *shared; /* NSCG_F_MAKE_STATUS: the mapped status page */
 };

@@ -152,13 +152,20 @@ static void parent_maps(const struct nscg_plan *plan, long pid, struct nscg_spaw
 static void wait_exec(const struct nscg_plan *plan, struct nscg_spawn_out *out)
 {
     close(plan->err_fd); /* our copy of the write end: EOF needs every copy gone */
+    out->err_closed = 1;
     if (plan->flags & NSCG_F_FORK_PIDNS) {
         siginfo_t info;
         long r;
         memset(&info, 0, sizeof info);
-        do {
-            r = syscall(SYS_waitid, P_PIDFD, out->pidfd, &info, WEXITED, NULL);
-        } while (r < 0 && errno == EINTR);
+        /* the first child returns once the payload and the init have exec'd,
+         * after the whole mount plan (which may hang on a network source): on
+         * a signal, give up and let the caller's Python handlers run (Ctrl-C);
+         * the caller then waits in Python, as without NSCG_F_WAIT_EXEC */
+        r = syscall(SYS_waitid, P_PIDFD, out->pidfd, &info, WEXITED, NULL);
+        if (r < 0 && errno == EINTR) {
+            out->interrupted = 1;
+            return;
+        }
         if (r < 0)
             out->first_status = -255;
         else
@@ -176,8 +183,10 @@ static void wait_exec(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     size_t got = 0;
     while (got < sizeof out->child_err) {
         ssize_t n = read(plan->err_r, buf + got, sizeof out->child_err - got);
-        if (n < 0 && errno == EINTR)
-            continue;
+        if (n < 0 && errno == EINTR) {
+            out->interrupted = 1; /* (as above) the caller reads the rest */
+            break;
+        }
         if (n <= 0)
             break;
         got += (size_t)n;
