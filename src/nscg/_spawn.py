@@ -1092,31 +1092,33 @@ def _spawn(
             rec = _record_of(out, err_r)
             if rec is not None:
                 _raise_child_error(rec, c, path, joins)
-        elif flags & lib.NSCG_F_FORK_PIDNS:
-            status = first.reap()
-            if status != 0:
-                _raise_child_error(_read_record(err_r), c, path, joins)
-            assert shared is not None
-            g = int(shared.init_pid)
-            gfd = _above_stdio(lib.nscg_pidfd_open(g))
-            if gfd < 0:
-                raise SpawnError(-gfd, "pidfd_open", Stage.FORK, -1, str(g))
-            later = _Child(g, gfd)
-        if out.exec_waited:
-            pass
-        elif err_r < 0:  # vfork-style: the report (if any) is in memory
-            ce = out.child_err
-            if ce.stage:
-                if ce.stage == Stage.EXEC and not checked:
-                    # ExecutableNotFoundError if that is why (as if checked first)
-                    _resolve_in_rootfs(c, argv[0], prep.path_var, executable)
-                _raise_child_error(
-                    (ce.abi, ce.stage, ce.err, ce.index, ffi.string(ce.syscall)), c, path, joins
-                )
         else:
-            rec = _read_record(err_r)
-            if rec is not None:
-                _raise_child_error(rec, c, path, joins)
+            if flags & lib.NSCG_F_FORK_PIDNS:
+                status = first.reap()
+                if status != 0:
+                    _raise_child_error(_read_record(err_r), c, path, joins)
+                assert shared is not None
+                g = int(shared.init_pid)
+                gfd = _above_stdio(lib.nscg_pidfd_open(g))
+                if gfd < 0:
+                    raise SpawnError(-gfd, "pidfd_open", Stage.FORK, -1, str(g))
+                later = _Child(g, gfd)
+            if err_r < 0:  # vfork-style: the report (if any) is in memory
+                ce = out.child_err
+                if ce.stage:
+                    if ce.stage == Stage.EXEC and not checked:
+                        # ExecutableNotFoundError if that is why (as if checked first)
+                        _resolve_in_rootfs(c, argv[0], prep.path_var, executable)
+                    _raise_child_error(
+                        (ce.abi, ce.stage, ce.err, ce.index, ffi.string(ce.syscall)),
+                        c,
+                        path,
+                        joins,
+                    )
+            else:
+                rec = _read_record(err_r)
+                if rec is not None:
+                    _raise_child_error(rec, c, path, joins)
     except BaseException:
         if sync_w >= 0:
             os.close(sync_w)
