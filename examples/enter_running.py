@@ -14,7 +14,7 @@ import nscg
 
 def main() -> int:
     """Start a long-running sandbox, then run commands inside it."""
-    box = nscg.Container().with_hostname("service").with_rootfs(nscg.RootFS.host())
+    box = nscg.Container().with_hostname("service")
     script = "echo state > /tmp/state; echo ready; exec sleep 60"
     with box.spawn(["sh", "-c", script], stdout=nscg.PIPE) as proc:
         assert proc.stdout is not None

@@ -10,7 +10,7 @@ import nscg
 
 def main() -> int:
     """Show that the host is visible but read-only, with a private /tmp and /proc."""
-    box = nscg.Container().with_rootfs(nscg.RootFS.host())
+    box = nscg.Container()  # RootFS.host() is the default root
     script = (
         "touch /etc/nscg-example 2>/dev/null || echo 'writing /etc: refused'; "
         'echo hello > /tmp/scratch && echo "private /tmp: $(cat /tmp/scratch)"; '

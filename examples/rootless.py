@@ -24,7 +24,7 @@ def main() -> int:
                sys.executable, os.path.abspath(__file__)]  # fmt: skip
         return subprocess.run(cmd, check=False, cwd="/").returncode
     print(f"uid outside: {os.geteuid()}")
-    box = nscg.Container().with_rootfs(nscg.RootFS.host()).with_hostname("rootless")
+    box = nscg.Container().with_hostname("rootless")
     script = "echo uid inside: $(id -u); echo hostname: $(hostname); touch /etc/x || true"
     r = box.run(["sh", "-c", script], capture_output=True, timeout=30, check=True)
     print((r.stdout or b"").decode(), end="")

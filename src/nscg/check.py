@@ -52,7 +52,7 @@ def _namespace_checks() -> list[Check]:
 
     out: list[Check] = []
     root = os.geteuid() == 0
-    base = nscg.Container().with_capabilities("inherit").with_seccomp("unconfined")
+    base = nscg.Container().without_rootfs().with_capabilities("inherit").with_seccomp("unconfined")
     for kind in ("user", "pid", "mount", "net", "uts", "ipc", "cgroup", "time"):
         ns = nscg.Namespace.parse(kind) | (nscg.Namespace.NONE if root else nscg.Namespace.USER)
         c = base.with_namespaces(ns)
@@ -89,6 +89,7 @@ def _rootless_checks() -> list[Check]:
         # try it for real as uid 65534, in a throw-away process
         c = (
             nscg.Container()
+            .without_rootfs()
             .with_namespaces(nscg.Namespace.NONE)
             .with_user(65534, 65534, ())
             .with_capabilities("inherit")
@@ -126,6 +127,7 @@ def _overlay_check() -> Check:
         return Check("overlayfs in a user namespace", False, "needs Linux >= 5.11")
     c = (
         nscg.Container()
+        .without_rootfs()
         .with_capabilities("inherit")
         .with_seccomp("unconfined")
         .with_namespaces("user,mount")

@@ -11,13 +11,13 @@ import attrs
 
 from nscg.errors import SpecError
 from nscg.namespaces import IdMap, Namespace, NamespaceRef, TimeOffsets, check_id_maps
+from nscg.rootfs import RootFS
 
 if TYPE_CHECKING:
     from nscg.capabilities import Capabilities
     from nscg.cgroups import CgroupSpec, Limits
     from nscg.network import Network
     from nscg.process import Process, Result
-    from nscg.rootfs import RootFS
     from nscg.seccomp import Seccomp
 
 __all__ = ["DEFAULT_PATH", "Container", "Rlimit"]
@@ -150,6 +150,16 @@ def _opt_id(_inst: object, attribute: attrs.Attribute[Any], value: int | None) -
         raise SpecError(f"{attribute.name} must be an id in [0, 2**32-1), got {value!r}")
 
 
+_DEFAULT_ROOTFS: list[RootFS] = []
+
+
+def _default_rootfs() -> RootFS:
+    """``RootFS.host()``, made once (a frozen value, shared by every default spec)."""
+    if not _DEFAULT_ROOTFS:
+        _DEFAULT_ROOTFS.append(RootFS.host())
+    return _DEFAULT_ROOTFS[0]
+
+
 @attrs.frozen
 class Container:
     """An immutable description of a sandbox; each ``with_*`` returns a new one.
@@ -158,7 +168,11 @@ class Container:
     namespaces, with the caller mapped to root inside, a minimal init as pid 1,
     the hostname ``nscg``, only ``lo`` (up) as network, no capabilities,
     Docker's default seccomp profile, no new privileges, a new session, a
-    minimal environment, and death with the calling process.
+    minimal environment, death with the calling process, and
+    :meth:`nscg.RootFS.host` as its root: the host's ``/`` read-only, a new
+    ``/proc``, a minimal ``/dev`` and a private ``/tmp``, working directory
+    ``/``. :meth:`without_rootfs` keeps the caller's own view of every
+    filesystem instead (see there what that exposes).
 
     Example:
         >>> import nscg
@@ -191,8 +205,10 @@ class Container:
             too) or ``"unconfined"``.
         cgroup: a cgroup v2 for each sandbox (:class:`nscg.cgroups.CgroupSpec`),
             or None.
-        rootfs: the sandbox's root filesystem (a :class:`nscg.RootFS`); None
-            keeps the caller's view (needs ``Namespace.MOUNT`` when set).
+        rootfs: the sandbox's root filesystem (a :class:`nscg.RootFS`;
+            ``RootFS.host()`` by default; needs ``Namespace.MOUNT``, and
+            ``Namespace.PID`` when it mounts a /proc); None keeps the caller's
+            view (:meth:`without_rootfs`).
         network: a :class:`nscg.network.Network` with links to wire (None:
             loopback only); set with :meth:`with_network`. It is a
             :class:`nscg._spawn.ParentHook`: the parent sets it up while the
@@ -218,7 +234,7 @@ class Container:
     new_session: bool = True
     capabilities: Capabilities | str | None = attrs.field(default=None, validator=_caps_check)
     seccomp: Seccomp | str = attrs.field(default="default", validator=_seccomp_check)
-    rootfs: RootFS | None = None
+    rootfs: RootFS | None = attrs.field(factory=_default_rootfs)
     cgroup: CgroupSpec | None = None
     network: Network | None = None
 
@@ -353,18 +369,32 @@ class Container:
         )
 
     def with_rootfs(self, rootfs: RootFS | None = None) -> Container:
-        """Give the sandbox its own root (default: ``RootFS.host()``; None: none).
+        """Give the sandbox this root (None: ``RootFS.host()``, the default).
 
-        The working directory defaults to ``/`` inside it.
+        The working directory defaults to ``/`` inside it. To keep the
+        caller's view instead, use :meth:`without_rootfs`.
         """
         if rootfs is None:
-            from nscg.rootfs import RootFS
-
-            rootfs = RootFS.host()
+            rootfs = _default_rootfs()
         return attrs.evolve(self, rootfs=rootfs)
 
     def without_rootfs(self) -> Container:
-        """Keep the caller's filesystem view (the default)."""
+        """Keep the caller's own filesystem view: no root of the sandbox's own.
+
+        An explicit opt-out of the default ``RootFS.host()``, and a large one.
+        The payload sees every mount the caller has, with the access rights of
+        the host user its ids map to (the caller itself unless the id maps say
+        otherwise): it can write wherever that user can write (home directory,
+        /tmp, /var/tmp, a source tree), read whatever it can read (ssh keys,
+        tokens, cloud and registry credentials), connect to every unix socket
+        it can reach (the D-Bus buses, docker.sock, ssh and gpg agents,
+        systemd's private socket) and open the host's /dev nodes. A root
+        caller's payload with the caller's mapping is host root for all of
+        that. The other layers (namespaces, no capabilities, seccomp) still
+        apply. The working directory stays the caller's. Use it for trusted
+        tools that need the caller's files; give untrusted code a root
+        (:meth:`with_rootfs`) and bind only what it needs.
+        """
         return attrs.evolve(self, rootfs=None)
 
     def with_network(self, network: Network | None) -> Container:
@@ -568,16 +598,19 @@ class Container:
                     "payload's effective set; keep no_new_privs on or unconfine seccomp"
                 )
         if self.rootfs is not None:
-            from nscg.rootfs import RootFS
-
             if not isinstance(self.rootfs, RootFS):
                 raise SpecError(f"rootfs must be a nscg.RootFS, got {self.rootfs!r}")
             if not ns & Namespace.MOUNT:
-                raise SpecError("a rootfs needs a new mount namespace (Namespace.MOUNT)")
+                raise SpecError(
+                    "a rootfs (RootFS.host() by default) needs a new mount namespace "
+                    "(Namespace.MOUNT); without one, call without_rootfs() to run in the "
+                    "caller's own filesystem view"
+                )
             if self.rootfs.needs_proc() and not ns & Namespace.PID:
                 raise SpecError(
-                    "mounting proc needs a new pid namespace (Namespace.PID) and a new "
-                    "mount namespace; or build the RootFS with proc=False"
+                    "mounting proc (RootFS.host() does by default) needs a new pid namespace "
+                    "(Namespace.PID) and a new mount namespace; build the RootFS with "
+                    "proc=False, or call without_rootfs()"
                 )
             if self.rootfs.needs_ipc() and not ns & Namespace.IPC:
                 raise SpecError("mounting mqueue needs a new ipc namespace (Namespace.IPC)")

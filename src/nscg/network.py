@@ -203,6 +203,7 @@ class _Factory:
         try:
             spec = (
                 Container()
+                .without_rootfs()
                 .with_namespaces("user,net")
                 .with_capabilities("inherit")
                 .with_seccomp("unconfined")

@@ -22,7 +22,7 @@ from nscg._spawn import _prepare, _prepared, spawn
 from tests.conftest import children, need_root, open_fds
 
 #: the payload starts vfork-style: no namespaces, nothing waits for the parent
-PLAIN = Container().with_namespaces(Namespace.NONE).with_new_session(False)
+PLAIN = Container().without_rootfs().with_namespaces(Namespace.NONE).with_new_session(False)
 
 #: stages a plain (vfork-style) child can reach, and the syscall each names
 PLAIN_STAGES = {
@@ -95,7 +95,7 @@ def test_inherited_stdio_that_is_closed_stays_closed() -> None:
     code = textwrap.dedent(
         """
         import fcntl, os, sys, nscg
-        c = nscg.Container().with_namespaces(nscg.Namespace.NONE)
+        c = nscg.Container().without_rootfs().with_namespaces(nscg.Namespace.NONE)
 
         def probe(**kw):
             pipe = os.pipe()

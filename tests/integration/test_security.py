@@ -30,7 +30,8 @@ def probe() -> Iterator[str]:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler")
-    d = tempfile.mkdtemp(prefix="nscg-probe-")
+    # (not under /tmp: the default root has a private /tmp; /var/tmp is the host's)
+    d = tempfile.mkdtemp(prefix="nscg-probe-", dir="/var/tmp")
     os.chmod(d, 0o755)
     exe = os.path.join(d, "try_syscall")
     src = Path(__file__).with_name("probes") / "try_syscall.c"
@@ -105,7 +106,12 @@ def test_setuid_binary_cannot_gain_privileges(probe: str) -> None:
         exe = os.path.join(d, "id")
         shutil.copy("/usr/bin/id", exe)
         os.chmod(exe, 0o4755)  # setuid root
-        c = Container().with_namespaces(nscg.Namespace.NONE).with_user(65534, 65534)
+        c = (
+            Container()
+            .without_rootfs()
+            .with_namespaces(nscg.Namespace.NONE)
+            .with_user(65534, 65534)
+        )
         r = c.run([exe, "-u"], capture_output=True, check=True)
         assert out(r) == "65534"  # euid stayed: no_new_privs
         r = (
@@ -150,7 +156,7 @@ def test_x32_and_i386_entry_points_are_refused(probe: str) -> None:
 
 
 def test_docker_default_lets_ordinary_programs_work(tmp_path: Path) -> None:
-    c = Container()
+    c = Container().with_rootfs(nscg.RootFS.host().bind(tmp_path, readonly=False))
     assert out(c.run(["sh", "-c", "echo hi"], capture_output=True)) == "hi"
     assert out(c.run(["python3", "-c", "print(6 * 7)"], capture_output=True)) == "42"
     assert c.run(["ls", "/"], capture_output=True).returncode == 0

@@ -84,7 +84,7 @@ def test_ipc_namespace_hides_host_sysv_objects() -> None:
 def test_uid_gid_maps_as_root() -> None:
     need_root()
     c = Container().with_uid_map(IdMap(0, 100000, 65536)).with_gid_map(IdMap(0, 200000, 65536))
-    p = probe(c.with_user(1000, 1000))
+    p = probe(c.without_rootfs().with_user(1000, 1000))
     assert p["uid_map"] == ["0", "100000", "65536"]
     assert p["gid_map"] == ["0", "200000", "65536"]
     assert (p["uid"], p["gid"]) == (1000, 1000)
@@ -126,7 +126,7 @@ def test_environment_cwd_rlimit_user_env() -> None:
 
 
 def test_no_namespaces_behaves_like_subprocess() -> None:
-    c = Container().with_namespaces(Namespace.NONE)
+    c = Container().without_rootfs().with_namespaces(Namespace.NONE)
     p = probe(c)
     for kind in ("user", "pid", "net", "mnt"):
         assert p["ns"][kind] == host_ns(kind)
@@ -184,7 +184,7 @@ def test_executable_not_found_before_clone() -> None:
 def test_signal_status_is_negative() -> None:
     assert Container().run(["sh", "-c", "kill -KILL $$"]).returncode == -9
     # without a pid namespace (a pid 1 ignores signals it has no handler for)
-    r = Container().without_namespaces("pid").run(["sh", "-c", "kill -SEGV $$"])
+    r = Container().without_rootfs().without_namespaces("pid").run(["sh", "-c", "kill -SEGV $$"])
     assert r.returncode == -11 and r.signal == 11
 
 
@@ -411,7 +411,8 @@ def test_parent_hook_runs_while_the_child_waits_and_is_undone_after() -> None:
     import attrs
 
     hook = _RecordingHook()
-    c = attrs.evolve(Container(), network=cast(Any, hook))  # any ParentHook works
+    # (no root: a RootFS would ask the network for the sandbox's /etc/hosts)
+    c = attrs.evolve(Container().without_rootfs(), network=cast(Any, hook))  # any ParentHook
     r = c.run(["sh", "-c", "readlink /proc/self/ns/net"], capture_output=True, check=True)
     assert len(hook.seen) == 1
     assert (r.stdout or b"").decode().strip() == f"net:[{hook.seen[0][1]}]"
@@ -419,7 +420,7 @@ def test_parent_hook_runs_while_the_child_waits_and_is_undone_after() -> None:
     assert hook.undone == 1
     bad = _RecordingHook(fail=True)
     with pytest.raises(nscg.SyscallError):
-        attrs.evolve(Container(), network=cast(Any, bad)).run(["true"])
+        attrs.evolve(Container().without_rootfs(), network=cast(Any, bad)).run(["true"])
     assert bad.undone == 0 and len(bad.seen) == 1
 
 
