@@ -132,6 +132,7 @@ class RootfsRun:
     def __init__(self, c: Container) -> None:
         root = c.rootfs
         assert isinstance(root, RootFS)
+        root = root.with_socket_masks()  # hide_sockets: the host's sockets as of now
         self.root = root
         self.userns = bool(c.namespaces & Namespace.USER)
         if kernel_version() < (5, 12):

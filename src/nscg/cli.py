@@ -59,7 +59,15 @@ API_TO_CLI: Final[dict[str, tuple[str, ...] | None]] = {
     "Container.with_seccomp": ("--seccomp",),
     "Container.with_cgroup": ("--cgroup", "--cgroup-parent"),
     "Container.with_limits": ("--memory", "--cpus", "--pids", "--limit"),
-    "Container.with_rootfs": ("--root", "--bind", "--ro-bind", "--tmpfs", "--keep-upper"),
+    "Container.with_rootfs": (
+        "--root",
+        "--bind",
+        "--ro-bind",
+        "--tmpfs",
+        "--keep-upper",
+        "--bind-socket",
+        "--show-home",
+    ),
     "Container.without_rootfs": ("--root",),
     "Container.with_network": ("--network", "--share-net"),
     "Container.with_init": ("--no-init",),
@@ -188,6 +196,15 @@ def _parser() -> argparse.ArgumentParser:
         "--tmpfs", action="append", default=[], metavar="DST", help="a fresh tmpfs at DST"
     )
     fs.add_argument("--keep-upper", metavar="DIR", help="overlay root whose writes are kept in DIR")
+    fs.add_argument(
+        "--bind-socket", action="append", default=[], metavar="PATH",
+        help="expose this host unix socket (or directory of sockets) at the same path; "
+        "by default the sandbox reaches none (repeatable)",
+    )  # fmt: skip
+    fs.add_argument(
+        "--show-home", action="store_true",
+        help="show /home, /root and your home directory (hidden by default: keys, tokens)",
+    )  # fmt: skip
     ns = r.add_argument_group("namespaces")
     ns.add_argument(
         "--unshare", metavar="KIND,...", help="create exactly these namespaces (or 'none')"
@@ -277,11 +294,15 @@ def _rootfs(args: argparse.Namespace) -> Any:
         elif not root.startswith("overlay"):
             raise UsageError(f"--keep-upper needs an overlay root, not --root {root}")
     if root == "none":
-        if args.bind or args.ro_bind or args.tmpfs:
-            raise UsageError("--bind, --ro-bind and --tmpfs need a root (not --root none)")
+        if args.bind or args.ro_bind or args.tmpfs or args.bind_socket or args.show_home:
+            raise UsageError(
+                "--bind, --ro-bind, --tmpfs, --bind-socket and --show-home need a root "
+                "(not --root none)"
+            )
         return None
+    hide_home = not args.show_home
     if root == "host":
-        fs = RootFS.host()
+        fs = RootFS.host(hide_home=hide_home)
     elif root == "overlay" or root.startswith("overlay:"):
         _, _, rest = root.partition(":")
         lower, _, upper = rest.partition(":")
@@ -290,8 +311,12 @@ def _rootfs(args: argparse.Namespace) -> Any:
         up = upper or keep or None
         if up is not None:
             os.makedirs(up, exist_ok=True)
-        fs = RootFS.overlay([lower or "/"], up)
+        fs = RootFS.overlay([lower or "/"], up, hide_home=None if hide_home else False)
     else:
+        if args.show_home:
+            raise UsageError(
+                "--show-home needs --root host or overlay (a DIR root has no host home)"
+            )
         fs = RootFS.from_directory(root)
     for src, dst in args.bind:
         fs = fs.bind(src, dst, readonly=False)
@@ -299,6 +324,8 @@ def _rootfs(args: argparse.Namespace) -> Any:
         fs = fs.bind(src, dst, readonly=True)
     for dst in args.tmpfs:
         fs = fs.tmpfs(dst, mode=0o1777)
+    for path in args.bind_socket:
+        fs = fs.bind_socket(path)
     return fs
 
 

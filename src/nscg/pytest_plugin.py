@@ -4,10 +4,12 @@ Registered through the ``pytest11`` entry point; it only registers markers and
 a fixture, so it costs nothing in a suite that does not use them.
 
 * ``sandbox`` fixture: a :class:`nscg.Container` preset: the host's root
-  read-only (``RootFS.host()``), ``tmp_path`` bound writable (and the working
-  directory), no network, private pid/ipc/uts, modest limits when this host's
-  cgroups allow them. After the test it checks that nothing leaked: no child
-  process, no pidfd, no mount of the test process is left.
+  read-only (``RootFS.host()``: no home directories, an empty /run, no host
+  socket), ``tmp_path`` bound writable (and the working directory), this
+  interpreter's directories read-only where that root hides them, no network,
+  private pid/ipc/uts, modest limits when this host's cgroups allow them.
+  After the test it checks that nothing leaked: no child process, no pidfd,
+  no mount of the test process is left.
 * ``@pytest.mark.nscg(...)``: per-test options, each ``name=value`` calling
   ``Container.with_<name>(value)`` (a tuple is passed as positional arguments,
   a dict as keyword arguments); positional arguments are callables
@@ -70,15 +72,49 @@ def _limits_allowed() -> bool:
     )
 
 
+def _interpreter_dirs() -> list[str]:
+    """Where this interpreter and what it imports live: its prefixes and ``sys.path``."""
+    cands = [
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        os.path.dirname(os.path.realpath(sys.executable)),
+        *sys.path,
+    ]
+    return [os.path.abspath(p) for p in cands if p and os.path.isdir(p)]
+
+
 def preset(tmp_path: Path, *, extra_ro: tuple[Path, ...] = ()) -> Container:
-    """The ``sandbox`` fixture's Container for a test whose ``tmp_path`` is ``tmp_path``."""
+    """The ``sandbox`` fixture's Container for a test whose ``tmp_path`` is ``tmp_path``.
+
+    The host's root read-only without home directories, /run and host sockets
+    (``RootFS.host()``), ``tmp_path`` writable; ``extra_ro`` and the
+    directories of this interpreter and its ``sys.path`` (a virtualenv or
+    pyenv under ``$HOME``, an editable checkout) read-only where that root
+    would hide them, so ``sys.executable`` runs inside as it does outside.
+    A directory holding a hidden home as a whole (``$HOME`` itself on
+    ``sys.path``) is not bound: it would show the secrets again.
+    """
     import nscg
+    from nscg.rootfs import Tmpfs
 
     root = nscg.RootFS.host()
-    for p in extra_ro:
-        root = root.bind(p, str(p), readonly=True)
-    root = root.bind(tmp_path, str(tmp_path), readonly=False)
-    c = nscg.Container().with_rootfs(root).with_network(nscg.Network.none()).with_cwd(str(tmp_path))
+    hidden = [op.dest for op in root.ops if isinstance(op, Tmpfs)]
+    tmp = str(tmp_path)
+
+    def under(p: str, top: str) -> bool:
+        return p == top or p.startswith(top.rstrip("/") + "/")
+
+    want = {str(p) for p in extra_ro}
+    for d in _interpreter_dirs():
+        if root.host_paths(d) is None and not any(under(h, d) for h in hidden):
+            want.add(d)
+    want = {d for d in want if not under(d, tmp)}  # tmp_path is bound last, writable
+    for d in sorted(want):
+        if not any(q != d and under(d, q) for q in want):  # parents only
+            root = root.bind(d, d, readonly=True)
+    root = root.bind(tmp_path, tmp, readonly=False)
+    c = nscg.Container().with_rootfs(root).with_network(nscg.Network.none()).with_cwd(tmp)
     if _limits_allowed():
         c = c.with_limits(memory="512M", pids=256)
     return c

@@ -15,18 +15,22 @@ new mount API and ``mount_setattr`` (kernel >= 5.12).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
 import stat
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal, NamedTuple, TypeAlias
+from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
 import attrs
 
-from nscg.errors import SpecError
+from nscg.errors import SpecError, UnsupportedError
 
 __all__ = [
     "DOCKER_MASKED_PATHS",
     "DOCKER_READONLY_PATHS",
+    "HOME_SIZE",
+    "RUN_SIZE",
     "Bind",
     "Changes",
     "Dev",
@@ -41,6 +45,7 @@ __all__ = [
     "RootFS",
     "Symlink",
     "Tmpfs",
+    "host_socket_paths",
 ]
 
 #: The OCI/Docker default masked paths (hidden: /dev/null or an empty tmpfs over them).
@@ -70,6 +75,30 @@ DOCKER_READONLY_PATHS: tuple[str, ...] = (
 
 #: Device nodes of the minimal /dev (bound from the host's, which works rootless too).
 DEV_NODES: tuple[str, ...] = ("null", "zero", "full", "random", "urandom", "tty")
+
+#: Size of the private, empty ``/run`` of :meth:`RootFS.host` and :meth:`RootFS.overlay`.
+RUN_SIZE: Final = 1 << 20
+#: Size of each empty tmpfs that hides a home directory (``hide_home=True``).
+HOME_SIZE: Final = 4 << 20
+#: Directories never hidden as a whole even when ``$HOME`` points there.
+_SYSTEM_DIRS: Final = frozenset(
+    {
+        "/usr/bin",
+        "/usr/lib",
+        "/usr/lib64",
+        "/usr/local",
+        "/usr/sbin",
+        "/usr/share",
+        "/usr/src",
+        "/var/cache",
+        "/var/lib",
+        "/var/log",
+        "/var/spool",
+        "/var/tmp",
+    }
+)
+#: Where the kernel lists the unix sockets of the caller's network namespace.
+PROC_NET_UNIX: Final = "/proc/net/unix"
 
 _MAX_PATH = 4000
 
@@ -311,6 +340,107 @@ def _check_plan(ops: tuple[Op, ...]) -> tuple[Op, ...]:
 Propagation: TypeAlias = Literal["private", "slave"]
 
 
+def host_socket_paths() -> list[str]:
+    """The paths of the bound path sockets the kernel lists in ``/proc/net/unix``.
+
+    That file lists every unix socket of the caller's network namespace; a
+    socket bound to a path shows the path given to ``bind()`` (abstract ones
+    start with ``@`` and are left out, as are relative paths: where they lie
+    cannot be known). Sockets of other network namespaces are not listed.
+
+    Raises:
+        UnsupportedError: the file exists but cannot be read.
+    """
+    out: list[str] = []
+    try:
+        with open(PROC_NET_UNIX, "rb") as f:
+            lines = f.read().split(b"\n")[1:]
+    except FileNotFoundError:  # no AF_UNIX in this kernel: no socket to hide
+        return out
+    except OSError as e:
+        raise UnsupportedError(
+            f"cannot read {PROC_NET_UNIX} to hide the host's unix sockets ({e.strerror}); "
+            "mount procfs, or pass hide_sockets=False to RootFS.host()/overlay()",
+            feature="hide_sockets",
+        ) from None
+    for line in lines:
+        fields = line.split(None, 7)  # Num RefCount Protocol Flags Type St Inode Path
+        if len(fields) == 8 and fields[7].startswith(b"/"):
+            out.append(os.fsdecode(fields[7]))
+    return out
+
+
+def _real(path: str) -> str:
+    """``path`` with the directories leading to it resolved on the host (not its last part)."""
+    head, tail = os.path.split(path)
+    return os.path.join(os.path.realpath(head), tail) if tail else os.path.realpath(path)
+
+
+def _under(path: str, top: str) -> bool:
+    return top in ("/", path) or path.startswith(top.rstrip("/") + "/")
+
+
+def _home_dirs() -> list[str]:
+    """The host directories ``hide_home`` covers: /home, /root, ``$HOME`` and the caller's
+    home from the password database, resolved, without the ones inside another."""
+    cands = ["/home", "/root"]
+    for home in (os.environ.get("HOME"), _pw_home()):
+        if home and home.startswith("/"):
+            cands.append(home)
+    found: list[str] = []
+    for c in cands:
+        real = os.path.realpath(c)
+        if not os.path.isdir(real):
+            continue
+        odd = c not in ("/home", "/root")  # an odd $HOME must not hide a system directory
+        if odd and (real.count("/") < 2 or real in _SYSTEM_DIRS):
+            continue
+        found.append(real)
+    found.sort()
+    out: list[str] = []
+    for d in found:
+        if not any(_under(d, o) for o in out):
+            out.append(d)
+    return out
+
+
+def _pw_home() -> str | None:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return None
+
+
+def _private_run(size: int) -> list[Op]:
+    """An empty tmpfs on /run (and on /var/run when that is not the same directory).
+
+    The host /run's top-level symlinks are kept (NixOS's /run/current-system),
+    and so is the file /etc/resolv.conf points to when it lies in /run (systemd-resolved):
+    neither is a socket, and the sandbox still finds its programs and name servers.
+    """
+    ops: list[Op] = [Tmpfs("/run", size=size, mode=0o755)]
+    run = os.path.realpath("/run")
+    var_run = os.path.realpath("/var/run")
+    if os.path.isdir(var_run) and not _under(var_run, run):
+        ops.append(Tmpfs(var_run, size=size, mode=0o755))
+    try:
+        with os.scandir(run) as it:
+            links = sorted(e.name for e in it if e.is_symlink())
+    except OSError:
+        links = []
+    for name in links:
+        with contextlib.suppress(OSError):  # gone meanwhile: nothing to keep
+            ops.append(Symlink(os.readlink(os.path.join(run, name)), f"/run/{name}"))
+    resolv = os.path.realpath("/etc/resolv.conf")
+    if _under(resolv, run) and os.path.isfile(resolv):
+        ops.append(Bind(resolv, resolv, readonly=True, nosuid=True, nodev=True, noexec=True))
+    return ops
+
+
+def _hidden_homes() -> list[Op]:
+    return [Tmpfs(d, size=HOME_SIZE, mode=0o755) for d in _home_dirs()]
+
+
 @attrs.frozen
 class Changes:
     """Paths (as seen inside the sandbox) an overlay root's payload changed.
@@ -349,11 +479,16 @@ class RootFS:
         propagation: ``"private"`` (default: nothing propagates in or out) or
             ``"slave"`` (host mounts propagate into the sandbox, never back).
         readonly_root: remount the root mount read-only after the ops.
+        hide_sockets: at spawn, mask every path socket of the host that the
+            root op (the bind or overlay of ``/``) would show and no later op
+            covers (see :meth:`socket_masks`). :meth:`host` and :meth:`overlay`
+            set it.
     """
 
     ops: tuple[Op, ...] = attrs.field(default=(), converter=_ops)
     propagation: Propagation = attrs.field(default="private")
     readonly_root: bool = False
+    hide_sockets: bool = False
 
     @propagation.validator
     def _check_prop(self, _a: object, value: str) -> None:
@@ -370,9 +505,21 @@ class RootFS:
         tmp: bool = True,
         tmp_size: int | None = None,
         mask: bool = True,
+        run: bool = True,
+        run_size: int = RUN_SIZE,
+        hide_home: bool = True,
+        hide_sockets: bool = True,
     ) -> RootFS:
         """The host's ``/``, read-only and recursive, with a fresh /proc, a minimal
-        /dev and a private writable /tmp: "this machine, but read-only".
+        /dev, a private writable /tmp and /run, and no home directories:
+        "this machine, but read-only, without its daemons and secrets".
+
+        A read-only bind does not stop ``connect()`` on a unix socket, so the
+        host's daemons (``/run/docker.sock``, the D-Bus buses, agents) are
+        hidden: ``/run`` is an empty tmpfs, and at spawn every other path
+        socket the host lists in ``/proc/net/unix`` that the root shows is
+        masked (``hide_sockets``). Expose one with :meth:`bind_socket`.
+        See the "Unix sockets and home directories" section of docs/security.md.
 
         Args:
             proc: mount a new /proc (needs a new pid namespace).
@@ -380,6 +527,19 @@ class RootFS:
             tmp: mount a private tmpfs on /tmp.
             tmp_size: its size in bytes (None: the kernel's default, half of RAM).
             mask: apply the OCI/Docker masked and read-only paths.
+            run: mount an empty tmpfs of ``run_size`` bytes on /run (and on
+                /var/run when it is a directory of its own); the host /run's
+                top-level symlinks and a /etc/resolv.conf that points into it
+                are kept.
+            run_size: the size of that tmpfs (default :data:`RUN_SIZE`, 1 MiB).
+            hide_home: an empty writable tmpfs (:data:`HOME_SIZE`, 4 MiB) over
+                /home, /root and the caller's home directory (``$HOME`` and its
+                password-database entry, unless that is ``/``, a top-level or a
+                system directory): ssh keys, tokens and credentials stay out of
+                reach. Bind what the payload needs (a project directory)
+                afterwards: the binds go on top.
+            hide_sockets: mask the host's path sockets the root shows (see
+                :meth:`socket_masks`).
         """
         ops: list[Op] = [Bind("/", "/", readonly=True, recursive=True)]
         if proc:
@@ -388,7 +548,11 @@ class RootFS:
             ops.append(Dev())
         if tmp:
             ops.append(Tmpfs("/tmp", size=tmp_size, mode=0o1777))
-        root = cls(ops)
+        if run:
+            ops += _private_run(run_size)
+        if hide_home:
+            ops += _hidden_homes()
+        root = cls(ops, hide_sockets=hide_sockets)
         return root.with_docker_masks(proc=proc) if mask else root
 
     @classmethod
@@ -427,25 +591,43 @@ class RootFS:
         *,
         proc: bool = True,
         dev: bool = True,
+        run: bool | None = None,
+        run_size: int = RUN_SIZE,
+        hide_home: bool | None = None,
+        hide_sockets: bool = True,
     ) -> RootFS:
         """A copy-on-write root over ``lowers`` (top first; the host's ``/`` by default).
 
         With ``upper=None`` the writes go to a temporary directory (on a tmpfs
         when one is available) that is removed after the run; otherwise they
-        persist in ``upper``. Either way ``Result.changes`` reports them.
+        persist in ``upper``. Either way ``Result.changes`` reports them
+        (writes to the private /run and hidden homes are not: they are tmpfs).
 
         Note: an overlay layer does not cross mounts: submounts of a lower
         directory (say a separate /home) are not part of the root.
 
+        Args:
+            run, hide_home: as for :meth:`host`; None (the default): when the
+                host's ``/`` is a lower layer (an image directory has no host
+                daemons or homes, and a mount point made in it would show in
+                ``Result.changes``).
+            run_size, hide_sockets: as for :meth:`host`.
+
         Raises:
             UnsupportedError (at spawn): inside a user namespace the kernel must be >= 5.11.
         """
-        ops: list[Op] = [Overlay(tuple(os.fspath(x) for x in lowers), upper)]
+        layers = tuple(os.fspath(x) for x in lowers)
+        ops: list[Op] = [Overlay(layers, upper)]
         if proc:
             ops.append(Proc())
         if dev:
             ops.append(Dev())
-        return cls(ops)
+        host_root = any(os.path.realpath(x) == "/" for x in layers)
+        if run if run is not None else host_root:
+            ops += _private_run(run_size)
+        if hide_home if hide_home is not None else host_root:
+            ops += _hidden_homes()
+        return cls(ops, hide_sockets=hide_sockets)
 
     # ------------------------------------------------------------- builders
     def then(self, *ops: Op) -> RootFS:
@@ -470,6 +652,35 @@ class RootFS:
             return self
         return self.then(
             Bind(src, dest if dest is not None else src, readonly, recursive, nosuid, nodev, noexec)
+        )
+
+    def bind_socket(self, path: str | os.PathLike[str], dest: str | None = None) -> RootFS:
+        """Expose one host unix socket, or a directory of them, to the sandbox.
+
+        The opt-in to what :meth:`host` hides: binds ``path`` (its directories
+        resolved on the host) at ``dest`` (default: ``path`` as given, so
+        ``/var/run/docker.sock`` lands in the private /run). A socket is bound
+        by its inode: if its daemon restarts and makes a new one, the sandbox
+        keeps the dead one; bind the socket's directory for long-lived
+        sandboxes, which exposes every socket in it. A read-only bind does not
+        stop ``connect()``. The bind is nosuid, nodev, noexec.
+
+        Raises:
+            SpecError: ``path`` is not absolute, does not exist, or is neither
+                a socket nor a directory.
+        """
+        src = os.fspath(path)
+        if not isinstance(src, str) or not src.startswith("/") or "\0" in src:
+            raise SpecError(f"bind_socket needs an absolute path, got {path!r}")
+        real = os.path.realpath(src)
+        try:
+            st = os.stat(real)
+        except OSError as e:
+            raise SpecError(f"bind_socket: {src!r}: {e.strerror}") from None
+        if not (stat.S_ISSOCK(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+            raise SpecError(f"bind_socket: {src!r} is neither a unix socket nor a directory")
+        return self.then(
+            Bind(real, dest if dest is not None else src, nosuid=True, nodev=True, noexec=True)
         )
 
     def tmpfs(
@@ -538,6 +749,10 @@ class RootFS:
         """Make the root mount itself read-only once the plan has run."""
         return attrs.evolve(self, readonly_root=on)
 
+    def with_hidden_sockets(self, on: bool = True) -> RootFS:
+        """Mask, at spawn, the host's path sockets the root shows (see :meth:`socket_masks`)."""
+        return attrs.evolve(self, hide_sockets=on)
+
     def with_propagation(self, propagation: Propagation) -> RootFS:
         """``"private"`` (default) or ``"slave"`` mount propagation from the host."""
         return attrs.evolve(self, propagation=propagation)
@@ -573,6 +788,71 @@ class RootFS:
                 return [os.path.join(x, rest) if rest else x for x in layers]
             return None
         return None
+
+    def socket_masks(self) -> tuple[str, ...]:
+        """The sandbox paths of the host's path sockets that ``hide_sockets`` masks now.
+
+        Reads ``/proc/net/unix`` (each call: sockets come and go). A socket
+        is masked when the plan's root op (the last bind or overlay of ``/``)
+        shows it and no later mount covers its path: a tmpfs hides it anyway,
+        and a later bind (:meth:`bind_socket`, or any bind of a directory
+        holding sockets) is the caller's choice to show it. Only paths that
+        are sockets on the host now are masked; empty when ``hide_sockets``
+        is off or the root is not a bind or overlay.
+
+        Raises:
+            UnsupportedError: ``/proc/net/unix`` cannot be read.
+        """
+        if not self.hide_sockets:
+            return ()
+        at = next(
+            (i for i in range(len(self.ops) - 1, -1, -1)
+             if self.ops[i].dest == "/" and isinstance(self.ops[i], _MOUNTS)),
+            None,
+        )  # fmt: skip
+        if at is None:
+            return ()
+        top = self.ops[at]
+        if isinstance(top, Bind):
+            sources = [os.path.realpath(top.source)]
+        elif isinstance(top, Overlay):
+            sources = [os.path.realpath(x) for x in top.lowers]
+        else:
+            return ()
+        listed = host_socket_paths()
+        if not listed:
+            return ()
+        covers: list[str] = []
+        for op in self.ops[at + 1 :]:
+            if isinstance(op, _MOUNTS):
+                covers += {op.dest, _real(op.dest)}
+        out: set[str] = set()
+        for raw in listed:
+            if any(_under(raw, c) for c in covers):
+                continue  # a tmpfs or bind over it: no need to resolve anything
+            real = _real(raw)
+            if any(_under(real, c) for c in covers):
+                continue
+            try:
+                if not stat.S_ISSOCK(os.lstat(real).st_mode):
+                    continue  # gone, or not a socket in our view: nothing to hide
+            except OSError:
+                continue
+            for src in sources:
+                if _under(real, src):
+                    inside = "/" + os.path.relpath(real, src) if real != src else "/"
+                    out.add(os.path.normpath(inside))
+                    break
+        return tuple(sorted(out))
+
+    def with_socket_masks(self) -> RootFS:
+        """This plan with a :class:`Mask` appended for each of :meth:`socket_masks`.
+
+        nscg calls it at spawn; the masks come after every op, so they apply
+        to what the whole plan shows.
+        """
+        masks = self.socket_masks()
+        return self.then(*(Mask(p) for p in masks)) if masks else self
 
     def exec_roots(self) -> list[str]:
         """Host directories holding the root's own content (binds or layers of ``/``)."""

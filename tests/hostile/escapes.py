@@ -374,6 +374,78 @@ def attempt_python() -> Lines:
     return run(default(), [sys.executable, "-I", "-c", PYTHON_PAYLOAD])
 
 
+SOCKETS_PAYLOAD = r"""
+import errno, os, socket, stat, sys
+def v(ok, what):
+    print(("ESCAPED " if ok else "blocked ") + what)
+def connect(path):
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM, socket.SOCK_SEQPACKET):
+        s = socket.socket(socket.AF_UNIX, kind)
+        try:
+            s.connect(path)
+            return "connected"
+        except OSError as e:
+            err = errno.errorcode.get(e.errno, str(e.errno))
+        finally:
+            s.close()
+    return err
+found = set(sys.argv[1:])  # what the host planted, and the socket files the root shows
+for top, dirs, files in os.walk("/"):  # four levels deep: /run/user/0/bus, /var/tmp/x/s
+    if top == "/":
+        dirs[:] = [d for d in dirs if d not in ("proc", "sys")]
+    if top.count("/") >= 4:
+        dirs[:] = []
+    for name in files + dirs:
+        path = os.path.join(top, name)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                found.add(path)
+        except OSError:
+            pass
+with open("/proc/net/unix") as f:  # its own network namespace's list
+    for line in f.readlines()[1:]:
+        parts = line.split(None, 7)
+        if len(parts) == 8 and parts[7].startswith("/"):
+            found.add(parts[7].strip())
+for path in sorted(found):
+    res = connect(path)
+    v(res == "connected", "connect %s: %s" % (path, res))
+v(False, "walked / for sockets: %d candidates" % len(found))
+"""
+
+
+def attempt_sockets() -> Lines:
+    """Host unix sockets: listeners where daemons keep theirs, and every socket file found.
+
+    A read-only bind does not stop ``connect()``; the private /run, the hidden
+    homes and the masks of the host's path sockets must. The payload walks the
+    whole root for socket files and tries each, and every path it planted.
+    """
+    tag = secrets.token_hex(6)
+    dirs = ["/var/tmp", os.path.expanduser("~")]
+    if os.geteuid() == 0:
+        dirs += ["/run", "/var/run", "/root"]
+    socks, paths = [], []
+    try:
+        for d in dirs:
+            path = os.path.join(d, f"nscg-hostile-{tag}.sock")
+            if not os.access(d, os.W_OK) or os.path.lexists(path):
+                continue
+            s = socket.socket(socket.AF_UNIX)
+            s.bind(path)
+            s.listen(8)
+            os.chmod(path, 0o777)
+            socks.append(s)
+            paths.append(path)
+        return run(default(), [sys.executable, "-I", "-c", SOCKETS_PAYLOAD, *paths])
+    finally:
+        for s in socks:
+            s.close()
+        for p in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(p)
+
+
 RACE_ATTACKER = r"""
 import ctypes, os, sys, time
 libc = ctypes.CDLL(None, use_errno=True)
@@ -459,6 +531,7 @@ def run_all(probe_dir: str) -> dict[str, Lines]:
         "network": lambda: attempt_network(exe),
         "shell": lambda: attempt_shell(token),
         "python": attempt_python,
+        "sockets": attempt_sockets,
     }
     results: dict[str, Lines] = {}
     for name, step in steps.items():

@@ -39,6 +39,7 @@ ATTEMPTS = (
     "network",
     "shell",
     "python",
+    "sockets",
 )
 
 

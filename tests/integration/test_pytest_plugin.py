@@ -39,7 +39,10 @@ SUITE = textwrap.dedent(
 
     @pytest.mark.nscg_isolated
     def test_home_inside():
-        write_home()
+        # a private, empty home: the write lands there, never in the host's
+        assert not Path(os.environ["HOME"], ".nscg-plugin-probe").exists()
+        Path(os.environ["HOME"], ".nscg-plugin-probe-inside").write_text("x")
+        Path("/etc/nscg-plugin-probe").write_text("x")  # the root stays read-only
 
     @pytest.mark.nscg_isolated
     @pytest.mark.nscg(hostname="iso")
@@ -92,6 +95,7 @@ def test_plugin_must_hold(tmp_path: Path, listener: int) -> None:
         )  # fmt: skip
         out = r.stdout.decode()
         assert (home / ".nscg-plugin-probe").exists()  # outside: written
+        assert not (home / ".nscg-plugin-probe-inside").exists()  # inside: hidden home
     finally:
         for p in home.iterdir():
             p.unlink()
