@@ -200,15 +200,21 @@ def arm64_table(src: Path) -> tuple[dict[str, int], list[str]]:
     Returns:
         The table and the list of files it was read from (relative to ``src``).
     """
-    tbl = src / "scripts/syscall.tbl"
     abis_mk = src / "arch/arm64/kernel/Makefile.syscalls"
-    if tbl.exists() and abis_mk.exists():
+    if abis_mk.exists():
         abis = {"common", "64"}
+        tbl_name = "scripts/syscall.tbl"
         for line in abis_mk.read_text().splitlines():
             match = re.match(r"\s*syscall_abis_64\s*\+?=\s*(.*)", line)
             if match:
                 abis.update(match.group(1).split())
-        return parse_tbl(tbl, abis), ["scripts/syscall.tbl", "arch/arm64/kernel/Makefile.syscalls"]
+            # 7.x: arm64 keeps its own copy of the table (``syscalltbl = ..._%.tbl``)
+            match = re.match(r"\s*syscalltbl\s*:?=\s*(\S+)", line)
+            if match:
+                tbl_name = match.group(1).replace("%", "64")
+        tbl = src / tbl_name
+        if tbl.exists():
+            return parse_tbl(tbl, abis), [tbl_name, "arch/arm64/kernel/Makefile.syscalls"]
     arch_header = src / "arch/arm64/include/uapi/asm/unistd.h"
     predefined = {"__BITS_PER_LONG": "64"}
     for line in arch_header.read_text().splitlines():

@@ -24,6 +24,11 @@ Semantics:
   not built for kills the process (``SECCOMP_RET_KILL_PROCESS``). On x86_64, x32 system
   calls (``nr & __X32_SYSCALL_BIT``) kill the process too; ``nr == -1`` (a syscall skipped
   by a tracer) gets the default action, as with libseccomp.
+* When the default action refuses calls, syscall numbers above the highest one the filter
+  knows (the architecture's table, generated from Linux 7.3, or a numeric rule) answer
+  ``ENOSYS`` (:attr:`Seccomp.unknown_action`), as runc and crun do, so that C libraries fall
+  back to older calls as on an older kernel.
+* Rules name syscalls by name or by number (an ``int``, 0..0x7FFFFFFF).
 * For one syscall, rules are tried from the most recently added to the oldest; the first
   whose comparisons all hold decides. So a later ``deny("x")`` overrides an earlier
   ``allow("x")``. Comparisons within one rule are ANDed; several rules give an OR.
@@ -48,7 +53,7 @@ from typing import ClassVar, Final, NamedTuple
 import attrs
 
 from nscg import _bpf
-from nscg.errors import SpecError, UnsupportedError
+from nscg.errors import SpecError, SyscallError, UnsupportedError
 
 __all__ = [
     "Action",
@@ -61,12 +66,14 @@ __all__ = [
     "Seccomp",
     "check_seccomp_supported",
     "disassemble",
+    "max_syscall_number",
     "run_filter",
     "seccomp_action_available",
     "seccomp_supported",
     "syscall_name",
     "syscall_names",
     "syscall_number",
+    "table_kernel_version",
 ]
 
 _DATA: Final = Path(__file__).resolve().parent / "_data"
@@ -75,6 +82,9 @@ _U64: Final = 0xFFFFFFFFFFFFFFFF
 _X32_SYSCALL_BIT: Final = 0x40000000
 _MAX_ERRNO: Final = 4095
 _MAX_ARGS: Final = 6
+#: The largest syscall number a rule may name: the kernel reads ``nr`` as a signed int, and
+#: numbers with the top bit set are never a system call (-1 marks one a tracer skipped).
+_MAX_RULE_NR: Final = 0x7FFFFFFF
 
 
 # --------------------------------------------------------------------------- architectures
@@ -172,19 +182,76 @@ class _Table:
     by_number: Mapping[int, str]
     kernel_version: str
     source: str
+    #: The highest syscall number of the table.
+    max_nr: int
+
+
+def _read_data(name: str) -> Mapping[str, object]:
+    """Read one of nscg's bundled JSON files; a broken installation is a typed error."""
+    path = _DATA / name
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise SyscallError(
+            exc.errno or _errno.EIO, "open", str(path), detail="nscg's bundled data is unreadable"
+        ) from None
+    except ValueError as exc:
+        raise UnsupportedError(
+            f"nscg's bundled {path} is corrupt ({exc}); reinstall nscg", feature="seccomp.data"
+        ) from None
+    if not isinstance(data, dict):
+        raise UnsupportedError(
+            f"nscg's bundled {path} is not a JSON object", feature="seccomp.data"
+        )
+    return data
 
 
 @functools.cache
 def _table(arch: Arch) -> _Table:
-    raw = json.loads((_DATA / f"syscalls_{arch.value}.json").read_text())
-    by_name: dict[str, int] = {str(k): int(v) for k, v in raw["syscalls"].items()}
+    raw = _read_data(f"syscalls_{arch.value}.json")
+    syscalls = raw.get("syscalls")
+    if not isinstance(syscalls, dict) or not syscalls:
+        raise UnsupportedError(
+            f"nscg's bundled syscall table for {arch.value} is empty", feature="seccomp.data"
+        )
+    by_name: dict[str, int] = {str(k): int(v) for k, v in syscalls.items()}
     return _Table(
         arch=arch,
         by_name=by_name,
         by_number={v: k for k, v in by_name.items()},
         kernel_version=str(raw.get("kernel_version", "")),
         source=str(raw.get("source", "")),
+        max_nr=max(by_name.values()),
     )
+
+
+def table_kernel_version(arch: Arch | str | None = None) -> str:
+    """The Linux version nscg's syscall table for an architecture was generated from.
+
+    Args:
+        arch: the architecture (default: this machine's).
+
+    Returns:
+        The version, e.g. ``"7.3.4"``.
+    """
+    target = Arch.native() if arch is None else Arch.parse(arch)
+    return _table(target).kernel_version
+
+
+def max_syscall_number(arch: Arch | str | None = None) -> int:
+    """The highest syscall number in nscg's table for an architecture.
+
+    Filters whose default action refuses a call answer ``ENOSYS`` above it (see
+    :attr:`Seccomp.unknown_action`).
+
+    Args:
+        arch: the architecture (default: this machine's).
+
+    Returns:
+        The number.
+    """
+    target = Arch.native() if arch is None else Arch.parse(arch)
+    return _table(target).max_nr
 
 
 @functools.cache
@@ -258,6 +325,10 @@ class ActionKind(enum.IntEnum):
     ALLOW = 0x7FFF0000
 
 
+#: Default actions under which a call the filter does not know is not refused by the filter.
+_PASSING_KINDS: Final = frozenset(
+    {ActionKind.ALLOW, ActionKind.LOG, ActionKind.TRACE, ActionKind.USER_NOTIF}
+)
 _RET_ACTION_FULL: Final = 0xFFFF0000
 _RET_DATA: Final = 0x0000FFFF
 _KINDS_WITH_DATA: Final = frozenset({ActionKind.ERRNO, ActionKind.TRAP, ActionKind.TRACE})
@@ -649,11 +720,30 @@ class Arg:
 # --------------------------------------------------------------------------- rules
 
 
-def _check_syscall(instance: Rule, attribute: attrs.Attribute[str], value: str) -> None:
+def _check_syscall(instance: Rule, attribute: attrs.Attribute[str | int], value: str | int) -> None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= _MAX_RULE_NR:
+            raise SpecError(
+                f"syscall number {value} is out of range (0..{_MAX_RULE_NR:#x}; "
+                f"-1 and negative numbers are never a system call)"
+            )
+        return
     if not isinstance(value, str) or not value:
-        raise SpecError(f"syscall name must be a non-empty str, not {value!r}")
+        raise SpecError(f"syscall must be a non-empty name or an int number, not {value!r}")
     if not instance.optional and value not in _all_names():
-        raise SpecError(f"unknown syscall {value!r} (not in nscg's x86_64, i386 or aarch64 table)")
+        hint = "; pass a number as an int" if value.lstrip("-").isdigit() else ""
+        raise SpecError(
+            f"unknown syscall {value!r} (not in nscg's x86_64, i386 or aarch64 table){hint}"
+        )
+
+
+def _check_nr_for(nr: int, arch: Arch) -> None:
+    """Refuse a numeric rule that cannot mean a native syscall of ``arch``."""
+    if arch is Arch.X86_64 and nr & _X32_SYSCALL_BIT:
+        raise SpecError(
+            f"syscall number {nr:#x} has the x32 bit (0x40000000) set: x32 calls are always "
+            f"killed by nscg's filters on x86_64; name an x86_64 number below 0x40000000"
+        )
 
 
 def _to_cmps(value: ArgCmp | Iterable[ArgCmp]) -> tuple[ArgCmp, ...]:
@@ -670,15 +760,33 @@ def _to_cmps(value: ArgCmp | Iterable[ArgCmp]) -> tuple[ArgCmp, ...]:
 class Rule:
     """One rule: for ``syscall``, if every comparison in ``args`` holds, return ``action``.
 
+    ``syscall`` is a name from the kernel's tables (``"openat"``) or a number (an ``int``,
+    0..0x7FFFFFFF): a number means that number on every architecture the filter accepts,
+    so it is mostly useful with a single architecture, for a syscall newer than nscg's
+    tables. On x86_64 a number with the x32 bit (0x40000000) is refused when compiling.
+
     ``optional`` rules are skipped on architectures whose table lacks the syscall (profiles
-    load this way); a non-optional rule naming a syscall no target architecture has is a
-    :class:`~nscg.SpecError`.
+    load this way; :meth:`Seccomp.skipped_syscalls` lists them); a non-optional rule naming a
+    syscall no target architecture has is a :class:`~nscg.SpecError`.
     """
 
-    syscall: str = attrs.field(validator=_check_syscall)
+    syscall: str | int = attrs.field(validator=_check_syscall)
     action: Action = attrs.field(converter=_to_action)
     args: tuple[ArgCmp, ...] = attrs.field(default=(), converter=_to_cmps)
     optional: bool = attrs.field(default=False, kw_only=True)
+
+    def number(self, arch: Arch) -> int | None:
+        """The syscall number this rule applies to on ``arch``, or None if it has none.
+
+        Args:
+            arch: the architecture.
+
+        Returns:
+            The number, or None when the table of ``arch`` lacks the name.
+        """
+        if isinstance(self.syscall, int):
+            return self.syscall
+        return _table(arch).by_name.get(self.syscall)
 
     def matches(self, args: Sequence[int]) -> bool:
         """Whether every comparison holds for these arguments (missing ones are 0).
@@ -739,8 +847,7 @@ def _parse_version(text: str) -> tuple[int, ...]:
 
 @functools.cache
 def _docker_profile() -> Mapping[str, object]:
-    data: dict[str, object] = json.loads((_DATA / "seccomp_docker_default.json").read_text())
-    return data
+    return _read_data("seccomp_docker_default.json")
 
 
 @attrs.frozen(cache_hash=True)
@@ -759,6 +866,14 @@ class Seccomp:
         rules: the rules, oldest first (the newest matching rule of a syscall wins).
         arches: the architectures the filter accepts; empty means this machine's only.
             Calls from any other architecture kill the process.
+        unknown_action: what a syscall number above the highest one the filter knows (the
+            architecture's table and the numeric rules) gets, when the default action
+            refuses calls (``ERRNO``, ``TRAP``, ``KILL_*``). Default ``ERRNO(ENOSYS)``, as
+            runc and crun do: a C library that tries a syscall newer than the filter then
+            falls back to an older one, as on an older kernel, instead of failing with
+            EPERM. ``None``: such numbers get the default action. With a default that
+            lets calls through (``ALLOW``, ``LOG``, ``TRACE``, ``USER_NOTIF``) it has no
+            effect: the kernel answers ENOSYS for numbers it lacks anyway.
     """
 
     default_action: Action = attrs.field(
@@ -766,6 +881,10 @@ class Seccomp:
     )
     rules: tuple[Rule, ...] = attrs.field(default=(), converter=_to_rules)
     arches: tuple[Arch, ...] = attrs.field(default=(), converter=_to_arches)
+    unknown_action: Action | None = attrs.field(
+        default=Action(ActionKind.ERRNO, _errno.ENOSYS),
+        converter=attrs.converters.optional(_to_action),
+    )
 
     # ---- named constructors
 
@@ -835,13 +954,25 @@ class Seccomp:
 
         Raises:
             SpecError: the profile is malformed or uses an unknown action or operator.
-            OSError: the file cannot be read.
+            SyscallError: the file cannot be read (an :class:`OSError` and an
+                :class:`~nscg.NscgError`).
         """
         if isinstance(profile, Mapping):
             data: Mapping[str, object] = profile
         else:
             try:
-                loaded = json.loads(Path(profile).read_text())
+                text = Path(profile).read_bytes().decode()
+            except OSError as exc:
+                raise SyscallError(
+                    exc.errno or _errno.EIO,
+                    "open",
+                    str(profile),
+                    detail="cannot read the seccomp profile",
+                ) from None
+            except UnicodeDecodeError as exc:
+                raise SpecError(f"seccomp profile {str(profile)!r} is not UTF-8: {exc}") from None
+            try:
+                loaded = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise SpecError(f"seccomp profile {str(profile)!r} is not JSON: {exc}") from None
             if not isinstance(loaded, dict):
@@ -899,6 +1030,64 @@ class Seccomp:
         """
         return attrs.evolve(self, default_action=action)
 
+    def with_unknown_action(self, action: Action | None) -> Seccomp:
+        """Return a copy answering ``action`` above the highest syscall number it knows.
+
+        Args:
+            action: the action, or None for the default action (see
+                :attr:`unknown_action`).
+
+        Returns:
+            The new spec.
+        """
+        return attrs.evolve(self, unknown_action=action)
+
+    def effective_unknown_action(self) -> Action | None:
+        """The action numbers above the filter's highest known syscall get, if not the default.
+
+        Returns:
+            :attr:`unknown_action` when the default action refuses calls and differs from
+            it; else None.
+        """
+        if self.unknown_action is None or self.unknown_action == self.default_action:
+            return None
+        if self.default_action.kind in _PASSING_KINDS:
+            return None
+        return self.unknown_action
+
+    def max_known_number(self, arch: Arch | str | None = None) -> int:
+        """The highest syscall number the filter knows on ``arch``.
+
+        Args:
+            arch: the architecture (default: the filter's primary one).
+
+        Returns:
+            The maximum of the architecture's table and of the numeric rules.
+        """
+        target = self.target_arches()[0] if arch is None else Arch.parse(arch)
+        numbers = [r.syscall for r in self.rules if isinstance(r.syscall, int)]
+        return max([_table(target).max_nr, *numbers])
+
+    def skipped_syscalls(self, arch: Arch | str | None = None) -> frozenset[str]:
+        """The names of optional rules that ``arch`` has no syscall for (they are left out).
+
+        Profiles name syscalls of many architectures (``arm_fadvise64_64``,
+        ``s390_runtime_instr``...) and some newer than nscg's table; like libseccomp and
+        runc, nscg skips a name an architecture does not have. This is the record of what
+        was skipped.
+
+        Args:
+            arch: the architecture (default: the filter's primary one).
+
+        Returns:
+            The names.
+        """
+        target = self.target_arches()[0] if arch is None else Arch.parse(arch)
+        table = _table(target).by_name
+        return frozenset(
+            r.syscall for r in self.rules if isinstance(r.syscall, str) and r.syscall not in table
+        )
+
     def with_arches(self, *arches: Arch | str) -> Seccomp:
         """Return a copy accepting these architectures (the first is the primary).
 
@@ -927,7 +1116,7 @@ class Seccomp:
     def add(
         self,
         action: Action,
-        *syscalls: str,
+        *syscalls: str | int,
         when: ArgCmp | Iterable[ArgCmp] = (),
         optional: bool = False,
     ) -> Seccomp:
@@ -935,7 +1124,7 @@ class Seccomp:
 
         Args:
             action: the action.
-            *syscalls: syscall names.
+            *syscalls: syscall names or numbers.
             when: comparisons that must all hold (default: none, the rule always applies).
             optional: skip, instead of failing, on architectures without the syscall.
 
@@ -949,12 +1138,12 @@ class Seccomp:
         return self.with_rules(*(Rule(name, action, cmps, optional=optional) for name in syscalls))
 
     def allow(
-        self, *syscalls: str, when: ArgCmp | Iterable[ArgCmp] = (), optional: bool = False
+        self, *syscalls: str | int, when: ArgCmp | Iterable[ArgCmp] = (), optional: bool = False
     ) -> Seccomp:
         """Return a copy that allows these syscalls (when ``when`` holds).
 
         Args:
-            *syscalls: syscall names.
+            *syscalls: syscall names or numbers.
             when: comparisons that must all hold.
             optional: skip on architectures without the syscall.
 
@@ -968,7 +1157,7 @@ class Seccomp:
 
     def deny(
         self,
-        *syscalls: str,
+        *syscalls: str | int,
         errno: int = _errno.EPERM,
         when: ArgCmp | Iterable[ArgCmp] = (),
         optional: bool = False,
@@ -976,7 +1165,7 @@ class Seccomp:
         """Return a copy in which these syscalls fail with ``errno`` (when ``when`` holds).
 
         Args:
-            *syscalls: syscall names.
+            *syscalls: syscall names or numbers.
             errno: the error returned, 0..4095.
             when: comparisons that must all hold.
             optional: skip on architectures without the syscall.
@@ -991,7 +1180,7 @@ class Seccomp:
 
     def kill(
         self,
-        *syscalls: str,
+        *syscalls: str | int,
         when: ArgCmp | Iterable[ArgCmp] = (),
         thread: bool = False,
         optional: bool = False,
@@ -999,7 +1188,7 @@ class Seccomp:
         """Return a copy in which these syscalls kill the process (or only the thread).
 
         Args:
-            *syscalls: syscall names.
+            *syscalls: syscall names or numbers.
             when: comparisons that must all hold.
             thread: kill only the calling thread (``KILL_THREAD``).
             optional: skip on architectures without the syscall.
@@ -1015,7 +1204,7 @@ class Seccomp:
 
     def trap(
         self,
-        *syscalls: str,
+        *syscalls: str | int,
         data: int = 0,
         when: ArgCmp | Iterable[ArgCmp] = (),
         optional: bool = False,
@@ -1023,7 +1212,7 @@ class Seccomp:
         """Return a copy in which these syscalls raise SIGSYS.
 
         Args:
-            *syscalls: syscall names.
+            *syscalls: syscall names or numbers.
             data: 0..65535, reported in ``si_errno``.
             when: comparisons that must all hold.
             optional: skip on architectures without the syscall.
@@ -1037,12 +1226,12 @@ class Seccomp:
         return self.add(Action.trap(data), *syscalls, when=when, optional=optional)
 
     def log(
-        self, *syscalls: str, when: ArgCmp | Iterable[ArgCmp] = (), optional: bool = False
+        self, *syscalls: str | int, when: ArgCmp | Iterable[ArgCmp] = (), optional: bool = False
     ) -> Seccomp:
         """Return a copy in which these syscalls are allowed and logged (audit log).
 
         Args:
-            *syscalls: syscall names.
+            *syscalls: syscall names or numbers.
             when: comparisons that must all hold.
             optional: skip on architectures without the syscall.
 
@@ -1151,10 +1340,12 @@ class Seccomp:
             return Action.KILL_PROCESS
         if target.bits == 32:
             args = [a & _U32 for a in args]
-        name = _table(target).by_number.get(number)
         for rule in reversed(self.rules):
-            if rule.syscall == name and rule.matches(args):
+            if rule.number(target) == number and rule.matches(args):
                 return rule.action
+        unknown = self.effective_unknown_action()
+        if unknown is not None and self.max_known_number(target) < number < _U32:
+            return unknown
         return self.default_action
 
 
@@ -1455,7 +1646,11 @@ def _syscall_bodies(spec: Seccomp, arch: Arch, arches: tuple[Arch, ...]) -> dict
     per_nr: dict[int, list[tuple[int, _Cmps]]] = {}
     closed: set[int] = set()
     for rule in reversed(spec.rules):
-        nr = table.get(rule.syscall)
+        if isinstance(rule.syscall, int):
+            _check_nr_for(rule.syscall, arch)
+            nr: int | None = rule.syscall
+        else:
+            nr = table.get(rule.syscall)
         if nr is None:
             if not rule.optional and not any(rule.syscall in _table(a).by_name for a in arches):
                 raise SpecError(
@@ -1487,22 +1682,41 @@ def _syscall_bodies(spec: Seccomp, arch: Arch, arches: tuple[Arch, ...]) -> dict
 
 
 def _intervals(
-    bodies: dict[int, _Body], default: _Body, x32_guard: bool
+    bodies: dict[int, _Body],
+    default: _Body,
+    x32_guard: bool,
+    last_known: int,
+    unknown: _Body | None,
 ) -> list[tuple[int, _Body]]:
+    """Cut 0..2**32-1 into intervals, each with the code deciding the numbers in it.
+
+    Numbers without a body get ``default`` up to ``last_known`` and ``unknown`` (when not
+    None) above it; on x86_64 the x32 numbers (and every number above) are killed; -1 (a
+    call a tracer skipped) always gets the default, as with libseccomp.
+    """
     points: list[tuple[int, _Body]] = []
+
+    def gap(lo: int, hi: int) -> None:  # numbers lo..hi-1 have no body
+        if lo >= hi:
+            return
+        if unknown is None or hi <= last_known + 1:
+            points.append((lo, default))
+        elif lo > last_known:
+            points.append((lo, unknown))
+        else:
+            points.append((lo, default))
+            points.append((last_known + 1, unknown))
+
+    limit = _X32_SYSCALL_BIT if x32_guard else _U32
     cur = 0
     for nr in sorted(bodies):
-        if nr > cur:
-            points.append((cur, default))
+        gap(cur, nr)
         points.append((nr, bodies[nr]))
         cur = nr + 1
+    gap(cur, limit)
     if x32_guard:
-        if cur < _X32_SYSCALL_BIT:
-            points.append((cur, default))
-        points.append((max(cur, _X32_SYSCALL_BIT), _Ret(Action.KILL_PROCESS.value)))
-        points.append((_U32, default))
-    elif cur <= _U32:
-        points.append((cur, default))
+        points.append((limit, _Ret(Action.KILL_PROCESS.value)))
+    points.append((_U32, default))
     merged: list[tuple[int, _Body]] = []
     for start, body in points:
         if merged and merged[-1][1] == body:
@@ -1599,11 +1813,17 @@ def _compile(spec: Seccomp, arches: tuple[Arch, ...]) -> bytes:
         asm.jump(_bpf.JEQ_K, arch.audit_arch, start, _bpf.NEXT)
     asm.ret(Action.KILL_PROCESS.value)
     default = _Ret(spec.default_action.value)
+    unknown_action = spec.effective_unknown_action()
+    unknown = None if unknown_action is None else _Ret(unknown_action.value)
     for arch, start in zip(arches, starts, strict=True):
         asm.place(start)
         asm.load(0)
         intervals = _intervals(
-            _syscall_bodies(spec, arch, arches), default, x32_guard=arch is Arch.X86_64
+            _syscall_bodies(spec, arch, arches),
+            default,
+            x32_guard=arch is Arch.X86_64,
+            last_known=spec.max_known_number(arch),
+            unknown=unknown,
         )
         prefix = [0]
         for weight in _weights(intervals, arch):
