@@ -13,6 +13,8 @@ import struct
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, NamedTuple
 
+from nscg.errors import SpecError
+
 # --- instruction classes, sizes, modes, operations (linux/filter.h, linux/bpf_common.h) -----
 BPF_LD: Final = 0x00
 BPF_LDX: Final = 0x01
@@ -73,8 +75,12 @@ JSET_K: Final = BPF_JMP | BPF_JSET | BPF_K
 AND_K: Final = BPF_ALU | BPF_AND | BPF_K
 
 
-class BpfError(Exception):
-    """A BPF program is malformed, or cannot be assembled."""
+class BpfError(SpecError):
+    """A BPF program is malformed, or cannot be assembled.
+
+    A :class:`~nscg.SpecError` (so an :class:`~nscg.NscgError`): nscg's callers wrap it with
+    context, and one that escapes is still a typed error.
+    """
 
 
 class Label:

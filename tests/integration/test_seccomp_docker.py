@@ -96,7 +96,8 @@ def sweep() -> Iterator[tuple[str, str, dict[int, str]]]:
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler")
-    d = tempfile.mkdtemp(prefix="nscg-sweep-")
+    # under /var/tmp (the default root has a private /tmp), and bound into each sandbox
+    d = tempfile.mkdtemp(prefix="nscg-sweep-", dir="/var/tmp")
     os.chmod(d, 0o755)
     exe = os.path.join(d, "syscall_sweep")
     src = Path(__file__).with_name("probes") / "syscall_sweep.c"
@@ -111,6 +112,11 @@ def sweep() -> Iterator[tuple[str, str, dict[int, str]]]:
         yield exe, plan, {nr: name for name, nr, _ in calls}
     finally:
         shutil.rmtree(d)
+
+
+def _box(d: str, seccomp: Seccomp | str = "default") -> Container:
+    """A default sandbox (or one with another seccomp) that sees the probe's directory."""
+    return Container().with_rootfs(nscg.RootFS.host().bind(d)).with_seccomp(seccomp)
 
 
 def _parse(text: str) -> dict[int, str]:
@@ -161,8 +167,9 @@ def test_docker_allowed_syscalls_behave_as_unfiltered(
 ) -> None:
     """Default sandbox vs seccomp unconfined: every allowed call ends the same way."""
     exe, plan, names = sweep
-    r1 = Container().run([exe, plan], capture_output=True, timeout=300)
-    r2 = Container().with_seccomp("unconfined").run([exe, plan], capture_output=True, timeout=300)
+    d = os.path.dirname(exe)
+    r1 = _box(d).run([exe, plan], capture_output=True, timeout=300)
+    r2 = _box(d, "unconfined").run([exe, plan], capture_output=True, timeout=300)
     assert r1.returncode == 0 and r2.returncode == 0, (r1, r2)
     filtered = _parse((r1.stdout or b"").decode())
     plain = _parse((r2.stdout or b"").decode())
@@ -183,9 +190,11 @@ def test_docker_allowed_syscalls_behave_as_unfiltered_rootless(
     res = run_as_nobody(
         f"""
         import json, nscg
-        r1 = nscg.Container().run([{exe!r}, {plan!r}], capture_output=True, timeout=300)
-        r2 = nscg.Container().with_seccomp("unconfined").run(
-            [{exe!r}, {plan!r}], capture_output=True, timeout=300)
+        def box(seccomp="default"):
+            root = nscg.RootFS.host().bind({os.path.dirname(exe)!r})
+            return nscg.Container().with_rootfs(root).with_seccomp(seccomp)
+        r1 = box().run([{exe!r}, {plan!r}], capture_output=True, timeout=300)
+        r2 = box("unconfined").run([{exe!r}, {plan!r}], capture_output=True, timeout=300)
         print(json.dumps([r1.returncode, r1.stdout.decode(), r2.returncode, r2.stdout.decode()]))
         """,
         timeout=400,
@@ -213,8 +222,9 @@ def _unknown_plan(d: str) -> tuple[str, list[int]]:
 def test_unknown_numbers_answer_enosys(sweep: tuple[str, str, dict[int, str]]) -> None:
     """Above the table: ENOSYS in the default sandbox, as unfiltered (not EPERM)."""
     exe, plan, _ = sweep
-    unknown, numbers = _unknown_plan(os.path.dirname(plan))
-    for c in (Container(), Container().with_seccomp("unconfined")):
+    d = os.path.dirname(plan)
+    unknown, numbers = _unknown_plan(d)
+    for c in (_box(d), _box(d, "unconfined")):
         r = c.run([exe, unknown], capture_output=True, timeout=60)
         got = _parse((r.stdout or b"").decode())
         assert got == dict.fromkeys(numbers, f"errno {errno.ENOSYS}"), got
@@ -264,13 +274,9 @@ def test_unknown_numbers_answer_enosys(sweep: tuple[str, str, dict[int, str]]) -
         "tgkill",
         optional=True,
     )
-    r = Container().with_seccomp(spec).run([exe, unknown], capture_output=True, timeout=60)
+    r = _box(d, spec).run([exe, unknown], capture_output=True, timeout=60)
     assert _parse((r.stdout or b"").decode()) == dict.fromkeys(numbers, f"errno {errno.ENOSYS}")
-    r = (
-        Container()
-        .with_seccomp(spec.with_unknown_action(None))
-        .run([exe, unknown], capture_output=True, timeout=60)
-    )
+    r = _box(d, spec.with_unknown_action(None)).run([exe, unknown], capture_output=True, timeout=60)
     assert _parse((r.stdout or b"").decode()) == dict.fromkeys(numbers, f"errno {errno.EPERM}")
 
 
@@ -285,15 +291,16 @@ def test_unknown_x32_numbers_are_still_killed(sweep: tuple[str, str, dict[int, s
         f.write("".join(f"{nr}\n" for nr in numbers))
     os.chmod(x32, 0o644)
     unknown, _ = _unknown_plan(d)
-    r = Container().run([exe, x32], capture_output=True, timeout=60)
+    r = _box(d).run([exe, x32], capture_output=True, timeout=60)
     assert _parse((r.stdout or b"").decode()) == dict.fromkeys(
         numbers, f"signal {int(signal.SIGSYS)}"
     )
     res = run_as_nobody(
         f"""
         import json, nscg
-        r = nscg.Container().run([{exe!r}, {x32!r}], capture_output=True, timeout=60)
-        r2 = nscg.Container().run([{exe!r}, {unknown!r}], capture_output=True, timeout=60)
+        box = nscg.Container().with_rootfs(nscg.RootFS.host().bind({d!r}))
+        r = box.run([{exe!r}, {x32!r}], capture_output=True, timeout=60)
+        r2 = box.run([{exe!r}, {unknown!r}], capture_output=True, timeout=60)
         print(json.dumps([r.stdout.decode(), r2.stdout.decode()]))
         """
     )

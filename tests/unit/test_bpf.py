@@ -146,3 +146,13 @@ def test_disassembler_format() -> None:
     assert lines[6].endswith("if (A != getpid) goto 0006")
     assert lines[8].endswith("A = args[0] >> 32")
     assert lines[9].endswith("return R50001")
+
+
+def test_bpf_errors_are_nscg_errors() -> None:
+    """Whatever escapes the assembler or the interpreter is a typed nscg error."""
+    from nscg._bpf import run
+    from nscg.errors import NscgError, SpecError
+
+    assert issubclass(BpfError, SpecError) and issubclass(BpfError, NscgError)
+    with pytest.raises(NscgError):
+        run(b"\x00" * 7, b"\x00" * 64)
