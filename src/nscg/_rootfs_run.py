@@ -6,17 +6,19 @@ after the sandbox is reaped (``Process._cleanups``) or when the spawn fails.
 
 from __future__ import annotations
 
-import contextlib
+import errno
 import os
-import shutil
+import stat
 import tempfile
 import threading
+import warnings
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from nscg import _tree
 from nscg._native import ffi, lib
-from nscg.errors import UnsupportedError
+from nscg.errors import SpecError, SyscallError, UnsupportedError
 from nscg.namespaces import Namespace
 from nscg.process import Stage
 from nscg.rootfs import (
@@ -29,9 +31,9 @@ from nscg.rootfs import (
     Prim,
     RootFS,
     Symlink,
-    Tmpfs,
-    compute_changes,
+    changes_of,
     flatten,
+    visible_in,
 )
 
 if TYPE_CHECKING:
@@ -69,18 +71,29 @@ def kernel_version() -> tuple[int, int]:
 
 
 def _rmtree(path: str) -> None:
-    """Remove a tree the sandbox wrote to (it may have left unreadable directories)."""
-    if not os.path.lexists(path):
-        return
-    # top-down: each directory is made traversable before os.walk enters it
-    # (overlayfs leaves work/work as d---------; the payload may do the same)
-    for dirpath, dirnames, _files in os.walk(path):
-        for d in dirnames:
-            full = os.path.join(dirpath, d)
-            if not os.path.islink(full):
-                with contextlib.suppress(OSError):
-                    os.chmod(full, 0o700)
-    shutil.rmtree(path, ignore_errors=True)
+    """Remove a tree the sandbox wrote to: iterative, fd-based (see ``_tree``).
+
+    Overlayfs leaves work/work as d---------, the payload may leave unreadable
+    directories, symlinks and chains deeper than any recursion limit.
+    """
+    try:
+        _tree.rmtree(path)
+    except OSError as e:
+        warnings.warn(f"nscg: could not remove {path}: {e}", stacklevel=2)
+
+
+def _host_call(syscall: str, what: str, fn: Any) -> Any:
+    """Run a host-side step of a spawn; its OSError becomes a typed error naming ``what``.
+
+    A full tmp area or /dev/shm (ENOSPC, EDQUOT) or memory (ENOMEM) says so.
+    """
+    try:
+        return fn()
+    except OSError as e:
+        full = {errno.ENOSPC: "full", errno.EDQUOT: "over quota", errno.ENOMEM: "out of memory"}
+        why = full.get(e.errno or 0)
+        detail = f"{what} is {why}" if why else f"while making {what}"
+        raise SyscallError(e.errno or 0, syscall, e.filename or what, detail=detail) from e
 
 
 def _scratch_parent(lowers: tuple[str, ...]) -> str:
@@ -144,6 +157,8 @@ class RootfsRun:
         self.temps: list[str] = []
         #: (overlay as mounted, its upper): the change report reads these
         self.overlays: list[Overlay] = []
+        #: split roots: (the root directory, the lower's top level, mount points, dest)
+        self.tops: list[tuple[str, dict[str, str | None], frozenset[str], str]] = []
         ops: list[Op] = []
         origin: list[int] = []
         try:
@@ -164,17 +179,30 @@ class RootfsRun:
     def _dirs(self, op: Overlay) -> tuple[str, str]:
         """(upper, work) for an overlay: the caller's upper or a fresh temp dir."""
         if op.upper is None:
-            d = tempfile.mkdtemp(prefix="nscg-overlay-", dir=_scratch_parent(op.lowers))
+            d = _host_call(
+                "mkdtemp",
+                "the scratch area for an overlay upper",
+                lambda: tempfile.mkdtemp(prefix="nscg-overlay-", dir=_scratch_parent(op.lowers)),
+            )
             self.temps.append(d)
             upper, work = os.path.join(d, "upper"), os.path.join(d, "work")
-            os.mkdir(upper, 0o755)
-            os.mkdir(work, 0o700)
+            _host_call("mkdir", upper, lambda: os.mkdir(upper, 0o755))
+            _host_call("mkdir", work, lambda: os.mkdir(work, 0o700))
             return upper, work
+        # a missing persistent upper is made, as the CLI's --keep-upper does
+        upper = op.upper
+        _host_call("mkdir", upper, lambda: os.makedirs(upper, 0o755, exist_ok=True))
         if op.work is not None:
-            return op.upper, op.work
-        work = tempfile.mkdtemp(prefix="nscg-work-", dir=os.path.dirname(op.upper.rstrip("/")))
+            work = op.work
+            _host_call("mkdir", work, lambda: os.makedirs(work, 0o700, exist_ok=True))
+            return upper, work
+        work = _host_call(
+            "mkdtemp",
+            f"a work directory beside {upper}",
+            lambda: tempfile.mkdtemp(prefix="nscg-work-", dir=os.path.dirname(upper.rstrip("/"))),
+        )
         self.temps.append(work)
-        return op.upper, work
+        return upper, work
 
     def _expand(self, op: Overlay, replaced: set[str]) -> list[Op]:
         """The ops that make this overlay; split per top-level entry when needed.
@@ -183,47 +211,81 @@ class RootfsRun:
         to the mounts above it, and overlayfs refuses a lower directory with
         locked mounts below it (EINVAL, "failed to clone lowerpath"). The
         host's / always has some (/proc, /sys, /dev). Then the overlay root is
-        a tmpfs holding one overlay per top-level directory of the lower (upper
-        and work in per-entry subdirectories), a read-only recursive bind for
-        directories that have mounts below them, and the top-level symlinks and
-        files as they are. Writes to the top level itself are not reported.
+        a directory of nscg's scratch area (bound read-write) holding one
+        overlay per top-level directory of the lower (upper and work in
+        per-entry subdirectories), a read-only recursive bind for directories
+        that have mounts below them, and the top-level symlinks and files as
+        they are. What the payload writes at the top level itself lands in
+        that directory: the change report compares it with the lower's top
+        level as it was when the plan was made.
         """
         if self.userns and kernel_version() < (5, 11):
             raise UnsupportedError(
                 "an overlay inside a user namespace needs kernel >= 5.11 (userxattr)",
                 feature="overlay.userxattr",
             )
-        upper, work = self._dirs(op)
         mounts = _mount_points() if self.userns else []
-        if not any(_has_submounts(lo, mounts) for lo in op.lowers):
-            full = Overlay(op.lowers, upper, op.dest, work)
-            self.overlays.append(full)
-            return [full]
-        if len(op.lowers) != 1:
+        split = any(_has_submounts(lo, mounts) for lo in op.lowers)
+        if split and len(op.lowers) != 1:
             raise UnsupportedError(
                 f"an overlay of several lowers {op.lowers} with mounts below them cannot be "
                 "made inside a user namespace (the kernel refuses locked submounts)",
                 feature="overlay.locked",
             )
-        (lower,) = op.lowers
+        if split:
+            (lower,) = op.lowers
+            names = _host_call("listdir", lower, lambda: sorted(os.listdir(lower)))
+            parts = {
+                n
+                for n in names
+                if os.path.isdir(os.path.join(lower, n))
+                and not os.path.islink(os.path.join(lower, n))
+            }
+            for d in (op.upper, op.work):
+                for n in parts:
+                    if d is not None and visible_in(d, os.path.join(lower, n)):
+                        raise SpecError(
+                            f"overlay upper/work directory {d!r} is inside the lower layer "
+                            f"{os.path.join(lower, n)!r} (one overlay per top-level entry "
+                            "inside a user namespace): put it on another filesystem"
+                        )
+        upper, work = self._dirs(op)
+        if not split:
+            full = Overlay(op.lowers, upper, op.dest, work)
+            self.overlays.append(full)
+            return [full]
         base = op.dest.rstrip("/")
-        out: list[Op] = [Tmpfs(op.dest, mode=0o755, nosuid=False, nodev=False)]
-        for name in sorted(os.listdir(lower)):
+        top = os.path.join(work, "root")
+        _host_call("mkdir", top, lambda: os.mkdir(top, 0o755))
+        out: list[Op] = [Bind(top, op.dest, readonly=False, recursive=False)]
+        before: dict[str, str | None] = {}
+        mounted: set[str] = set()
+        for k, name in enumerate(names):
             src = os.path.join(lower, name)
             dest = f"{base}/{name}"
+            link = os.path.islink(src)
+            before[name] = os.readlink(src) if link else None
             if dest in replaced:  # a later op mounts there (/proc, /dev)
                 out.append(Mkdir(dest))
-            elif os.path.islink(src):
-                out.append(Symlink(os.readlink(src), dest))
-            elif os.path.isdir(src) and not _has_submounts(src, mounts):
-                u, w = os.path.join(upper, name), os.path.join(work, name)
-                os.mkdir(u, 0o755)
-                os.mkdir(w, 0o700)
+                mounted.add(name)
+            elif link:
+                out.append(Symlink(before[name] or "", dest))
+            elif name in parts and not _has_submounts(src, mounts):
+                u, w = os.path.join(upper, name), os.path.join(work, f"w{k}")
+                if not os.path.isdir(u):
+                    # the overlay's root shows the upper root's mode: the lower's (/tmp: 1777)
+                    mode = stat.S_IMODE(os.stat(src).st_mode)
+                    _host_call("mkdir", u, lambda u=u: os.mkdir(u, 0o700))
+                    _host_call("chmod", u, lambda u=u, m=mode: os.chmod(u, m))
+                _host_call("mkdir", w, lambda w=w: os.mkdir(w, 0o700))
                 part = Overlay((src,), u, dest, w)
                 self.overlays.append(part)
                 out.append(part)
+                mounted.add(name)
             else:
                 out.append(Bind(src, dest, readonly=True, recursive=True))
+                mounted.add(name)
+        self.tops.append((top, before, frozenset(mounted), base))
         return out
 
     def fill(self, p: Any, plan: Any) -> None:
@@ -266,21 +328,50 @@ class RootfsRun:
         _current.run = None
 
         def report() -> None:
-            added: set[str] = set()
-            modified: set[str] = set()
-            deleted: set[str] = set()
-            for ov in self.overlays:
-                assert ov.upper is not None
-                ch = compute_changes(ov.upper, ov.lowers, ov.dest)
-                added |= ch.added
-                modified |= ch.modified
-                deleted |= ch.deleted
-            proc._changes = Changes(frozenset(added), frozenset(modified), frozenset(deleted))
+            proc._changes = self.report()
 
         if self.overlays:
             proc._cleanups.append(report)
         if self.temps:
             proc._cleanups.append(self.cleanup)
+
+    def report(self) -> Changes:
+        """The change report of every overlay of the plan (read once the sandbox is gone)."""
+        rep = _tree.Report()
+        opaque = (_tree.OPAQUE_USER,) if self.userns else (_tree.OPAQUE_TRUSTED,)
+        for top, before, mounted, base in self.tops:
+            fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                _tree.top_changes(fd, before, mounted, base, rep, fix_perms=True)
+            finally:
+                os.close(fd)
+        for ov in self.overlays:
+            assert ov.upper is not None
+            fds: list[int | None] = []
+            try:
+                fds.append(os.open(ov.upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+                for lo in ov.lowers:
+                    try:
+                        fds.append(os.open(lo, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+                    except OSError:
+                        fds.append(None)
+                ufd = fds[0]
+                assert ufd is not None
+                _tree.walk_changes(
+                    ufd,
+                    fds[1:],
+                    ov.dest.rstrip("/"),
+                    rep,
+                    opaque=opaque,
+                    fix_perms=bool(self.temps) and ov.upper.startswith(tuple(self.temps)),
+                )
+            finally:
+                for lfd in fds:
+                    if lfd is not None:
+                        os.close(lfd)
+            if rep.truncated:
+                break
+        return changes_of(rep)
 
     def cleanup(self) -> None:
         """Remove the temp dirs. Idempotent."""

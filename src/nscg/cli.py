@@ -308,9 +308,7 @@ def _rootfs(args: argparse.Namespace) -> Any:
         lower, _, upper = rest.partition(":")
         if upper and keep and upper != keep:
             raise UsageError("--keep-upper and the UPPER of --root overlay:LOWER:UPPER differ")
-        up = upper or keep or None
-        if up is not None:
-            os.makedirs(up, exist_ok=True)
+        up = upper or keep or None  # (a missing upper is made at spawn)
         fs = RootFS.overlay([lower or "/"], up, hide_home=None if hide_home else False)
     else:
         if args.show_home:
@@ -399,8 +397,8 @@ def _process_options(c: Container, args: argparse.Namespace) -> Container:
 
 
 def build_container(args: argparse.Namespace) -> Container:
-    """Turn parsed ``nscg run`` options into a :class:`nscg.Container` (no side effects
-    other than creating the ``--keep-upper`` directory).
+    """Turn parsed ``nscg run`` options into a :class:`nscg.Container` (no side effects:
+    a missing ``--keep-upper`` directory is made when the sandbox starts).
 
     Raises:
         UsageError: an option is malformed.

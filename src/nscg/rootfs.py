@@ -24,6 +24,7 @@ from typing import Any, Final, Literal, NamedTuple, TypeAlias
 
 import attrs
 
+from nscg import _tree
 from nscg.errors import SpecError, UnsupportedError
 
 __all__ = [
@@ -147,7 +148,40 @@ def _lowers(value: Iterable[str | os.PathLike[str]]) -> tuple[str, ...]:
 
 
 def _upper(value: str | os.PathLike[str] | None) -> str | None:
-    return None if value is None else _source(value)
+    """An upper (or work) directory: absolute; created at spawn when missing."""
+    if value is None:
+        return None
+    s = os.fspath(value)
+    if not isinstance(s, str) or "\0" in s:
+        raise SpecError(f"invalid overlay directory {value!r}")
+    if not s.startswith("/"):
+        raise SpecError(f"overlay directory {s!r} must be an absolute path")
+    return os.path.normpath(s)
+
+
+def _inside(path: str, top: str) -> bool:
+    """Whether ``path`` is ``top`` or below it (both real paths)."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+def visible_in(path: str, lower: str) -> bool:
+    """Whether the host directory ``path`` shows up in the overlay layer ``lower``.
+
+    It does when it is at or below ``lower`` with no mount in between:
+    overlayfs does not cross mounts of a lower directory. (Inside a user
+    namespace nscg splits a lower with mounts below it per top-level entry:
+    there each entry is a layer of its own, checked likewise.)
+    """
+    rp, rl = os.path.realpath(path), os.path.realpath(lower)
+    if not _inside(rp, rl):
+        return False
+    cur = rp
+    while True:
+        if os.path.ismount(cur) and cur != rl:
+            return False
+        if cur in (rl, "/"):
+            return True
+        cur = os.path.dirname(cur)
 
 
 def _content(value: bytes | str) -> bytes:
@@ -243,6 +277,7 @@ class Overlay:
     """An overlay filesystem at ``dest``: ``lowers`` (top first), ``upper`` (None: ephemeral)."""
 
     lowers: tuple[str, ...] = attrs.field(converter=_lowers)
+    #: where the writes persist (created at spawn if missing); None: nscg's scratch memory
     upper: str | None = attrs.field(default=None, converter=_upper)
     dest: str = attrs.field(default="/", converter=_dest)
     #: the overlay work directory (same filesystem as ``upper``); None: a temp dir
@@ -251,11 +286,19 @@ class Overlay:
     def __attrs_post_init__(self) -> None:
         if not self.lowers:
             raise SpecError("an overlay needs at least one lower directory")
-        for d in (*self.lowers, *([self.upper] if self.upper else [])):
-            if not os.path.isdir(d):
+        for d in (*self.lowers, *(x for x in (self.upper, self.work) if x)):
+            if os.path.lexists(d) and not os.path.isdir(d):
                 raise SpecError(f"overlay layer {d!r} is not a directory")
             if ":" in d or "," in d:
                 raise SpecError(f"overlay layer {d!r} must not contain ':' or ','")
+        for d in (x for x in (self.upper, self.work) if x is not None):
+            for lo in self.lowers:
+                if visible_in(d, lo):
+                    raise SpecError(
+                        f"overlay upper/work directory {d!r} is inside the lower layer {lo!r}: "
+                        "the sandbox would see (and write to) its own upper; put it on "
+                        "another filesystem or outside the lower"
+                    )
 
 
 @attrs.frozen
@@ -447,17 +490,25 @@ class Changes:
 
     Attributes:
         added: created paths (new directories and everything in them are listed).
-        modified: paths that existed in a lower layer and were written or chmod'ed.
+        modified: paths that existed in a lower layer and were written, replaced
+            by another type, or chmod'ed/chown'ed.
         deleted: paths of a lower layer that were removed (a removed directory is
             listed once, not its contents).
+        truncated: the report stopped early: the payload wrote more than the
+            walk's bounds (entries, path bytes, path length; see
+            docs/rootfs.md), or part of the tree could not be read. Every
+            listed path is a real change; some changes are missing.
+        reason: why it is truncated ("" when it is not).
     """
 
     added: frozenset[str] = frozenset()
     modified: frozenset[str] = frozenset()
     deleted: frozenset[str] = frozenset()
+    truncated: bool = False
+    reason: str = ""
 
     def __bool__(self) -> bool:
-        return bool(self.added or self.modified or self.deleted)
+        return bool(self.added or self.modified or self.deleted or self.truncated)
 
     def all(self) -> frozenset[str]:
         """Every changed path."""
@@ -1044,67 +1095,55 @@ def flatten(root: RootFS, userns: bool) -> list[Prim]:
 
 
 # ------------------------------------------------------------ change report
-_WHITEOUT_OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
-
-
-def _is_opaque(path: str) -> bool:
-    for name in _WHITEOUT_OPAQUE:
-        try:
-            if os.getxattr(path, name, follow_symlinks=False) == b"y":
-                return True
-        except OSError:
-            continue
-    return False
-
-
-def _in_lowers(lowers: Sequence[str], rel: str) -> os.stat_result | None:
-    for lo in lowers:
-        try:
-            return os.lstat(os.path.join(lo, rel))
-        except OSError:
-            continue
-    return None
-
-
-def compute_changes(upper: str, lowers: Sequence[str], dest: str = "/") -> Changes:
+def compute_changes(
+    upper: str,
+    lowers: Sequence[str],
+    dest: str = "/",
+    *,
+    opaque: Sequence[str] = (_tree.OPAQUE_TRUSTED, _tree.OPAQUE_USER),
+) -> Changes:
     """The change report of an overlay from its upper directory.
 
-    A whiteout (a 0/0 character device) is a deletion; an opaque directory
-    deletes what the lowers had in it; anything else is added (not in any
-    lower) or modified (in a lower). Directories that were only copied up
-    because something in them changed are not listed.
+    A whiteout (a 0/0 character device) is a deletion of what the lowers had;
+    an opaque directory deletes what the lowers had in it and the upper
+    lacks; anything else is added (not in the merged lowers) or modified (in
+    them, as a non-directory, as another type, or as a directory with another
+    mode or owner). Directories that were only copied up because something in
+    them changed are not listed. The lowers are looked up as overlayfs does
+    (never through a symlink of the lower, whiteouts and opaque directories
+    of the lowers honoured); the walk never follows a symlink and is bounded
+    (see ``Changes.truncated``).
+
+    Args:
+        upper: the upper directory (the caller's path is trusted; nothing below it is).
+        lowers: the lower directories, top first.
+        dest: where the overlay was mounted in the sandbox (the reported paths' prefix).
+        opaque: the xattr names that mark an opaque directory.
     """
-    added: set[str] = set()
-    modified: set[str] = set()
-    deleted: set[str] = set()
-    base = dest.rstrip("/")
+    rep = _tree.Report()
+    fds: list[int | None] = []
+    try:
+        ufd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fds.append(ufd)
+        for lo in lowers:
+            try:
+                fds.append(os.open(lo, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            except OSError:
+                fds.append(None)
+        _tree.walk_changes(ufd, fds[1:], dest.rstrip("/"), rep, opaque=opaque)
+    finally:
+        for fd in fds:
+            if fd is not None:
+                os.close(fd)
+    return changes_of(rep)
 
-    def inside(rel: str) -> str:
-        return f"{base}/{rel}"
 
-    for dirpath, dirnames, filenames in os.walk(upper):
-        rel_dir = os.path.relpath(dirpath, upper)
-        rel_dir = "" if rel_dir == "." else rel_dir
-        if rel_dir and _is_opaque(dirpath):
-            present = set(dirnames) | set(filenames)
-            for lo in lowers:
-                try:
-                    names = os.listdir(os.path.join(lo, rel_dir))
-                except OSError:
-                    continue
-                for n in names:
-                    if n not in present:
-                        deleted.add(inside(os.path.join(rel_dir, n)))
-        for name in [*dirnames, *filenames]:
-            full = os.path.join(dirpath, name)
-            rel = os.path.join(rel_dir, name)
-            st = os.lstat(full)
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                deleted.add(inside(rel))
-                continue
-            lower = _in_lowers(lowers, rel)
-            if lower is None:
-                added.add(inside(rel))
-            elif not stat.S_ISDIR(st.st_mode) or not stat.S_ISDIR(lower.st_mode):
-                modified.add(inside(rel))
-    return Changes(frozenset(added), frozenset(modified), frozenset(deleted))
+def changes_of(rep: _tree.Report) -> Changes:
+    """A :class:`Changes` from a walk's report."""
+    return Changes(
+        frozenset(rep.added),
+        frozenset(rep.modified),
+        frozenset(rep.deleted),
+        truncated=rep.truncated,
+        reason=rep.reason,
+    )

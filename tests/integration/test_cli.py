@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import os
 import subprocess
 import sys
@@ -209,8 +210,19 @@ def test_seccomp_profile_file(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
 
 
-def test_keep_upper_keeps_the_writes_and_reports_changes(tmp_path: Path) -> None:
-    upper = tmp_path / "upper"
+def test_keep_upper_keeps_the_writes_and_reports_changes() -> None:
+    # (on another filesystem than the lower, the host's /: an upper inside it is refused)
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as d:
+        _keep_upper(Path(d) / "upper")
+
+
+def test_keep_upper_inside_the_lower_is_refused(tmp_path: Path) -> None:
+    r = nscg("run", "--keep-upper", str(tmp_path / "upper"), "--", "true")
+    assert r.returncode != 0 and b"inside the lower layer" in r.stderr
+    assert not (tmp_path / "upper").exists()
+
+
+def _keep_upper(upper: Path) -> None:
     r = nscg(
         "run", "--keep-upper", str(upper), "--json", "-", "--",
         "sh", "-c", "echo hi > /etc/nscg-cli-test; rm -f /etc/hostname",
