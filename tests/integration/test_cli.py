@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-import tempfile
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import resources
 from pathlib import Path
