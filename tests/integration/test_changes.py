@@ -139,7 +139,9 @@ def sandbox_view(stdout: bytes) -> View:
     return view
 
 
-def expected(before: View, after: View, mounts: set[str] = frozenset()) -> dict[str, list[str]]:
+def expected(
+    before: View, after: View, mounts: frozenset[str] = frozenset()
+) -> dict[str, list[str]]:
     added = {p for p in after if p not in before}
     gone = {p for p in before if p not in after}
     modified = {
@@ -241,7 +243,7 @@ def test_top_level_writes_are_reported_in_the_split_root(submount: Path) -> None
     assert r.changes is not None
     assert {"/newfile", "/newdir", "/newdir/f", "/lnk2"} <= r.changes.added
     assert "/lnk" in r.changes.deleted
-    assert got(r.changes) == expected(before, after, mounts={"/mnt"})
+    assert got(r.changes) == expected(before, after, mounts=frozenset({"/mnt"}))
 
 
 @pytest.mark.rootless
@@ -268,7 +270,7 @@ def test_report_matches_find_rootless(submount: Path) -> None:
     assert not out["truncated"]
     after = sandbox_view(out["out"].encode())
     report = {k: out[k] for k in ("added", "modified", "deleted")}
-    assert report == expected(before, after, mounts={"/mnt"})
+    assert report == expected(before, after, mounts=frozenset({"/mnt"}))
 
 
 def test_persistent_upper_report_matches_find_and_a_missing_upper_is_made(lower: Path) -> None:
