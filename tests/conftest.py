@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import struct
 import subprocess
 import sys
 import textwrap
@@ -43,25 +45,116 @@ def need_root() -> None:
         skip_or_fail("root", "needs root")
 
 
+NOBODY = 65534
+
+
+def child_pythonpath() -> str:
+    """This interpreter's import path, as ``PYTHONPATH`` for a child Python.
+
+    A child started with a minimal environment (dropped to uid 65534 by setpriv,
+    or in a sandbox) then imports nscg, the test dependencies and ``tests`` from
+    where this process found them: an installed package, a virtualenv, or a
+    ``PYTHONPATH`` install (``pip install --target DIR``). Entries the child's own
+    interpreter adds anyway are dropped again by its ``site`` (duplicates).
+    """
+    return os.pathsep.join(p for p in sys.path if os.path.isabs(p))
+
+
+def _nobody_may(path: str, bit: int) -> bool:
+    """Whether uid/gid 65534, in no other group, has permission ``bit`` (4 r, 1 x) on ``path``."""
+    st = os.stat(path)
+    if st.st_uid == NOBODY:
+        return bool(st.st_mode >> 6 & bit)
+    if st.st_gid == NOBODY:
+        return bool(st.st_mode >> 3 & bit)
+    return bool(st.st_mode & bit)
+
+
+def _unreachable_for_nobody(path: str, bit: int) -> str | None:
+    """The first component of ``path`` (as written and resolved) that uid 65534 cannot pass."""
+    for p in dict.fromkeys([os.path.abspath(path), os.path.realpath(path)]):
+        try:
+            for d in reversed(Path(p).parents):
+                if not _nobody_may(str(d), 1):
+                    return f"{d} (mode {os.stat(d).st_mode & 0o7777:o})"
+            if not _nobody_may(p, bit):
+                return f"{p} (mode {os.stat(p).st_mode & 0o7777:o})"
+        except OSError as e:
+            return f"{p} ({e.strerror})"
+    return None
+
+
+def nobody_cannot_run_python() -> str | None:
+    """Why uid 65534 cannot run this interpreter with nscg and ``tests`` importable, or None.
+
+    A pyenv interpreter under a 0700 /root, or a virtualenv or ``--target`` install
+    in a private home, cannot serve the rootless tests: they run this interpreter
+    as that uid.
+    """
+    import nscg
+
+    needs = {
+        sys.executable: 5,  # the interpreter (and its stdlib, next to it)
+        os.path.dirname(os.path.abspath(nscg.__file__)): 5,  # nscg as imported here
+        str(ROOT / "tests"): 5,  # the helpers the rootless code imports
+    }
+    for path, bit in needs.items():
+        where = _unreachable_for_nobody(path, bit)
+        if where is not None:
+            return (
+                f"uid {NOBODY} cannot reach {path}: no access to {where}; run the suite with "
+                "an interpreter, an install of nscg and a checkout that uid can read "
+                "(e.g. /usr/bin/python3 with a venv or a `pip install --target` under /var/tmp)"
+            )
+    return None
+
+
+def unprivileged_python() -> str:
+    """A Python that any uid can run, for a stdlib-only probe that runs as a non-root host uid.
+
+    This interpreter if it is reachable, else a ``python3`` on PATH or in /usr/bin;
+    skips (or fails under NSCG_REQUIRE=rootless) when there is none.
+    """
+    found = [sys.executable, shutil.which("python3"), "/usr/bin/python3"]
+    reasons = []
+    for python in dict.fromkeys(p for p in found if p and os.path.exists(p)):
+        where = _unreachable_for_nobody(python, 1)
+        if where is None:
+            return python
+        reasons.append(f"{python}: no access to {where}")
+    skip_or_fail("rootless", f"no Python an unprivileged uid can run ({'; '.join(reasons)})")
+    raise AssertionError("unreachable")  # skip_or_fail raises
+
+
+def need_nobody_python() -> None:
+    """Skip (or fail under NSCG_REQUIRE=rootless) unless root can run Python as uid 65534."""
+    need_root()
+    if not _which("setpriv"):
+        skip_or_fail("rootless", "setpriv(1) is missing (util-linux)")
+    problem = nobody_cannot_run_python()
+    if problem is not None:
+        skip_or_fail("rootless", problem)
+
+
 def run_as_nobody(code: str, timeout: float = 60) -> Any:
     """Run Python ``code`` as uid/gid 65534 and return the JSON it prints last.
 
     The code runs in a fresh interpreter (this one's), dropped to 65534 by
-    setpriv(1); it must print one JSON document as its last line.
+    setpriv(1), with this process's import path (:func:`child_pythonpath`); it
+    must print one JSON document as its last line.
     """
-    need_root()
-    if not _which("setpriv"):
-        skip_or_fail("rootless", "setpriv(1) is missing (util-linux)")
+    need_nobody_python()
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": "/",
         "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": child_pythonpath(),
     }
     r = subprocess.run(
         [
             "setpriv",
-            "--reuid=65534",
-            "--regid=65534",
+            f"--reuid={NOBODY}",
+            f"--regid={NOBODY}",
             "--clear-groups",
             "--",
             sys.executable,
@@ -85,6 +178,46 @@ def _which(name: str) -> bool:
     return any(
         os.access(os.path.join(d, name), os.X_OK) for d in os.environ.get("PATH", "").split(":")
     )
+
+
+# ------------------------------------------------------------------ busybox
+def _has_interpreter(path: str) -> bool:
+    """Whether the ELF file ``path`` names a program interpreter (is dynamically linked)."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:  # not a 64-bit ELF: cannot tell, try it
+            return False
+        order = "<" if head[5] == 1 else ">"
+        (phoff,) = struct.unpack_from(order + "Q", head, 32)
+        phentsize, phnum = struct.unpack_from(order + "HH", head, 54)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    pt_interp = 3
+    return any(
+        struct.unpack_from(order + "I", table, i * phentsize)[0] == pt_interp for i in range(phnum)
+    )
+
+
+def static_busybox() -> str:
+    """A statically linked busybox: the only program of the tests' hand-made roots.
+
+    Skips (with the reason) when there is none, or fails when ``NSCG_REQUIRE``
+    names ``busybox``: Debian and Ubuntu ship it as ``busybox-static``.
+    """
+    seen = []
+    for cand in (shutil.which("busybox"), "/bin/busybox", "/usr/bin/busybox"):
+        if cand is None or cand in seen or not os.path.exists(cand):
+            continue
+        seen.append(cand)
+        if not _has_interpreter(cand):
+            return cand
+    why = f"{', '.join(seen)}: dynamically linked" if seen else "not installed"
+    skip_or_fail(
+        "busybox",
+        f"needs a static busybox for a root without libraries ({why}; "
+        "apt-get install busybox-static)",
+    )
+    raise AssertionError("unreachable")  # skip_or_fail raises
 
 
 # ------------------------------------------------------------------ leaks

@@ -19,7 +19,7 @@ import nscg
 from nscg import Container, Namespace, RootFS, Stage
 from nscg._native import lib
 from nscg._spawn import _prepare, _prepared, spawn
-from tests.conftest import children, need_root, open_fds
+from tests.conftest import children, need_root, open_fds, static_busybox
 
 #: the payload starts vfork-style: no namespaces, nothing waits for the parent
 PLAIN = Container().without_rootfs().with_namespaces(Namespace.NONE).with_new_session(False)
@@ -177,10 +177,7 @@ def test_bind_mount_point_is_made_like_the_source_at_each_spawn(tmp_path: Path) 
     root = tmp_path / "root"
     for d in ("bin", "proc", "dev", "tmp"):
         (root / d).mkdir(parents=True)
-    bb = shutil.which("busybox") or "/bin/busybox"
-    if not os.path.exists(bb):
-        pytest.skip("busybox-static is not installed")
-    shutil.copy2(bb, root / "bin/busybox")
+    shutil.copy2(static_busybox(), root / "bin/busybox")
     (root / "bin/sh").symlink_to("busybox")
     src = tmp_path / "src"
     src.mkdir()

@@ -17,7 +17,7 @@ import pytest
 
 import nscg
 from nscg import Container, RootFS
-from tests.conftest import run_as_nobody
+from tests.conftest import run_as_nobody, static_busybox
 
 #: prints what the sandbox sees, as JSON
 PROBE = r"""
@@ -99,9 +99,7 @@ def test_host_root_rootless() -> None:
 
 @pytest.fixture(scope="module")
 def busybox_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    bb = shutil.which("busybox") or "/bin/busybox"
-    if not os.path.exists(bb):
-        pytest.skip("busybox-static is not installed")
+    bb = static_busybox()
     root = tmp_path_factory.mktemp("nscg-busybox")
     for d in ("bin", "proc", "dev", "tmp", "etc"):
         (root / d).mkdir()
@@ -144,8 +142,7 @@ def test_symlink_in_root_cannot_lead_outside(tmp_path: Path) -> None:
         .tmpfs("/abs")
         .bind(str(tmp_path), "/rel/bound")
     )
-    bb = shutil.which("busybox") or "/bin/busybox"
-    spec = spec.bind(bb, "/busybox")
+    spec = spec.bind(static_busybox(), "/busybox")
     c = Container().without_namespaces("pid").with_init(False).with_rootfs(spec)
     r = c.run(
         ["/busybox", "sh", "-c", "/busybox ls /etc; /busybox ls /etc/bound"],
@@ -241,8 +238,7 @@ def test_overlay_persistent_upper(tmp_path: Path, playground: Path) -> None:
         .without_namespaces("user")
         .with_rootfs(RootFS.overlay([str(playground)], upper=str(upper), proc=False, dev=False))
     )
-    bb = "/bin/busybox"
-    c = c.with_rootfs(c.rootfs.bind(bb, "/busybox") if c.rootfs else None)
+    c = c.with_rootfs(c.rootfs.bind(static_busybox(), "/busybox") if c.rootfs else None)
     r = c.run(["/busybox", "sh", "-c", "echo hi > /a/new"], capture_output=True, check=True)
     # the mount point the plan made for /busybox is in the upper too
     assert r.changes is not None and r.changes.added == {"/a/new", "/busybox"}

@@ -14,7 +14,7 @@ import pytest
 
 import nscg
 from nscg import Container, IdMap, Namespace
-from tests.conftest import need_root, run_as_nobody
+from tests.conftest import need_root, run_as_nobody, unprivileged_python
 
 #: The probe's source, passed with -c: the checkout may not be readable inside.
 PROBE_CODE = Path(__file__).with_name("probe.py").read_text()
@@ -84,7 +84,13 @@ def test_ipc_namespace_hides_host_sysv_objects() -> None:
 def test_uid_gid_maps_as_root() -> None:
     need_root()
     c = Container().with_uid_map(IdMap(0, 100000, 65536)).with_gid_map(IdMap(0, 200000, 65536))
-    p = probe(c.without_rootfs().with_user(1000, 1000))
+    # host uid 101000 runs the probe: an interpreter under a private home is out of its reach
+    r = (
+        c.without_rootfs()
+        .with_user(1000, 1000)
+        .run([unprivileged_python(), "-c", PROBE_CODE], capture_output=True, check=True)
+    )
+    p = json.loads(r.stdout or b"")
     assert p["uid_map"] == ["0", "100000", "65536"]
     assert p["gid_map"] == ["0", "200000", "65536"]
     assert (p["uid"], p["gid"]) == (1000, 1000)
