@@ -361,12 +361,12 @@ def describe(op: Op) -> str:
 
 def _check_plan(ops: tuple[Op, ...]) -> tuple[Op, ...]:
     """Reject plans where a later mount hides an earlier op (same path or an ancestor)."""
+    mounts = [(j, op) for j, op in enumerate(ops) if isinstance(op, _MOUNTS)]
     for i, op in enumerate(ops):
         if not isinstance(op, (*_MOUNTS, Mkdir, Symlink, File, ReadOnly, Mask)):
             raise SpecError(f"not a RootFS operation: {op!r}")
-        for j in range(i + 1, len(ops)):
-            later = ops[j]
-            if not isinstance(later, _MOUNTS):
+        for j, later in mounts:
+            if j <= i:
                 continue
             d, ld = op.dest, later.dest
             if isinstance(op, Mkdir) and d == ld:
@@ -397,7 +397,7 @@ def host_socket_paths() -> list[str]:
     out: list[str] = []
     try:
         with open(PROC_NET_UNIX, "rb") as f:
-            lines = f.read().split(b"\n")[1:]
+            lines = os.fsdecode(f.read()).split("\n")[1:]
     except FileNotFoundError:  # no AF_UNIX in this kernel: no socket to hide
         return out
     except OSError as e:
@@ -406,10 +406,10 @@ def host_socket_paths() -> list[str]:
             "mount procfs, or pass hide_sockets=False to RootFS.host()/overlay()",
             feature="hide_sockets",
         ) from None
-    for line in lines:
-        fields = line.split(None, 7)  # Num RefCount Protocol Flags Type St Inode Path
-        if len(fields) == 8 and fields[7].startswith(b"/"):
-            out.append(os.fsdecode(fields[7]))
+    for line in lines:  # Num RefCount Protocol Flags Type St Inode [Path]: only Path has "/"
+        i = line.find(" /")
+        if i >= 0:
+            out.append(line[i + 1 :])
     return out
 
 
@@ -873,16 +873,22 @@ class RootFS:
         listed = host_socket_paths()
         if not listed:
             return ()
-        covers: list[str] = []
+        exact: set[str] = set()
         for op in self.ops[at + 1 :]:
             if isinstance(op, _MOUNTS):
-                covers += {op.dest, _real(op.dest)}
+                exact |= {op.dest, _real(op.dest)}
+        # a later mount covers a path equal to or under its destination
+        prefixes = tuple(d.rstrip("/") + "/" for d in exact)
+        real_dirs: dict[str, str] = {}
         out: set[str] = set()
         for raw in listed:
-            if any(_under(raw, c) for c in covers):
+            if raw in exact or raw.startswith(prefixes):
                 continue  # a tmpfs or bind over it: no need to resolve anything
-            real = _real(raw)
-            if any(_under(real, c) for c in covers):
+            head, tail = os.path.split(raw)
+            if head not in real_dirs:
+                real_dirs[head] = os.path.realpath(head)
+            real = os.path.join(real_dirs[head], tail)
+            if real in exact or real.startswith(prefixes):
                 continue
             try:
                 if not stat.S_ISSOCK(os.lstat(real).st_mode):
@@ -890,9 +896,11 @@ class RootFS:
             except OSError:
                 continue
             for src in sources:
-                if _under(real, src):
-                    inside = "/" + os.path.relpath(real, src) if real != src else "/"
-                    out.add(os.path.normpath(inside))
+                if src == "/":
+                    out.add(real)
+                    break
+                if real.startswith(src + "/"):
+                    out.add(real[len(src) :])
                     break
         return tuple(sorted(out))
 

@@ -356,3 +356,57 @@ def test_rootless_home_is_hidden_and_a_bound_project_stays(secrets: dict[str, st
     assert out["default"] == [] and out["cli"] == []
     assert out["shown"] == files and out["cli_shown"] == files
     assert out["project"] == [secrets["project"]]  # the bind goes on top of the hidden home
+
+
+# ------------------------------------------------------------------ the scan itself
+def test_socket_masks_keep_only_sockets_the_root_alone_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan-time decision, on real socket files and a /proc/net/unix of our making.
+
+    Masked: a listed path that is a socket now and that only the root bind
+    shows (a name with a space included). Left alone: a path a later bind
+    shows (the caller's choice), a listed path that is a directory (a host
+    user could list "/usr/bin" from a namespace of its own), a stale path,
+    abstract and relative names.
+    """
+    from nscg import rootfs
+
+    shown = tmp_path / "shown"
+    shown.mkdir()
+    socks = [_listen(str(p)) for p in (tmp_path / "a.sock", tmp_path / "x y.sock")]
+    socks.append(_listen(str(shown / "b.sock")))
+    stale = tmp_path / "stale.sock"
+    socks.append(_listen(str(stale)))
+    stale.unlink()
+    (tmp_path / "dir").mkdir()
+    listed = [
+        tmp_path / "a.sock",
+        tmp_path / "x y.sock",
+        shown / "b.sock",
+        stale,
+        tmp_path / "dir",
+        "@abstract",
+        "relative.sock",
+    ]
+    fake = tmp_path / "unix"
+    rows = ["Num       RefCount Protocol Flags    Type St Inode Path"]
+    rows += [
+        f"0000000000000000: 00000002 00000000 00010000 0001 01 {i} {p}"
+        for i, p in enumerate(listed)
+    ]
+    rows.append("0000000000000000: 00000003 00000000 00000000 0001 03 99")  # unbound
+    fake.write_text("\n".join(rows) + "\n")
+    monkeypatch.setattr(rootfs, "PROC_NET_UNIX", str(fake))
+    try:
+        root = nscg.RootFS([rootfs.Bind("/", "/")], hide_sockets=True).bind(shown)
+        assert root.socket_masks() == (str(tmp_path / "a.sock"), str(tmp_path / "x y.sock"))
+        masked = root.with_socket_masks().ops[len(root.ops) :]
+        assert masked == tuple(rootfs.Mask(p) for p in root.socket_masks())
+        assert root.with_hidden_sockets(False).socket_masks() == ()
+        # a tmpfs over the directory hides them all without a mask
+        covered = nscg.RootFS([rootfs.Bind("/", "/")], hide_sockets=True).tmpfs(str(tmp_path))
+        assert covered.socket_masks() == ()
+    finally:
+        for s in socks:
+            s.close()
