@@ -461,9 +461,11 @@ def _private_run(size: int) -> list[Op]:
     and so is the file /etc/resolv.conf points to when it lies in /run (systemd-resolved):
     neither is a socket, and the sandbox still finds its programs and name servers.
     """
-    ops: list[Op] = [Tmpfs("/run", size=size, mode=0o755)]
     run = os.path.realpath("/run")
     var_run = os.path.realpath("/var/run")
+    ops: list[Op] = []
+    if os.path.isdir(run):  # a host without /run (a minimal container) has nothing there
+        ops.append(Tmpfs("/run", size=size, mode=0o755))
     if os.path.isdir(var_run) and not _under(var_run, run):
         ops.append(Tmpfs(var_run, size=size, mode=0o755))
     try:
