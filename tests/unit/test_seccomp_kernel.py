@@ -15,7 +15,14 @@ import struct
 
 import pytest
 
-from nscg.seccomp import Arch, Arg, Seccomp, seccomp_supported, syscall_number
+from nscg.seccomp import (
+    Arch,
+    Arg,
+    Seccomp,
+    max_syscall_number,
+    seccomp_supported,
+    syscall_number,
+)
 
 PR_SET_NO_NEW_PRIVS = 38
 SECCOMP_SET_MODE_FILTER = 1
@@ -25,12 +32,17 @@ class _SockFprog(ctypes.Structure):
     _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
 
 
-def _in_filtered_child(program: bytes, calls: list[tuple[str, list[int]]]) -> tuple[list[int], int]:
+def _in_filtered_child(
+    program: bytes, calls: list[tuple[str | int, list[int]]]
+) -> tuple[list[int], int]:
     """Load ``program`` in a child, make ``calls``; return their errnos (0 = ok) and status."""
     if not seccomp_supported():
         pytest.skip("kernel without seccomp filter support")
     arch = Arch.native()
-    numbers = [(syscall_number(name, arch), args) for name, args in calls]
+    numbers = [
+        (name if isinstance(name, int) else syscall_number(name, arch), args)
+        for name, args in calls
+    ]
     rfd, wfd = os.pipe()
     buf = ctypes.create_string_buffer(program, len(program))
     prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
@@ -105,3 +117,24 @@ def test_docker_default_loads_and_denies() -> None:
     results, status = _in_filtered_child(spec.compile(), [("getpid", []), ("kexec_load", [])])
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
     assert results == [0, errno.EPERM]
+
+
+def test_unknown_numbers_get_enosys_from_the_kernel() -> None:
+    """Above the table: ENOSYS (not EPERM); a numeric rule moves the bound; off: EPERM."""
+    top = max_syscall_number()
+    calls: list[tuple[str | int, list[int]]] = [
+        ("getpid", []),
+        ("kexec_load", []),
+        (top + 1, []),
+        (1000, []),
+        (1001, []),
+    ]
+    spec = Seccomp.docker_default()
+    results, status = _in_filtered_child(spec.compile(), calls)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert results == [0, errno.EPERM, errno.ENOSYS, errno.ENOSYS, errno.ENOSYS]
+    numeric = spec.deny(1000, errno=errno.EXDEV)
+    results, _ = _in_filtered_child(numeric.compile(), calls)
+    assert results == [0, errno.EPERM, errno.EPERM, errno.EXDEV, errno.ENOSYS]
+    results, _ = _in_filtered_child(spec.with_unknown_action(None).compile(), calls)
+    assert results == [0, errno.EPERM, errno.EPERM, errno.EPERM, errno.EPERM]
