@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 import stat
 import tempfile
 import threading
 import warnings
-from typing import TYPE_CHECKING, Any
-
-import attrs
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nscg import _tree
 from nscg._native import ffi, lib
@@ -23,6 +23,7 @@ from nscg.namespaces import Namespace
 from nscg.process import Stage
 from nscg.rootfs import (
     _MOUNTS,
+    DEFAULT_UPPER_SIZE,
     Bind,
     Changes,
     Mkdir,
@@ -31,8 +32,11 @@ from nscg.rootfs import (
     Prim,
     RootFS,
     Symlink,
+    _flags,
     changes_of,
+    describe,
     flatten,
+    inodes_for,
     visible_in,
 )
 
@@ -41,6 +45,13 @@ if TYPE_CHECKING:
     from nscg.process import Process
 
 _KINDS = {
+    "scratch": lib.NSCG_MOUNT_SCRATCH,
+    "sdir": lib.NSCG_MOUNT_SDIR,
+    "sfile": lib.NSCG_MOUNT_SFILE,
+    "sfs": lib.NSCG_MOUNT_SFS,
+    "sbind": lib.NSCG_MOUNT_SBIND,
+    "sdone": lib.NSCG_MOUNT_SDONE,
+    "slot": lib.NSCG_MOUNT_SLOT,
     "bind": lib.NSCG_MOUNT_BIND,
     "fs": lib.NSCG_MOUNT_FS,
     "mkdir": lib.NSCG_MOUNT_MKDIR,
@@ -96,34 +107,6 @@ def _host_call(syscall: str, what: str, fn: Any) -> Any:
         raise SyscallError(e.errno or 0, syscall, e.filename or what, detail=detail) from e
 
 
-def _scratch_parent(lowers: tuple[str, ...]) -> str:
-    """A directory for an ephemeral upper that does not overlap any lower layer.
-
-    A tmpfs (/dev/shm) first: overlayfs refuses an upper inside a lower on
-    the same filesystem, and the host's / is the usual lower.
-    """
-    cands = ["/dev/shm", tempfile.gettempdir(), "/var/tmp"]
-    for cand in cands:
-        try:
-            st = os.stat(cand)
-        except OSError:
-            continue
-        if not os.access(cand, os.W_OK | os.X_OK):
-            continue
-        bad = False
-        for lo in lowers:
-            lo_st = os.stat(lo)
-            if (cand + "/").startswith(lo.rstrip("/") + "/") and lo_st.st_dev == st.st_dev:
-                bad = True
-        if not bad:
-            return cand
-    raise UnsupportedError(
-        "no place for an ephemeral overlay upper directory outside the lower layers "
-        "(tried /dev/shm, $TMPDIR, /var/tmp): pass upper=",
-        feature="overlay",
-    )
-
-
 def _mount_points() -> list[str]:
     """Mount points in this process's mount namespace (from /proc/self/mountinfo)."""
     out = []
@@ -139,10 +122,34 @@ def _has_submounts(path: str, mounts: list[str]) -> bool:
     return any(m.startswith(pre) and m != pre.rstrip("/") for m in mounts)
 
 
-class RootfsRun:
-    """The temp dirs, the flattened plan and the cleanup of one spawn."""
+class _Part(NamedTuple):
+    """One overlay the change report walks."""
 
-    def __init__(self, c: Container) -> None:
+    upper: str  # a host path, or a name in the scratch tmpfs
+    in_scratch: bool
+    lowers: tuple[str, ...]
+    dest: str
+
+
+class _Top(NamedTuple):
+    """A split root's top level: its directory in the scratch and what it was made from."""
+
+    name: str
+    before: dict[str, str | None]
+    mounted: frozenset[str]
+    dest: str
+
+
+class RootfsRun:
+    """The scratch memory, the flattened plan, the report and the cleanup of one spawn.
+
+    Args:
+        c: the Container (its ``rootfs`` is a RootFS).
+        etc: files nscg writes for the sandbox (``/etc/hosts``...): (path inside,
+            content, a host directory that exists, where the scratch may be attached).
+    """
+
+    def __init__(self, c: Container, etc: Sequence[tuple[str, bytes, str]] = ()) -> None:
         root = c.rootfs
         assert isinstance(root, RootFS)
         root = root.with_socket_masks()  # hide_sockets: the host's sockets as of now
@@ -154,76 +161,122 @@ class RootfsRun:
                 f"this is {os.uname().release}",
                 feature="mount_setattr",
             )
+        #: host temp dirs (work directories beside a persistent upper)
         self.temps: list[str] = []
-        #: (overlay as mounted, its upper): the change report reads these
-        self.overlays: list[Overlay] = []
-        #: split roots: (the root directory, the lower's top level, mount points, dest)
-        self.tops: list[tuple[str, dict[str, str | None], frozenset[str], str]] = []
-        ops: list[Op] = []
-        origin: list[int] = []
+        self.parts: list[_Part] = []
+        self.tops: list[_Top] = []
+        #: the scratch group's ops (between SCRATCH and SDONE), its size
+        self.sops: list[Prim] = []
+        self.size = 0
+        self.nslots = 0
+        #: the socket the child sends the scratch tmpfs's fd to (parent's, child's end)
+        self.sock: tuple[socket.socket, socket.socket] | None = None
+        self.scratch_fd = -1
+        main: list[Prim] = []
         try:
             for i, op in enumerate(root.ops):
-                later = {o.dest for o in root.ops[i + 1 :] if isinstance(o, _MOUNTS)}
-                new = self._expand(op, later) if isinstance(op, Overlay) else [op]
-                ops += new
-                origin += [i] * len(new)
-            eff = attrs.evolve(root, ops=ops)
-            self.prims: list[Prim] = [
-                pr._replace(op_index=origin[pr.op_index]) for pr in flatten(eff, self.userns)
-            ]
+                if isinstance(op, Overlay):
+                    later = {o.dest for o in root.ops[i + 1 :] if isinstance(o, _MOUNTS)}
+                    main += self._overlay(i, op, later)
+                else:
+                    main += self._flat(i, op)
+            tail: list[Prim] = []
+            for k, (dest, content, _d) in enumerate(etc):
+                name = f"e{k}"
+                self.sops.append(Prim("sfile", name, source=content, mode=0o644, label=dest))
+                slot = self._slot()
+                self.sops.append(
+                    Prim("sbind", "", source=name.encode(), flags=_flags(rdonly=True),
+                         mode=slot, label=dest)
+                )  # fmt: skip
+                tail.append(
+                    Prim("slot", dest.lstrip("/"), mode=slot, label=f"ro-bind {dest}",
+                         flags=_flags(create_file=True))
+                )  # fmt: skip
+            self.prims: list[Prim] = main + tail
+            if self.sops:
+                first = bool(self.parts or self.tops)
+                size = self.size + (64 << 10) * len(etc)
+                opts = (
+                    ("size", str(size)),
+                    ("nr_inodes", str(inodes_for(size))),
+                    ("mode", "755"),
+                )
+                head = Prim(
+                    "scratch",
+                    "" if first else etc[0][2],
+                    options=opts,
+                    label=f"scratch tmpfs (size={size})",
+                )
+                group = [head, *self.sops, Prim("sdone", "", label="scratch tmpfs")]
+                self.prims = group + main + tail if first else main + group + tail
+            if len(self.prims) and self.nslots > lib.NSCG_MAX_SLOTS:
+                raise UnsupportedError(
+                    f"this root needs {self.nslots} mounts made from scratch memory; "
+                    f"at most {lib.NSCG_MAX_SLOTS} are possible",
+                    feature="rootfs.slots",
+                )
         except BaseException:
             self.cleanup()
             raise
         _current.run = (c, self.prims)
 
-    def _dirs(self, op: Overlay) -> tuple[str, str]:
-        """(upper, work) for an overlay: the caller's upper or a fresh temp dir."""
-        if op.upper is None:
-            d = _host_call(
-                "mkdtemp",
-                "the scratch area for an overlay upper",
-                lambda: tempfile.mkdtemp(prefix="nscg-overlay-", dir=_scratch_parent(op.lowers)),
-            )
-            self.temps.append(d)
-            upper, work = os.path.join(d, "upper"), os.path.join(d, "work")
-            _host_call("mkdir", upper, lambda: os.mkdir(upper, 0o755))
-            _host_call("mkdir", work, lambda: os.mkdir(work, 0o700))
-            return upper, work
-        # a missing persistent upper is made, as the CLI's --keep-upper does
-        upper = op.upper
-        _host_call("mkdir", upper, lambda: os.makedirs(upper, 0o755, exist_ok=True))
-        if op.work is not None:
-            work = op.work
-            _host_call("mkdir", work, lambda: os.makedirs(work, 0o700, exist_ok=True))
-            return upper, work
-        work = _host_call(
+    def _slot(self) -> int:
+        self.nslots += 1
+        return self.nslots - 1
+
+    def _flat(self, i: int, op: Op) -> list[Prim]:
+        return [pr._replace(op_index=i) for pr in flatten(RootFS((op,)), self.userns)]
+
+    def _sfs(self, i: int, label: str, lowers: Sequence[str], upper: str, work: str) -> int:
+        """An overlay made in the scratch group (upper/work may be scratch-relative)."""
+        opts: list[tuple[str, str | None]] = [
+            ("lowerdir", ":".join(lowers)),
+            ("upperdir", upper),
+            ("workdir", work),
+        ]
+        if self.userns:
+            opts.append(("userxattr", None))
+        slot = self._slot()
+        self.sops.append(
+            Prim("sfs", "", fstype="overlay", source=b"overlay", options=tuple(opts),
+                 mode=slot, op_index=i, label=label)
+        )  # fmt: skip
+        return slot
+
+    def _sdir(self, name: str, mode: int, i: int, label: str) -> None:
+        self.sops.append(Prim("sdir", name, mode=mode, op_index=i, label=label))
+
+    def _work_beside(self, upper: str) -> str:
+        work: str = _host_call(
             "mkdtemp",
             f"a work directory beside {upper}",
             lambda: tempfile.mkdtemp(prefix="nscg-work-", dir=os.path.dirname(upper.rstrip("/"))),
         )
         self.temps.append(work)
-        return upper, work
+        return work
 
-    def _expand(self, op: Overlay, replaced: set[str]) -> list[Op]:
-        """The ops that make this overlay; split per top-level entry when needed.
+    def _overlay(self, i: int, op: Overlay, replaced: set[str]) -> list[Prim]:
+        """The primitives that make this overlay; split per top-level entry when needed.
 
-        Inside a user namespace every mount inherited from the host is locked
-        to the mounts above it, and overlayfs refuses a lower directory with
-        locked mounts below it (EINVAL, "failed to clone lowerpath"). The
+        An ephemeral upper and work directory are directories of the scratch
+        tmpfs. Inside a user namespace every mount inherited from the host is
+        locked to the mounts above it, and overlayfs refuses a lower directory
+        with locked mounts below it (EINVAL, "failed to clone lowerpath"). The
         host's / always has some (/proc, /sys, /dev). Then the overlay root is
-        a directory of nscg's scratch area (bound read-write) holding one
-        overlay per top-level directory of the lower (upper and work in
-        per-entry subdirectories), a read-only recursive bind for directories
-        that have mounts below them, and the top-level symlinks and files as
-        they are. What the payload writes at the top level itself lands in
-        that directory: the change report compares it with the lower's top
-        level as it was when the plan was made.
+        a directory of the scratch (bound read-write) holding one overlay per
+        top-level directory of the lower, a read-only recursive bind for
+        directories that have mounts below them, and the top-level symlinks
+        and files as they are. What the payload writes at the top level
+        itself lands in that directory: the change report compares it with the
+        lower's top level as it was when the plan was made.
         """
         if self.userns and kernel_version() < (5, 11):
             raise UnsupportedError(
                 "an overlay inside a user namespace needs kernel >= 5.11 (userxattr)",
                 feature="overlay.userxattr",
             )
+        label = describe(op)
         mounts = _mount_points() if self.userns else []
         split = any(_has_submounts(lo, mounts) for lo in op.lowers)
         if split and len(op.lowers) != 1:
@@ -232,6 +285,8 @@ class RootfsRun:
                 "made inside a user namespace (the kernel refuses locked submounts)",
                 feature="overlay.locked",
             )
+        names: list[str] = []
+        parts: set[str] = set()
         if split:
             (lower,) = op.lowers
             names = _host_call("listdir", lower, lambda: sorted(os.listdir(lower)))
@@ -249,15 +304,39 @@ class RootfsRun:
                             f"{os.path.join(lower, n)!r} (one overlay per top-level entry "
                             "inside a user namespace): put it on another filesystem"
                         )
-        upper, work = self._dirs(op)
+        persistent = op.upper
+        work = op.work
+        if persistent is not None:
+            # a missing persistent upper is made, as the CLI's --keep-upper does
+            up = persistent
+            _host_call("mkdir", up, lambda: os.makedirs(up, 0o755, exist_ok=True))
+            if work is None:
+                work = self._work_beside(persistent)
+            else:
+                w = work
+                _host_call("mkdir", w, lambda: os.makedirs(w, 0o700, exist_ok=True))
+        if persistent is None or split:
+            self.size += op.size if op.size is not None else DEFAULT_UPPER_SIZE
+        j = len(self.parts) + len(self.tops)
         if not split:
-            full = Overlay(op.lowers, upper, op.dest, work)
-            self.overlays.append(full)
-            return [full]
+            if persistent is not None and work is not None:
+                self.parts.append(_Part(persistent, False, op.lowers, op.dest))
+                return self._flat(i, Overlay(op.lowers, persistent, op.dest, work))
+            u, w = f"u{j}", f"w{j}"
+            self._sdir(u, 0o755, i, label)
+            self._sdir(w, 0o700, i, label)
+            self.parts.append(_Part(u, True, op.lowers, op.dest))
+            slot = self._sfs(i, label, op.lowers, u, w)
+            return [Prim("slot", op.dest.lstrip("/"), mode=slot, op_index=i, label=label,
+                         flags=_flags(create_dir=True))]  # fmt: skip
+        (lower,) = op.lowers
         base = op.dest.rstrip("/")
-        top = os.path.join(work, "root")
-        _host_call("mkdir", top, lambda: os.mkdir(top, 0o755))
-        out: list[Op] = [Bind(top, op.dest, readonly=False, recursive=False)]
+        top = f"r{j}"
+        self._sdir(top, 0o755, i, label)
+        slot = self._slot()
+        self.sops.append(Prim("sbind", "", source=top.encode(), mode=slot, op_index=i, label=label))
+        out = [Prim("slot", op.dest.lstrip("/"), mode=slot, op_index=i, label=label,
+                    flags=_flags(create_dir=True))]  # fmt: skip
         before: dict[str, str | None] = {}
         mounted: set[str] = set()
         for k, name in enumerate(names):
@@ -266,26 +345,41 @@ class RootfsRun:
             link = os.path.islink(src)
             before[name] = os.readlink(src) if link else None
             if dest in replaced:  # a later op mounts there (/proc, /dev)
-                out.append(Mkdir(dest))
+                out += self._flat(i, Mkdir(dest))
                 mounted.add(name)
             elif link:
-                out.append(Symlink(before[name] or "", dest))
+                out += self._flat(i, Symlink(before[name] or "", dest))
             elif name in parts and not _has_submounts(src, mounts):
-                u, w = os.path.join(upper, name), os.path.join(work, f"w{k}")
-                if not os.path.isdir(u):
-                    # the overlay's root shows the upper root's mode: the lower's (/tmp: 1777)
-                    mode = stat.S_IMODE(os.stat(src).st_mode)
-                    _host_call("mkdir", u, lambda u=u: os.mkdir(u, 0o700))
-                    _host_call("chmod", u, lambda u=u, m=mode: os.chmod(u, m))
-                _host_call("mkdir", w, lambda w=w: os.mkdir(w, 0o700))
-                part = Overlay((src,), u, dest, w)
-                self.overlays.append(part)
-                out.append(part)
+                # the overlay's root shows the upper root's mode: the lower's (/tmp: 1777)
+                mode = stat.S_IMODE(os.stat(src).st_mode)
+                if persistent is not None and work is not None:
+                    u, w = os.path.join(persistent, name), os.path.join(work, f"w{k}")
+                    if not os.path.isdir(u):
+                        _host_call("mkdir", u, lambda u=u: os.mkdir(u, 0o700))
+                        _host_call("chmod", u, lambda u=u, m=mode: os.chmod(u, m))
+                    _host_call("mkdir", w, lambda w=w: os.mkdir(w, 0o700))
+                    self.parts.append(_Part(u, False, (src,), dest))
+                else:
+                    u, w = f"u{j}.{k}", f"w{j}.{k}"
+                    self._sdir(u, mode, i, label)
+                    self._sdir(w, 0o700, i, label)
+                    self.parts.append(_Part(u, True, (src,), dest))
+                slot = self._sfs(i, f"overlay {dest}", (src,), u, w)
+                out.append(
+                    Prim("slot", dest.lstrip("/"), mode=slot, op_index=i,
+                         label=f"overlay {dest}", flags=_flags(create_dir=True))
+                )  # fmt: skip
                 mounted.add(name)
             else:
-                out.append(Bind(src, dest, readonly=True, recursive=True))
+                out += self._flat(i, Bind(src, dest, readonly=True, recursive=True))
                 mounted.add(name)
-        self.tops.append((top, before, frozenset(mounted), base))
+        # mount points a later op makes at the top level (a tmpfs on /scratch):
+        # their content is their own, and the empty directory is the plan's
+        for d in replaced:
+            name = d[len(base) + 1 :]
+            if d.startswith(base + "/") and name and "/" not in name:
+                mounted.add(name)
+        self.tops.append(_Top(top, before, frozenset(mounted), base))
         return out
 
     def fill(self, p: Any, plan: Any) -> None:
@@ -298,9 +392,12 @@ class RootfsRun:
             for f in pr.flags:
                 fl |= _FLAGS[f]
             o.flags = fl
-            o.mode = pr.mode
+            if pr.kind in ("sfs", "sbind", "slot"):
+                o.slot = pr.mode
+            else:
+                o.mode = pr.mode
             o.dest = p.cstr(pr.dest)
-            if pr.kind == "file":
+            if pr.kind in ("file", "sfile"):
                 assert pr.source is not None
                 buf = ffi.new("char[]", pr.source + b"\0")
                 p.keep.append(buf)
@@ -322,61 +419,100 @@ class RootfsRun:
         if self.root.readonly_root:
             flags |= lib.NSCG_MOUNTS_ROOT_RDONLY
         plan.mount_flags = flags
+        if any(pt.in_scratch for pt in self.parts) or self.tops:
+            # the child sends the scratch tmpfs's fd here: the report reads it
+            if self.sock is None:
+                self.sock = _host_call(
+                    "socketpair",
+                    "a socket for the scratch memory",
+                    lambda: socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM),
+                )
+            assert self.sock is not None
+            plan.scratch_sock = self.sock[1].fileno()
 
     def attach(self, proc: Process) -> None:
-        """Compute the change report and remove the temp dirs once ``proc`` is reaped."""
+        """Compute the change report and release the scratch once ``proc`` is reaped."""
         _current.run = None
+        if self.sock is not None:
+            self.sock[1].close()  # the child has its own copy
+            self.sock[0].setblocking(False)
+            try:
+                _msg, fds, _f, _a = socket.recv_fds(self.sock[0], 1, 1)
+                self.scratch_fd = fds[0] if fds else -1
+            except BlockingIOError:
+                self.scratch_fd = -1  # (sent before execve: it is there by now)
 
         def report() -> None:
             proc._changes = self.report()
 
-        if self.overlays:
+        if self.parts or self.tops:
             proc._cleanups.append(report)
-        if self.temps:
+        if self.temps or self.sock is not None:
             proc._cleanups.append(self.cleanup)
+
+    def _open_upper(self, pt: _Part | _Top) -> int:
+        name = pt.upper if isinstance(pt, _Part) else pt.name
+        if isinstance(pt, _Top) or pt.in_scratch:
+            if self.scratch_fd < 0:
+                raise OSError(errno.EBADF, "the scratch memory was not received")
+            return os.open(name, _O_DIR | os.O_NOFOLLOW, dir_fd=self.scratch_fd)
+        return os.open(name, _O_DIR)
 
     def report(self) -> Changes:
         """The change report of every overlay of the plan (read once the sandbox is gone)."""
         rep = _tree.Report()
         opaque = (_tree.OPAQUE_USER,) if self.userns else (_tree.OPAQUE_TRUSTED,)
-        for top, before, mounted, base in self.tops:
-            fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        for top in self.tops:
             try:
-                _tree.top_changes(fd, before, mounted, base, rep, fix_perms=True)
+                fd = self._open_upper(top)
+            except OSError as e:
+                rep.stop(f"cannot read the top level of {top.dest or '/'}: {e.strerror}")
+                break
+            try:
+                _tree.top_changes(fd, top.before, top.mounted, top.dest, rep, fix_perms=True)
             finally:
                 os.close(fd)
-        for ov in self.overlays:
-            assert ov.upper is not None
+        for pt in self.parts:
+            if rep.truncated:
+                break
             fds: list[int | None] = []
             try:
-                fds.append(os.open(ov.upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-                for lo in ov.lowers:
+                try:
+                    fds.append(self._open_upper(pt))
+                except OSError as e:
+                    rep.stop(f"cannot read the upper of {pt.dest}: {e.strerror}")
+                    break
+                for lo in pt.lowers:
                     try:
-                        fds.append(os.open(lo, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+                        fds.append(os.open(lo, _O_DIR))
                     except OSError:
                         fds.append(None)
                 ufd = fds[0]
                 assert ufd is not None
                 _tree.walk_changes(
-                    ufd,
-                    fds[1:],
-                    ov.dest.rstrip("/"),
-                    rep,
-                    opaque=opaque,
-                    fix_perms=bool(self.temps) and ov.upper.startswith(tuple(self.temps)),
-                )
+                    ufd, fds[1:], pt.dest.rstrip("/"), rep, opaque=opaque,
+                    fix_perms=pt.in_scratch,
+                )  # fmt: skip
             finally:
                 for lfd in fds:
                     if lfd is not None:
                         os.close(lfd)
-            if rep.truncated:
-                break
         return changes_of(rep)
 
     def cleanup(self) -> None:
-        """Remove the temp dirs. Idempotent."""
+        """Release the scratch memory and remove the temp dirs. Idempotent."""
+        if self.scratch_fd >= 0:
+            os.close(self.scratch_fd)
+            self.scratch_fd = -1
+        if self.sock is not None:
+            for sk in self.sock:
+                sk.close()  # (a fd still in flight dies with the socket)
+            self.sock = None
         while self.temps:
             _rmtree(self.temps.pop())
+
+
+_O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 _current = threading.local()

@@ -431,6 +431,7 @@ class _Plan:
         self.plan.sync_fd = -1
         self.plan.status_fd = -1
         self.plan.init_fd = -1
+        self.plan.scratch_sock = -1
         self.plan.fail_stage = -1
         self.plan.fail_index = -1
 
@@ -511,7 +512,7 @@ def spawn(
         # overlays: upper and work directories of this spawn's own
         from nscg._rootfs_run import RootfsRun
 
-        root = RootfsRun(c)
+        root = RootfsRun(c, prep.etc)
     elif prep.prims is not None:
         from nscg._rootfs_run import _current as labels
 
@@ -557,15 +558,13 @@ class _Prepared:
 
     def __init__(self, c: Container, key: tuple[Any, ...], cap_eff: int) -> None:
         c.validate()
-        given = c
-        #: files this plan binds from nscg's /etc directory (made again if gone)
-        self.etc_files: list[str] = []
+        #: files the child writes for the sandbox (/etc/hosts...): see _with_etc_files
+        self.etc: tuple[tuple[str, bytes, str], ...] = ()
         if c.rootfs is not None:
-            c, self.etc_files = _with_etc_files(c)
+            self.etc = _with_etc_files(c)
         self.key = key
-        #: the Container to run when it is not the one given (one with /etc
-        #: files added); never the given one, which the cache refers to weakly
-        self.own: Container | None = None if c is given else c
+        #: the Container to run when it is not the one given (None: the one given)
+        self.own: Container | None = None
         ns = c.namespaces
         self.joins = sorted(c.join, key=lambda r: JOIN_ORDER.index(r.kind))
         uid_in = c.user if c.user is not None else 0
@@ -586,7 +585,7 @@ class _Prepared:
         if c.rootfs is not None and not self.per_spawn_root:
             from nscg._rootfs_run import RootfsRun
 
-            run = RootfsRun(c)  # no overlay: nothing of its own to clean up
+            run = RootfsRun(c, self.etc)  # no overlay: nothing of its own to clean up
             run.fill(t, t.plan)
             self.prims = run.prims
 
@@ -731,122 +730,42 @@ def _prepare(c: Container) -> _Prepared:
         os.environ.get("TERM") if c.env is None else None,
     )
     ent = _prepared.get(id(c))
-    # (the /etc files are written again if something removed them)
-    if (
-        ent is not None
-        and ent[0]() is c
-        and ent[1].key == key
-        and all(os.path.exists(f) for f in ent[1].etc_files)
-    ):
+    if ent is not None and ent[0]() is c and ent[1].key == key:
         return ent[1]
     prep = _Prepared(c, key, cap_eff)
     _prepared[id(c)] = (weakref.ref(c, functools.partial(_forget, id(c))), prep)
     return prep
 
 
-def _rmtree_quiet(path: str | None) -> None:
-    if path is not None:
-        import shutil
-
-        shutil.rmtree(path, ignore_errors=True)
-
-
-_etc_lock = threading.Lock()
-_etc_dir: tuple[int, str] = (-1, "")  # (pid, dir): this process's cache of /etc files
-
-
-def _remove_etc_dir(pid: int, d: str) -> None:
-    if os.getpid() == pid:  # not in a forked child that exits
-        _rmtree_quiet(d)
-
-
-def _remove_stale_etc_dirs(base: str) -> None:
-    """Remove the /etc directories of processes that are gone without cleaning up.
-
-    A process killed by a signal (or leaving by ``os._exit``) cannot run its
-    atexit handler. Only directories of this uid whose process no longer
-    exists are removed; a live process (or a reused pid) keeps its own.
-    """
-    try:
-        names = os.listdir(base)
-    except OSError:
-        return
-    uid = os.geteuid()
-    for name in names:
-        parts = name.split("-")
-        if len(parts) < 4 or parts[:2] != ["nscg", "etc"] or not parts[2].isdigit():
-            continue
-        path = os.path.join(base, name)
-        try:
-            if os.lstat(path).st_uid != uid:
-                continue
-            os.kill(int(parts[2]), 0)
-        except ProcessLookupError:
-            _rmtree_quiet(path)
-        except OSError:
-            continue  # alive (EPERM: another uid's process), or already gone
-
-
-def _etc_file(text: str, name: str) -> str:
-    """A read-only file with ``text``, shared by every sandbox that needs the same.
-
-    Kept in one directory per process under /dev/shm (sandboxes with a RootFS
-    get a /dev of their own, so it is out of their sight), written once per
-    content, removed at exit.
-    """
-    global _etc_dir
-    import hashlib
-
-    pid = os.getpid()
-    with _etc_lock:
-        if _etc_dir[0] != pid:
-            import atexit
-            import tempfile
-
-            base = "/dev/shm" if os.path.isdir("/dev/shm") else None
-            _remove_stale_etc_dirs(base or tempfile.gettempdir())
-            d = tempfile.mkdtemp(prefix=f"nscg-etc-{pid}-", dir=base)
-            os.chmod(d, 0o755)
-            _etc_dir = (pid, d)
-            atexit.register(_remove_etc_dir, pid, d)
-        d = _etc_dir[1]
-        path = os.path.join(d, f"{name}-{hashlib.sha1(text.encode()).hexdigest()[:16]}")
-        if not os.path.exists(path):
-            tmp = f"{path}.tmp"
-            with open(tmp, "w") as f:
-                f.write(text)
-            os.chmod(tmp, 0o644)
-            os.rename(tmp, path)
-        return path
-
-
-def _with_etc_files(c: Container) -> tuple[Container, list[str]]:
-    """Give a sandbox with its own root and hostname an /etc/hosts (and resolv.conf).
+def _with_etc_files(c: Container) -> tuple[tuple[str, bytes, str], ...]:
+    """The /etc/hosts (and resolv.conf) nscg gives a sandbox with its own root and hostname.
 
     Like Docker: the sandbox's hostname resolves (to its own address on a veth
     or bridge network, else 127.0.1.1), and /etc/resolv.conf lists no name
     server the sandbox cannot reach. Each file is bound read-only over the
     root's own, only where the root has one and the plan does not already put
-    something there. Returns the Container with those binds and the files bound.
+    something there. The files are written by the child into the sandbox's
+    scratch memory (see ``_native/mount.c``): they never have a host path.
+    Returns (path inside, content, the host directory holding the root's own
+    file) for each.
     """
-    import attrs
-
     root = c.rootfs
     assert root is not None
     if not c.namespaces & Namespace.UTS and c.network is None:
-        return c, []
+        return ()
     paths = ["/etc/hosts"]
     if c.namespaces & Namespace.NET:  # the host's resolver is out of reach
         paths.append("/etc/resolv.conf")
-    targets = []
+    targets: list[tuple[str, str]] = []
     for path in paths:
         if any(op.dest == path for op in root.ops):
             continue
         hosts = root.host_paths(path)
-        if hosts and any(os.path.isfile(h) for h in hosts):
-            targets.append(path)
+        found = [h for h in hosts or () if os.path.isfile(h)]
+        if found:
+            targets.append((path, os.path.dirname(found[0])))
     if not targets:
-        return c, []
+        return ()
     from nscg.network import Network
 
     name = c.hostname or "nscg"
@@ -855,10 +774,7 @@ def _with_etc_files(c: Container) -> tuple[Container, list[str]]:
         "/etc/hosts": net.hosts_entries(name),
         "/etc/resolv.conf": net.resolv_conf(),
     }
-    files = [_etc_file(texts[path], os.path.basename(path)) for path in targets]
-    for path, file in zip(targets, files, strict=True):
-        root = root.bind(file, path, readonly=True)
-    return attrs.evolve(c, rootfs=root), files
+    return tuple((path, texts[path].encode(), where) for path, where in targets)
 
 
 def _resolve_in_rootfs(c: Container, name: str, path_var: str, executable: str | None) -> str:

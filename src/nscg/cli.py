@@ -67,6 +67,9 @@ API_TO_CLI: Final[dict[str, tuple[str, ...] | None]] = {
         "--keep-upper",
         "--bind-socket",
         "--show-home",
+        "--tmp-size",
+        "--shm-size",
+        "--upper-size",
     ),
     "Container.without_rootfs": ("--root",),
     "Container.with_network": ("--network", "--share-net"),
@@ -197,6 +200,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     fs.add_argument("--keep-upper", metavar="DIR", help="overlay root whose writes are kept in DIR")
     fs.add_argument(
+        "--tmp-size", metavar="BYTES", help="size limit of the private /tmp (default 256M)"
+    )
+    fs.add_argument("--shm-size", metavar="BYTES", help="size limit of /dev/shm (default 64M)")
+    fs.add_argument(
+        "--upper-size", metavar="BYTES",
+        help="size limit of an overlay root's scratch memory (default 1G)",
+    )  # fmt: skip
+    fs.add_argument(
         "--bind-socket", action="append", default=[], metavar="PATH",
         help="expose this host unix socket (or directory of sockets) at the same path; "
         "by default the sandbox reaches none (repeatable)",
@@ -301,21 +312,28 @@ def _rootfs(args: argparse.Namespace) -> Any:
             )
         return None
     hide_home = not args.show_home
+    sizes = _sizes(args)
+    if "upper_size" in sizes and not root.startswith("overlay"):
+        raise UsageError(f"--upper-size needs an overlay root, not --root {root}")
+    if "tmp_size" in sizes and root != "host":
+        raise UsageError("--tmp-size needs --root host (use --tmpfs for another root)")
     if root == "host":
-        fs = RootFS.host(hide_home=hide_home)
+        fs = RootFS.host(hide_home=hide_home, **sizes)
     elif root == "overlay" or root.startswith("overlay:"):
         _, _, rest = root.partition(":")
         lower, _, upper = rest.partition(":")
         if upper and keep and upper != keep:
             raise UsageError("--keep-upper and the UPPER of --root overlay:LOWER:UPPER differ")
         up = upper or keep or None  # (a missing upper is made at spawn)
-        fs = RootFS.overlay([lower or "/"], up, hide_home=None if hide_home else False)
+        fs = RootFS.overlay([lower or "/"], up, hide_home=None if hide_home else False, **sizes)
     else:
         if args.show_home:
             raise UsageError(
                 "--show-home needs --root host or overlay (a DIR root has no host home)"
             )
         fs = RootFS.from_directory(root)
+        if "shm_size" in sizes:
+            raise UsageError("--shm-size needs --root host or overlay")
     for src, dst in args.bind:
         fs = fs.bind(src, dst, readonly=False)
     for src, dst in args.ro_bind:
@@ -325,6 +343,22 @@ def _rootfs(args: argparse.Namespace) -> Any:
     for path in args.bind_socket:
         fs = fs.bind_socket(path)
     return fs
+
+
+def _sizes(args: argparse.Namespace) -> dict[str, Any]:
+    """The --tmp-size, --shm-size and --upper-size options given, as RootFS keywords."""
+    from nscg._cgroupfs import parse_size
+
+    out: dict[str, Any] = {}
+    for opt in ("tmp_size", "shm_size", "upper_size"):
+        text = getattr(args, opt)
+        if text is None:
+            continue
+        n = parse_size(text, what="--" + opt.replace("_", "-"))
+        if n == "max" or n <= 0:
+            raise UsageError(f"--{opt.replace('_', '-')} takes a positive size such as 64M")
+        out[opt] = n
+    return out
 
 
 def _process_options(c: Container, args: argparse.Namespace) -> Container:

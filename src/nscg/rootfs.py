@@ -28,6 +28,9 @@ from nscg import _tree
 from nscg.errors import SpecError, UnsupportedError
 
 __all__ = [
+    "DEFAULT_SHM_SIZE",
+    "DEFAULT_TMP_SIZE",
+    "DEFAULT_UPPER_SIZE",
     "DOCKER_MASKED_PATHS",
     "DOCKER_READONLY_PATHS",
     "HOME_SIZE",
@@ -73,6 +76,30 @@ DOCKER_READONLY_PATHS: tuple[str, ...] = (
     "/proc/sys",
     "/proc/sysrq-trigger",
 )
+
+#: Default size limit (bytes) of RootFS.host()'s private /tmp.
+DEFAULT_TMP_SIZE = 256 << 20
+#: Default size limit (bytes) of the minimal /dev's /dev/shm (Docker's default too).
+DEFAULT_SHM_SIZE = 64 << 20
+#: Default size limit (bytes) of an ephemeral overlay upper (nscg's scratch tmpfs).
+DEFAULT_UPPER_SIZE = 1 << 30
+
+
+def inodes_for(size: int) -> int:
+    """The inode limit nscg gives a tmpfs of ``size`` bytes: one per 4 KiB, at least 1024.
+
+    A tmpfs's ``size`` counts file data only; every inode and dentry is kernel
+    memory on top, so an empty-file flood would otherwise use host memory
+    without bound.
+    """
+    return max(1024, size // 4096)
+
+
+def _size(value: int | None) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise SpecError(f"a size must be a positive number of bytes, got {value!r}")
+    return value
+
 
 #: Device nodes of the minimal /dev (bound from the host's, which works rootless too).
 DEV_NODES: tuple[str, ...] = ("null", "zero", "full", "random", "urandom", "tty")
@@ -235,6 +262,7 @@ class Tmpfs:
             isinstance(self.size, bool) or not isinstance(self.size, int) or self.size <= 0
         ):
             raise SpecError(f"tmpfs size must be a positive number of bytes, got {self.size!r}")
+        # (with a size, the inodes are limited too: see inodes_for)
 
 
 @attrs.frozen
@@ -246,9 +274,13 @@ class Proc:
 
 @attrs.frozen
 class Dev:
-    """A minimal /dev: null zero full random urandom tty, devpts + ptmx, shm, fd links."""
+    """A minimal /dev: null zero full random urandom tty, devpts + ptmx, shm, fd links.
+
+    ``shm_size`` limits /dev/shm (bytes; inodes: :func:`inodes_for`).
+    """
 
     dest: str = attrs.field(default="/dev", converter=_dest)
+    shm_size: int = attrs.field(default=DEFAULT_SHM_SIZE, converter=_size)
 
 
 @attrs.frozen
@@ -282,6 +314,9 @@ class Overlay:
     dest: str = attrs.field(default="/", converter=_dest)
     #: the overlay work directory (same filesystem as ``upper``); None: a temp dir
     work: str | None = attrs.field(default=None, converter=_upper)
+    #: the size limit (bytes) of the scratch memory holding an ephemeral upper
+    #: (None: DEFAULT_UPPER_SIZE); a persistent upper is limited by its filesystem
+    size: int | None = attrs.field(default=None, converter=_size)
 
     def __attrs_post_init__(self) -> None:
         if not self.lowers:
@@ -556,7 +591,8 @@ class RootFS:
         proc: bool = True,
         dev: bool = True,
         tmp: bool = True,
-        tmp_size: int | None = None,
+        tmp_size: int | None = DEFAULT_TMP_SIZE,
+        shm_size: int = DEFAULT_SHM_SIZE,
         mask: bool = True,
         run: bool = True,
         run_size: int = RUN_SIZE,
@@ -578,7 +614,9 @@ class RootFS:
             proc: mount a new /proc (needs a new pid namespace).
             dev: mount a minimal /dev instead of the host's.
             tmp: mount a private tmpfs on /tmp.
-            tmp_size: its size in bytes (None: the kernel's default, half of RAM).
+            tmp_size: its size limit in bytes (default 256 MiB; None: the kernel's
+                default, half of RAM, with no inode limit).
+            shm_size: the size limit of /dev/shm in bytes (default 64 MiB).
             mask: apply the OCI/Docker masked and read-only paths.
             run: mount an empty tmpfs of ``run_size`` bytes on /run (and on
                 /var/run when it is a directory of its own); the host /run's
@@ -598,7 +636,7 @@ class RootFS:
         if proc:
             ops.append(Proc())
         if dev:
-            ops.append(Dev())
+            ops.append(Dev(shm_size=shm_size))
         if tmp:
             ops.append(Tmpfs("/tmp", size=tmp_size, mode=0o1777))
         if run:
@@ -648,12 +686,16 @@ class RootFS:
         run_size: int = RUN_SIZE,
         hide_home: bool | None = None,
         hide_sockets: bool = True,
+        upper_size: int | None = None,
+        shm_size: int = DEFAULT_SHM_SIZE,
     ) -> RootFS:
         """A copy-on-write root over ``lowers`` (top first; the host's ``/`` by default).
 
-        With ``upper=None`` the writes go to a temporary directory (on a tmpfs
-        when one is available) that is removed after the run; otherwise they
-        persist in ``upper``. Either way ``Result.changes`` reports them
+        With ``upper=None`` the writes go to scratch memory: a tmpfs of the
+        sandbox's own, limited to ``upper_size`` bytes (default 1 GiB), that
+        has no path on the host and is gone when the sandbox and its caller
+        are. Otherwise they persist in ``upper`` (made if missing; it must not
+        be visible in a lower). Either way ``Result.changes`` reports them
         (writes to the private /run and hidden homes are not: they are tmpfs).
 
         Note: an overlay layer does not cross mounts: submounts of a lower
@@ -664,17 +706,19 @@ class RootFS:
                 host's ``/`` is a lower layer (an image directory has no host
                 daemons or homes, and a mount point made in it would show in
                 ``Result.changes``).
-            run_size, hide_sockets: as for :meth:`host`.
+            run_size, hide_sockets, shm_size: as for :meth:`host`.
+            upper_size: the size limit of the scratch memory holding an
+                ephemeral upper (default :data:`DEFAULT_UPPER_SIZE`, 1 GiB).
 
         Raises:
             UnsupportedError (at spawn): inside a user namespace the kernel must be >= 5.11.
         """
         layers = tuple(os.fspath(x) for x in lowers)
-        ops: list[Op] = [Overlay(layers, upper)]
+        ops: list[Op] = [Overlay(layers, upper, size=upper_size)]
         if proc:
             ops.append(Proc())
         if dev:
-            ops.append(Dev())
+            ops.append(Dev(shm_size=shm_size))
         host_root = any(os.path.realpath(x) == "/" for x in layers)
         if run if run is not None else host_root:
             ops += _private_run(run_size)
@@ -752,9 +796,9 @@ class RootFS:
         """Mount a new procfs (needs a new pid namespace)."""
         return self.then(Proc(dest))
 
-    def with_dev(self, dest: str = "/dev") -> RootFS:
-        """Mount a minimal /dev."""
-        return self.then(Dev(dest))
+    def with_dev(self, dest: str = "/dev", *, shm_size: int = DEFAULT_SHM_SIZE) -> RootFS:
+        """Mount a minimal /dev (its /dev/shm limited to ``shm_size`` bytes)."""
+        return self.then(Dev(dest, shm_size))
 
     def with_mqueue(self, dest: str = "/dev/mqueue") -> RootFS:
         """Mount an mqueue filesystem (needs a new ipc namespace)."""
@@ -999,6 +1043,7 @@ def flatten(root: RootFS, userns: bool) -> list[Prim]:
             opts: list[tuple[str, str | None]] = [("mode", f"{op.mode:o}")]
             if op.size is not None:
                 opts.append(("size", str(op.size)))
+                opts.append(("nr_inodes", str(inodes_for(op.size))))
             add(
                 "fs",
                 op.dest,
@@ -1068,7 +1113,11 @@ def flatten(root: RootFS, userns: bool) -> list[Prim]:
                 f"{d}/shm",
                 fstype="tmpfs",
                 source=b"shm",
-                options=(("mode", "1777"),),
+                options=(
+                    ("mode", "1777"),
+                    ("size", str(op.shm_size)),
+                    ("nr_inodes", str(inodes_for(op.shm_size))),
+                ),
                 flags=_flags(nosuid=True, nodev=True, create_dir=True),
             )
             add("symlink", f"{d}/fd", source=b"/proc/self/fd")

@@ -25,7 +25,7 @@ import pytest
 
 import nscg
 from nscg import Container, RootFS, SpecError
-from tests.conftest import need_root, run_as_nobody
+from tests.conftest import need_root
 
 SEP = "=====nscg-listing====="
 
@@ -179,16 +179,51 @@ def lower() -> Iterator[Path]:
     shutil.rmtree(d, ignore_errors=True)
 
 
-@pytest.fixture()
-def submount(lower: Path) -> Iterator[Path]:
-    """The lower with a mount below it (/mnt): inside a user namespace the overlay root
-    is then made of one overlay per top-level entry (the case that lost top-level writes)."""
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "t", str(lower / "mnt")], check=True)
-    yield lower
-    subprocess.run(["umount", str(lower / "mnt")], check=True)
+def with_submount(lower: Path, code: str, *, nobody: bool = False) -> dict[str, object]:
+    """Run Python ``code`` (it prints one JSON line last) in a private mount namespace
+    where ``lower/mnt`` is a mount (as root, or as uid 65534): inside a user namespace
+    the overlay root is then made of one overlay per top-level entry (the case that
+    lost top-level writes). The host's mount table never changes."""
+    import sys
+
+    drop = "setpriv --reuid=65534 --regid=65534 --clear-groups -- " if nobody else ""
+    script = f'mount -t tmpfs -o size=1m t "{lower}/mnt" && exec {drop}"$0" -c "$1"'
+    r = subprocess.run(
+        ["unshare", "-m", "--propagation", "private", "sh", "-c", script, sys.executable,
+         dedent(code)],
+        capture_output=True, timeout=120, check=False, cwd="/",
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/",
+             "PYTHONPATH": str(Path(__file__).parents[2])},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr.decode()
+    out: dict[str, object] = json.loads(r.stdout.decode().strip().splitlines()[-1])
+    return out
 
 
-def in_private_shm(code: str, timeout: float = 300) -> tuple[dict[str, object], list[str]]:
+SPLIT_RUN = """
+import json, nscg
+r = nscg.Container().with_rootfs(
+    nscg.RootFS.overlay([LOWER], proc=False, dev=False)
+).run(["/bin/sh", "-c", SCRIPT], capture_output=True)
+ch = r.changes
+print(json.dumps({"rc": r.returncode, "err": r.stderr.decode(),
+                  "out": r.stdout.decode(), "truncated": ch.truncated,
+                  "added": sorted(ch.added), "modified": sorted(ch.modified),
+                  "deleted": sorted(ch.deleted)}))
+"""
+
+
+def _split(lower: Path, nobody: bool) -> tuple[dict[str, object], View]:
+    code = SPLIT_RUN.replace("LOWER", repr(str(lower))).replace("SCRIPT", repr(CHANGES + LISTING))
+    out = with_submount(lower, code, nobody=nobody)
+    assert out["rc"] == 0, out["err"]
+    assert not out["truncated"]
+    return out, sandbox_view(str(out["out"]).encode())
+
+
+def in_private_shm(
+    code: str, timeout: float = 300, also: str = ""
+) -> tuple[dict[str, object], list[str]]:
     """Run Python ``code`` (it prints one JSON line last) as root in a private mount
     namespace whose /dev/shm is a fresh tmpfs; return its JSON and what is left in that
     /dev/shm afterwards (other test runs on this host cannot disturb the check)."""
@@ -197,7 +232,8 @@ def in_private_shm(code: str, timeout: float = 300) -> tuple[dict[str, object], 
 
     script = (
         "mount -t tmpfs -o size=64m shm /dev/shm && "
-        '"$0" -c "$1" && echo "LEFT=$(ls -A1 /dev/shm | paste -sd/ -)"'
+        + "".join(f"mount -t tmpfs -o size=64m t {d} && " for d in also.split())
+        + '"$0" -c "$1" && echo "LEFT=$(ls -A1 /dev/shm | paste -sd/ -)"'
     )
     r = subprocess.run(
         ["unshare", "-m", "--propagation", "private", "sh", "-c", script, sys.executable,
@@ -237,38 +273,23 @@ def test_report_matches_find_as_root(lower: Path, userns: bool) -> None:
     assert host_view(lower) == before
 
 
-def test_top_level_writes_are_reported_in_the_split_root(submount: Path) -> None:
-    before = host_view(submount)
-    r, after = _run(Container(), RootFS.overlay([str(submount)], proc=False, dev=False))
-    assert r.changes is not None
-    assert {"/newfile", "/newdir", "/newdir/f", "/lnk2"} <= r.changes.added
-    assert "/lnk" in r.changes.deleted
-    assert got(r.changes) == expected(before, after, mounts=frozenset({"/mnt"}))
+def test_top_level_writes_are_reported_in_the_split_root(lower: Path) -> None:
+    before = host_view(lower)
+    out, after = _split(lower, nobody=False)
+    added, deleted = out["added"], out["deleted"]
+    assert isinstance(added, list) and isinstance(deleted, list)
+    assert {"/newfile", "/newdir", "/newdir/f", "/lnk2"} <= set(added)
+    assert "/lnk" in deleted
+    report = {k: out[k] for k in ("added", "modified", "deleted")}
+    assert report == expected(before, after, mounts=frozenset({"/mnt"}))
 
 
 @pytest.mark.rootless
-def test_report_matches_find_rootless(submount: Path) -> None:
-    for p in [submount, *submount.rglob("*")]:
-        if not str(p).startswith(str(submount / "mnt")):
-            os.lchown(p, 65534, 65534)
-    os.chown(submount / "mnt", 65534, 65534)
-    before = host_view(submount)
-    out = run_as_nobody(
-        f"""
-        import json, nscg
-        r = nscg.Container().with_rootfs(
-            nscg.RootFS.overlay([{str(submount)!r}], proc=False, dev=False)
-        ).run(["/bin/sh", "-c", {CHANGES + LISTING!r}], capture_output=True)
-        ch = r.changes
-        print(json.dumps({{"rc": r.returncode, "err": r.stderr.decode(),
-                          "out": r.stdout.decode(), "truncated": ch.truncated,
-                          "added": sorted(ch.added), "modified": sorted(ch.modified),
-                          "deleted": sorted(ch.deleted)}}))
-        """
-    )
-    assert out["rc"] == 0, out["err"]
-    assert not out["truncated"]
-    after = sandbox_view(out["out"].encode())
+def test_report_matches_find_rootless(lower: Path) -> None:
+    for p in [lower, *lower.rglob("*")]:
+        os.lchown(p, 65534, 65534)
+    before = host_view(lower)
+    out, after = _split(lower, nobody=True)
     report = {k: out[k] for k in ("added", "modified", "deleted")}
     assert report == expected(before, after, mounts=frozenset({"/mnt"}))
 
@@ -366,7 +387,7 @@ def test_the_report_is_json_serialisable_with_its_flag(lower: Path) -> None:
     assert stat.S_ISDIR(os.stat(lower / "a").st_mode)
 
 
-def test_a_full_tmp_area_is_a_typed_error_naming_it(lower: Path) -> None:
+def test_a_full_tmp_area_is_a_typed_error_or_not_needed(lower: Path) -> None:
     out, _left = in_private_shm(
         dedent(f"""
         import json, os, subprocess, nscg
@@ -382,13 +403,13 @@ def test_a_full_tmp_area_is_a_typed_error_naming_it(lower: Path) -> None:
                 break
         res = []
         for upper in ("/dev/shm/full/upper", None):
-            if upper is None:  # the ephemeral upper's place, /dev/shm, full too
+            if upper is None:  # /dev/shm full too: the ephemeral upper is not there
                 subprocess.run(["mount", "--bind", "/dev/shm/full", "/dev/shm"], check=True)
             try:
-                nscg.Container().with_rootfs(
+                r = nscg.Container().with_rootfs(
                     nscg.RootFS.overlay([{str(lower)!r}], upper, proc=False, dev=False)
-                ).run(["/bin/sh", "-c", "true"])
-                res.append("ran")
+                ).run(["/bin/sh", "-c", "echo x > /a/x"])
+                res.append(f"ran {{r.returncode}} {{sorted(r.changes.added)}}")
             except nscg.SyscallError as e:
                 res.append(f"{{type(e).__name__}} {{e.errno}} {{e}}")
             except OSError as e:
@@ -398,5 +419,110 @@ def test_a_full_tmp_area_is_a_typed_error_naming_it(lower: Path) -> None:
     )
     res = out["res"]
     assert isinstance(res, list)
-    for r in res:
-        assert r.startswith("SyscallError 28 ") and "is full" in r, r
+    # a persistent upper on a full filesystem: a typed error naming it
+    assert res[0].startswith("SyscallError 28 ") and "/dev/shm/full/upper is full" in res[0]
+    # the ephemeral upper is scratch memory of the sandbox's own: a full /dev/shm is no matter
+    assert res[1] == "ran 0 ['/a/x']"
+
+
+def test_a_full_scratch_is_enospc_inside_and_nothing_outside(lower: Path) -> None:
+    c = Container().with_rootfs(
+        RootFS.overlay([str(lower)], proc=False, dev=True, upper_size=1 << 20, shm_size=1 << 20)
+    )
+    script = (
+        "busybox dd if=/dev/zero of=/a/big bs=64k count=64; "
+        "busybox dd if=/dev/zero of=/dev/shm/big bs=64k count=64; "
+        "busybox stat -c %s /a/big /dev/shm/big"
+    )
+    r = c.run(["/bin/sh", "-c", script], capture_output=True)
+    err = (r.stderr or b"").decode()
+    assert err.count("No space left on device") == 2, err
+    sizes = [int(x) for x in (r.stdout or b"").split()]
+    assert len(sizes) == 2 and all(0 < n <= 1 << 20 for n in sizes), r
+    assert r.changes is not None and "/a/big" in r.changes.added
+
+
+def test_the_default_sizes() -> None:
+    from nscg.rootfs import DEFAULT_SHM_SIZE, DEFAULT_TMP_SIZE, DEFAULT_UPPER_SIZE
+
+    r = Container().run(["sh", "-c", "df -k /tmp /dev/shm | tail -2"], capture_output=True)
+    sizes = [int(line.split()[1]) * 1024 for line in (r.stdout or b"").decode().splitlines()]
+    assert sizes == [DEFAULT_TMP_SIZE, DEFAULT_SHM_SIZE], r
+    r = (
+        Container()
+        .with_rootfs(RootFS.overlay())
+        .run(["sh", "-c", "df -k / | tail -1"], capture_output=True)
+    )
+    size = int((r.stdout or b"").split()[1]) * 1024
+    assert DEFAULT_UPPER_SIZE <= size <= DEFAULT_UPPER_SIZE + (1 << 20), r
+
+
+def test_sigkill_of_a_caller_with_50_live_overlay_sandboxes_leaves_nothing() -> None:
+    token = f"nscg-kill-{os.getpid()}"
+    victim = dedent(f"""
+        import sys, nscg
+        root = nscg.RootFS.overlay()
+        script = "dd if=/dev/zero of=/big bs=1M count=4 2>/dev/null; sleep 600"
+        ps = [nscg.Container().with_rootfs(root).spawn(["sh", "-c", script, {token!r}])
+              for _ in range(50)]
+        print("ready", flush=True)
+        sys.stdin.read()
+        """)
+    out, left = in_private_shm(
+        dedent(f"""
+        import json, os, signal, subprocess, sys, time
+        def mounts():
+            with open("/proc/self/mountinfo") as f:
+                return sorted(line.split()[4] for line in f)
+        def alive():
+            n = 0
+            for pid in filter(str.isdigit, os.listdir("/proc")):
+                try:
+                    with open(f"/proc/{{pid}}/cmdline", "rb") as f:
+                        args = f.read().split(b"\\0")
+                    n += args[:2] == [b"sh", b"-c"] and args[3:4] == [{token!r}.encode()]
+                except OSError:
+                    pass
+            return n
+        def ours(d):
+            return {{n for n in os.listdir(d) if n.startswith(("nscg-overlay-", "nscg-work-",
+                                                               "nscg-etc-"))}}
+        before, vartmp = mounts(), ours("/var/tmp")
+        v = subprocess.Popen([sys.executable, "-c", {victim!r}], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE)
+        assert v.stdout.readline() == b"ready\\n"
+        live = alive()
+        v.kill()
+        v.wait()
+        deadline = time.monotonic() + 30
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        print(json.dumps({{"live": live, "after": alive(), "mounts": mounts() == before,
+                          "tmp": os.listdir("/tmp"),
+                          "vartmp": sorted(ours("/var/tmp") - vartmp)}}))
+        """),
+        also="/tmp",
+    )
+    assert out["live"] == 50, out
+    assert out["after"] == 0 and out["mounts"], out
+    assert out["tmp"] == [] and out["vartmp"] == [] and left == [], out
+
+
+def test_cli_sizes() -> None:
+    import sys
+
+    def nscg(*args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "nscg", *args], capture_output=True, check=False
+        )
+
+    r = nscg(
+        "run", "--tmp-size", "10M", "--shm-size", "5M", "--", "sh", "-c", "df -k /tmp /dev/shm"
+    )
+    sizes = [int(line.split()[1]) for line in r.stdout.decode().splitlines()[1:]]
+    assert sizes == [10240, 5120], r
+    r = nscg("run", "--root", "overlay", "--upper-size", "20M", "--", "sh", "-c", "df -k /")
+    size = int(r.stdout.decode().splitlines()[1].split()[1])
+    assert 20480 <= size <= 20480 + 1024, r
+    r = nscg("run", "--upper-size", "20M", "--", "true")
+    assert r.returncode == 2 and b"--upper-size needs an overlay root" in r.stderr

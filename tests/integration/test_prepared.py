@@ -147,7 +147,7 @@ def test_prepared_plan_is_reused_and_released_with_its_container() -> None:
 
 def test_prepared_plan_is_made_again_after_fork() -> None:
     need_root()
-    # a root of its own: /etc files live in a per-process directory
+    # a root of its own, with /etc files (written by the child into its scratch memory)
     c = Container().with_rootfs(RootFS.host()).with_hostname("forked")
     assert c.run(["/bin/true"]).returncode == 0  # prepared here, stacks pooled
     r, w = os.pipe()
@@ -160,9 +160,6 @@ def test_prepared_plan_is_made_again_after_fork() -> None:
             code = 0 if ok and _prepared[id(c)][1].key[0] == os.getpid() else 2
         finally:
             os.write(w, bytes([code]))
-            from nscg import _spawn as sp
-
-            sp._remove_etc_dir(*sp._etc_dir)  # os._exit skips atexit
             os._exit(code)
     os.close(w)
     status = os.read(r, 1)
@@ -264,38 +261,32 @@ def test_one_prepared_plan_shared_by_many_threads() -> None:
     assert set(children()) == kids
 
 
-def test_etc_files_removed_behind_a_prepared_plan_are_written_again() -> None:
+def test_etc_files_of_a_prepared_plan_are_written_in_each_sandbox() -> None:
     need_root()
     c = Container().with_rootfs(RootFS.host()).with_hostname("again")
-    assert c.run(["/bin/true"]).returncode == 0
-    files = _prepared[id(c)][1].etc_files
-    assert files
-    for f in files:  # a tmp cleaner, say
-        os.unlink(f)
-    r = c.run(["/bin/sh", "-c", "grep again /etc/hosts"], capture_output=True, check=True)
-    assert b"127.0.1.1" in (r.stdout or b"")
-    assert all(os.path.exists(f) for f in _prepared[id(c)][1].etc_files)
+    for _ in range(2):  # the second run reuses the prepared plan
+        r = c.run(["/bin/sh", "-c", "grep again /etc/hosts"], capture_output=True, check=True)
+        assert b"127.0.1.1" in (r.stdout or b"")
+    assert _prepared[id(c)][1].etc  # (the files' content is in the plan, not on the host)
 
 
-def test_etc_dirs_of_killed_processes_are_removed_by_the_next_one() -> None:
+def test_a_killed_caller_leaves_no_etc_files_anywhere() -> None:
     need_root()
     code = textwrap.dedent(
         """
-        import os, signal, sys, nscg
-        from nscg import _spawn
-        nscg.Container().with_rootfs(nscg.RootFS.host()).run(["/bin/true"])
-        print(_spawn._etc_dir[1], flush=True)
-        if sys.argv[1] == "kill":
-            os.kill(os.getpid(), signal.SIGKILL)
+        import os, signal, nscg
+        nscg.Container().with_rootfs(nscg.RootFS.host()).with_hostname("k").run(["/bin/true"])
+        print(os.getpid(), flush=True)
+        os.kill(os.getpid(), signal.SIGKILL)
         """
     )
-    run = [sys.executable, "-c", code]
-    killed = subprocess.run([*run, "kill"], capture_output=True, text=True, check=False)
-    stale = killed.stdout.strip()
-    assert killed.returncode == -9 and os.path.isdir(stale)  # no atexit after SIGKILL
-    clean = subprocess.run([*run, "exit"], capture_output=True, text=True, check=True)
-    assert not os.path.exists(stale)  # removed by the next process that made its own
-    assert not os.path.exists(clean.stdout.strip())  # and that one's, at its exit
+    killed = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    pid = killed.stdout.strip()
+    assert killed.returncode == -9 and pid
+    for d in ("/dev/shm", "/tmp", "/var/tmp"):
+        assert not [n for n in os.listdir(d) if n.startswith(f"nscg-etc-{pid}")]
 
 
 def test_signals_during_the_wait_for_exec_reach_python() -> None:

@@ -6,7 +6,7 @@
  * boundary. Bump NSCG_ABI_VERSION whenever a struct or a signature changes.
  */
 
-#define NSCG_ABI_VERSION 6
+#define NSCG_ABI_VERSION 7
 
 /* ---- stages of the child's setup (reported in struct nscg_child_error) ---- */
 #define NSCG_STAGE_NONE 0
@@ -80,6 +80,21 @@
 #define NSCG_MOUNT_FILE 5
 #define NSCG_MOUNT_READONLY 6
 #define NSCG_MOUNT_MASK 7
+/* The scratch tmpfs (see mount.c, "Scratch memory"): SCRATCH makes it (options:
+ * fsconfig pairs) and opens a group of scratch ops, SDONE closes the group.
+ * Inside: SDIR/SFILE make dest (relative to the scratch), SFS makes a
+ * filesystem with the scratch as working directory (an overlay's upperdir and
+ * workdir are relative paths), SBIND clones source (relative to the scratch);
+ * both keep the mount in slot op->slot, which a later SLOT op attaches at dest. */
+#define NSCG_MOUNT_SCRATCH 8
+#define NSCG_MOUNT_SDIR 9
+#define NSCG_MOUNT_SFILE 10
+#define NSCG_MOUNT_SFS 11
+#define NSCG_MOUNT_SBIND 12
+#define NSCG_MOUNT_SDONE 13
+#define NSCG_MOUNT_SLOT 14
+/* at most this many slots per plan */
+#define NSCG_MAX_SLOTS 256
 
 /* ---- flags of one mount op ---- */
 #define NSCG_MNT_RDONLY 1
@@ -159,7 +174,7 @@ struct nscg_mount_op {
     uint32_t kind;
     uint32_t flags;
     uint32_t mode;
-    uint32_t reserved;
+    uint32_t slot; /* SFS, SBIND, SLOT: the index of the kept mount */
     uint64_t size;
     const char *source;
     const char *dest;
@@ -222,6 +237,8 @@ struct nscg_plan {
     uint32_t deny_setgroups;
     int32_t err_r;                    /* NSCG_F_WAIT_EXEC: the read end of err_fd */
     uint32_t reserved2;
+    int32_t scratch_sock;             /* the scratch tmpfs's fd is sent here (or -1) */
+    uint32_t reserved3;
 };
 
 struct nscg_spawn_out {

@@ -102,7 +102,7 @@ static void setup_fds(struct child_ctx *c)
     const struct nscg_plan *p = c->p;
     int floor = p->fd_floor;
     int *scratch = p->scratch; /* n_fdmap + n_join + 4 ints, from the parent */
-    int keep[4 + 64];
+    int keep[5 + 64];
     int nkeep = 0;
 
     if (c->err_fd >= 0) {
@@ -127,6 +127,10 @@ static void setup_fds(struct child_ctx *c)
     if (c->init_fd >= 0) {
         STEP(c, NSCG_STAGE_FDS, -1, "fcntl", c->init_fd = dup_above(c->init_fd, floor));
         keep[nkeep++] = c->init_fd;
+    }
+    if (c->scratch_sock >= 0) {
+        STEP(c, NSCG_STAGE_FDS, -1, "fcntl", c->scratch_sock = dup_above(c->scratch_sock, floor));
+        keep[nkeep++] = c->scratch_sock;
     }
     for (int i = 0; i < p->n_fdmap; i++)
         STEP(c, NSCG_STAGE_FDS, i, "fcntl", scratch[i] = dup_above(p->fdmap[i].src, floor));
@@ -357,6 +361,7 @@ void nscg_child_main(const struct nscg_plan *p)
     c->parent_pidfd = p->parent_pidfd;
     c->status_fd = p->status_fd;
     c->init_fd = p->init_fd;
+    c->scratch_sock = p->scratch_sock;
     c->forked = 0;
     sigemptyset(&c->oldmask);
 

@@ -15,6 +15,7 @@ struct child_ctx {
     int parent_pidfd;
     int status_fd;
     int init_fd;
+    int scratch_sock; /* mount.c sends the scratch tmpfs here (-1: nowhere) */
     int forked; /* the payload's parent is the sandbox's init */
     sigset_t oldmask;
 };

@@ -31,12 +31,38 @@
  *  5. fchdir(new root); pivot_root(".", "."); fchdir(old root);
  *     umount2(".", MNT_DETACH): the old root is stacked on the new one by
  *     pivot_root and detached at once, by an fd opened before step 2.
+ *
+ * Scratch memory (SCRATCH ... SDONE, then SLOT ops): what a sandbox writes
+ * outside its own mounts (an ephemeral overlay upper and work directory, the
+ * split root's top level, the /etc files nscg writes) lives in one tmpfs made
+ * here with fsopen/fsmount, with a size limit, that never has a host path:
+ *
+ *  - It is made detached, filled through its fd (mkdirat/openat), and its fd
+ *    is sent to the parent over plan->scratch_sock (SCM_RIGHTS): the parent
+ *    reads the change report through it once the sandbox is gone, and when
+ *    the parent dies the fd dies with it. Nothing to clean up on the host.
+ *  - Overlayfs (before Linux 6.15) takes its upper only from a mount of the
+ *    caller's namespace, and open_tree(OPEN_TREE_CLONE) only clones from one:
+ *    the scratch is attached for the time it takes to make those mounts, with
+ *    the scratch as working directory (upperdir=u0 is a relative path, so no
+ *    /proc is needed). The mounts are kept as detached fds in slots, and the
+ *    SLOT ops attach them where the plan says, in order.
+ *  - Where it is attached: dest "" stacks it on "/" (under the new root,
+ *    before any op made one) and SDONE detaches it again, before anything
+ *    could copy it (a recursive bind of "/"); a host directory as dest (the
+ *    /etc files' own directory, when the scratch comes last) leaves it there,
+ *    in the old tree, which is detached with the old root in one unmount.
+ *  - Overlayfs keeps what it uses: its upper is a private clone of the
+ *    scratch mount, so the tmpfs lives as long as the overlay and the
+ *    parent's fd, and no longer.
  */
 #include "child.h"
 
 #include <sched.h>
 #include <sys/mount.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 
 #ifndef OPEN_TREE_CLONE
 #define OPEN_TREE_CLONE 1
@@ -85,6 +111,9 @@ struct mctx {
     struct child_ctx *c;
     int root;     /* the topmost mount at the new root */
     int mask_dir; /* the first directory mask, once attached: cloned for the others */
+    int scratch;  /* the scratch tmpfs (between SCRATCH and SDONE), else -1 */
+    int stacked;  /* the scratch is stacked on "/" (detached again by SDONE) */
+    int slots[NSCG_MAX_SLOTS]; /* detached mounts made from the scratch */
 };
 
 static size_t slen(const char *s)
@@ -486,10 +515,170 @@ static void make_staging_root(struct mctx *m)
          SYS5(SYS_move_mount, m->root, "", AT_FDCWD, "/", MOVE_MOUNT_F_EMPTY_PATH));
 }
 
+
+/* ------------------------------------------------------------ scratch memory */
+
+static int slot_index(struct mctx *m, int i, const struct nscg_mount_op *op)
+{
+    if (op->slot >= NSCG_MAX_SLOTS)
+        fail(m->c, NSCG_STAGE_MOUNTS, EINVAL, i, "mount");
+    return (int)op->slot;
+}
+
+/* Send fd over the socket sock (one byte, SCM_RIGHTS). */
+static long send_fd(int sock, int fd)
+{
+    char byte = 'S';
+    struct iovec iov;
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } u;
+    struct msghdr msg;
+    memset(&u, 0, sizeof u);
+    memset(&msg, 0, sizeof msg);
+    iov.iov_base = &byte;
+    iov.iov_len = 1;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = u.buf;
+    msg.msg_controllen = sizeof u.buf;
+    struct cmsghdr *h = CMSG_FIRSTHDR(&msg);
+    h->cmsg_level = SOL_SOCKET;
+    h->cmsg_type = SCM_RIGHTS;
+    h->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(h), &fd, sizeof(int));
+    long r;
+    do {
+        r = SYS3(SYS_sendmsg, sock, &msg, MSG_NOSIGNAL);
+    } while (r == -EINTR);
+    return r;
+}
+
+/* SCRATCH: make the tmpfs, send its fd to the parent, attach it (see the top). */
+static void op_scratch(struct mctx *m, int i, const struct nscg_mount_op *op)
+{
+    struct child_ctx *c = m->c;
+    int fs;
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fsopen", fs = (int)SYS2(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC));
+    for (int k = 0; op->options && op->options[k]; k += 2)
+        STEP(c, NSCG_STAGE_MOUNTS, i, "fsconfig",
+             SYS5(SYS_fsconfig, fs, NSCG_FSCONFIG_SET_STRING, op->options[k], op->options[k + 1], 0));
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fsconfig",
+         SYS5(SYS_fsconfig, fs, NSCG_FSCONFIG_CMD_CREATE, NULL, NULL, 0));
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fsmount",
+         m->scratch = (int)SYS3(SYS_fsmount, fs, FSMOUNT_CLOEXEC,
+                                NSCG_ATTR_NOSUID | NSCG_ATTR_NODEV));
+    SYS1(SYS_close, fs);
+    if (c->scratch_sock >= 0) {
+        STEP(c, NSCG_STAGE_MOUNTS, i, "sendmsg", send_fd(c->scratch_sock, m->scratch));
+        SYS1(SYS_close, c->scratch_sock);
+        c->scratch_sock = -1;
+    }
+    m->stacked = op->dest[0] == 0;
+    STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount",
+         SYS5(SYS_move_mount, m->scratch, "", AT_FDCWD, m->stacked ? "/" : op->dest,
+              MOVE_MOUNT_F_EMPTY_PATH));
+    /* (overlay's upperdir and workdir are looked up from here) */
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fchdir", SYS1(SYS_fchdir, m->scratch));
+}
+
+/* SDIR, SFILE: a directory or a file in the scratch (dest relative to it). */
+static void op_sdir(struct mctx *m, int i, const struct nscg_mount_op *op)
+{
+    struct child_ctx *c = m->c;
+    long r = SYS3(SYS_mkdirat, m->scratch, op->dest, 0700);
+    if (r < 0 && r != -EEXIST)
+        fail(c, NSCG_STAGE_MOUNTS, (int)-r, i, "mkdirat");
+    /* the mode as given (mkdirat's is masked by the umask; 1777 keeps its sticky bit) */
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fchmodat", SYS4(SYS_fchmodat, m->scratch, op->dest, op->mode, 0));
+}
+
+static void op_sfile(struct mctx *m, int i, const struct nscg_mount_op *op)
+{
+    struct child_ctx *c = m->c;
+    int fd;
+    STEP(c, NSCG_STAGE_MOUNTS, i, "openat",
+         fd = (int)SYS4(SYS_openat, m->scratch, op->dest,
+                        O_CREAT | O_EXCL | O_NOFOLLOW | O_WRONLY | O_CLOEXEC, 0600));
+    uint64_t off = 0;
+    while (off < op->size) {
+        long w = SYS3(SYS_write, fd, op->source + off, (size_t)(op->size - off));
+        if (w == -EINTR)
+            continue;
+        if (w <= 0)
+            fail(c, NSCG_STAGE_MOUNTS, w < 0 ? (int)-w : EIO, i, "write");
+        off += (uint64_t)w;
+    }
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fchmod", SYS2(SYS_fchmod, fd, op->mode));
+    SYS1(SYS_close, fd);
+}
+
+/* SFS: a filesystem made with the scratch as working directory, kept in a slot. */
+static void op_sfs(struct mctx *m, int i, const struct nscg_mount_op *op)
+{
+    struct child_ctx *c = m->c;
+    int k = slot_index(m, i, op), fs;
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fsopen", fs = (int)SYS2(SYS_fsopen, op->fstype, FSOPEN_CLOEXEC));
+    for (int j = 0; op->options && op->options[j]; j += 2) {
+        const char *key = op->options[j], *val = op->options[j + 1];
+        STEP(c, NSCG_STAGE_MOUNTS, i, "fsconfig",
+             SYS5(SYS_fsconfig, fs, val ? NSCG_FSCONFIG_SET_STRING : NSCG_FSCONFIG_SET_FLAG, key,
+                  val, 0));
+    }
+    if (op->source)
+        STEP(c, NSCG_STAGE_MOUNTS, i, "fsconfig",
+             SYS5(SYS_fsconfig, fs, NSCG_FSCONFIG_SET_STRING, "source", op->source, 0));
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fsconfig",
+         SYS5(SYS_fsconfig, fs, NSCG_FSCONFIG_CMD_CREATE, NULL, NULL, 0));
+    STEP(c, NSCG_STAGE_MOUNTS, i, "fsmount",
+         m->slots[k] = (int)SYS3(SYS_fsmount, fs, FSMOUNT_CLOEXEC, (unsigned)attrs_of(op->flags)));
+    SYS1(SYS_close, fs);
+}
+
+/* SBIND: a clone of source (relative to the scratch), kept in a slot. */
+static void op_sbind(struct mctx *m, int i, const struct nscg_mount_op *op)
+{
+    struct child_ctx *c = m->c;
+    int k = slot_index(m, i, op);
+    STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree",
+         m->slots[k] = (int)sys_open_tree(m->scratch, op->source,
+                                          OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_SYMLINK_NOFOLLOW));
+    uint64_t a = attrs_of(op->flags);
+    if (a)
+        STEP(c, NSCG_STAGE_MOUNTS, i, "mount_setattr", sys_setattr(m->slots[k], 0, a));
+}
+
+/* SDONE: the scratch's own fd is no longer needed; unstack it from "/". */
+static void op_sdone(struct mctx *m, int i)
+{
+    struct child_ctx *c = m->c;
+    if (m->stacked)
+        STEP(c, NSCG_STAGE_MOUNTS, i, "umount2", SYS2(SYS_umount2, ".", MNT_DETACH));
+    SYS1(SYS_close, m->scratch);
+    m->scratch = -1;
+}
+
+/* SLOT: attach the mount kept in a slot at dest. */
+static void op_slot(struct mctx *m, int i, const struct nscg_mount_op *op)
+{
+    int k = slot_index(m, i, op);
+    if (m->slots[k] < 0)
+        fail(m->c, NSCG_STAGE_MOUNTS, EBADF, i, "move_mount");
+    uint32_t flags = op->flags;
+    if ((flags & NSCG_MNT_CREATE_DIR) && (flags & NSCG_MNT_CREATE_FILE))
+        flags &= is_dir(m->c, i, m->slots[k]) ? ~(uint32_t)NSCG_MNT_CREATE_FILE
+                                              : ~(uint32_t)NSCG_MNT_CREATE_DIR;
+    attach(m, i, op, flags, m->slots[k]);
+    m->slots[k] = -1; /* closed by attach, or the root now (m->root owns it) */
+}
+
 void nscg_setup_mounts(struct child_ctx *c)
 {
     const struct nscg_plan *p = c->p;
-    struct mctx mc = {.c = c, .root = -1, .mask_dir = -1}, *m = &mc;
+    struct mctx mc = {.c = c, .root = -1, .mask_dir = -1, .scratch = -1}, *m = &mc;
+    for (int k = 0; k < NSCG_MAX_SLOTS; k++)
+        m->slots[k] = -1;
     unsigned long prop = (p->mount_flags & NSCG_MOUNTS_SLAVE) ? MS_SLAVE : MS_PRIVATE;
 
     STEP(c, NSCG_STAGE_MOUNTS, -1, "mount", SYS5(SYS_mount, NULL, "/", NULL, MS_REC | prop, NULL));
@@ -498,12 +687,21 @@ void nscg_setup_mounts(struct child_ctx *c)
      * staging tmpfs under it, a recursive bind of "/" would copy the staging
      * tmpfs too, and every extra layer stacked on the root costs an unmount
      * later, each one waiting for an expedited RCU grace period. */
-    int direct = p->n_mounts > 0 && p->mounts[0].dest[0] == 0 &&
-                 (p->mounts[0].kind == NSCG_MOUNT_BIND || p->mounts[0].kind == NSCG_MOUNT_FS);
+    /* (the scratch ops come first, or last; they need no root) */
+    int first = 0;
+    while (first < p->n_mounts && p->mounts[first].kind >= NSCG_MOUNT_SCRATCH &&
+           p->mounts[first].kind <= NSCG_MOUNT_SDONE)
+        first++;
+    int direct = p->n_mounts > first && p->mounts[first].dest[0] == 0 &&
+                 (p->mounts[first].kind == NSCG_MOUNT_BIND || p->mounts[first].kind == NSCG_MOUNT_FS ||
+                  p->mounts[first].kind == NSCG_MOUNT_SLOT);
     for (int i = 0; i < p->n_mounts; i++) {
         const struct nscg_mount_op *op = &p->mounts[i];
-        if (m->root < 0 && !(i == 0 && direct))
+        int scratch_op = op->kind >= NSCG_MOUNT_SCRATCH && op->kind <= NSCG_MOUNT_SDONE;
+        if (m->root < 0 && !scratch_op && !(i == first && direct))
             make_staging_root(m); /* (also when an optional first bind was skipped) */
+        if (!scratch_op && m->scratch >= 0)
+            fail(c, NSCG_STAGE_MOUNTS, EINVAL, i, "mount"); /* a group without SDONE */
         switch (op->kind) {
         case NSCG_MOUNT_BIND:
             op_bind(m, i, op);
@@ -526,10 +724,41 @@ void nscg_setup_mounts(struct child_ctx *c)
         case NSCG_MOUNT_MASK:
             op_mask(m, i, op);
             break;
+        case NSCG_MOUNT_SCRATCH:
+            if (m->scratch >= 0)
+                fail(c, NSCG_STAGE_MOUNTS, EINVAL, i, "mount");
+            op_scratch(m, i, op);
+            break;
+        case NSCG_MOUNT_SDIR:
+        case NSCG_MOUNT_SFILE:
+        case NSCG_MOUNT_SFS:
+        case NSCG_MOUNT_SBIND:
+        case NSCG_MOUNT_SDONE:
+            if (m->scratch < 0)
+                fail(c, NSCG_STAGE_MOUNTS, EINVAL, i, "mount");
+            if (op->kind == NSCG_MOUNT_SDIR)
+                op_sdir(m, i, op);
+            else if (op->kind == NSCG_MOUNT_SFILE)
+                op_sfile(m, i, op);
+            else if (op->kind == NSCG_MOUNT_SFS)
+                op_sfs(m, i, op);
+            else if (op->kind == NSCG_MOUNT_SBIND)
+                op_sbind(m, i, op);
+            else
+                op_sdone(m, i);
+            break;
+        case NSCG_MOUNT_SLOT:
+            op_slot(m, i, op);
+            break;
         default:
             fail(c, NSCG_STAGE_MOUNTS, EINVAL, i, "mount");
         }
     }
+    if (m->scratch >= 0)
+        fail(c, NSCG_STAGE_MOUNTS, EINVAL, p->n_mounts - 1, "mount"); /* no SDONE */
+    for (int k = 0; k < NSCG_MAX_SLOTS; k++)
+        if (m->slots[k] >= 0)
+            SYS1(SYS_close, m->slots[k]); /* made but never attached */
     if (m->root < 0)
         make_staging_root(m); /* an empty plan: an empty root */
     if (m->mask_dir >= 0)
