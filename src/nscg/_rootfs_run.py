@@ -202,13 +202,17 @@ class RootfsRun:
                     ("nr_inodes", str(inodes_for(size))),
                     ("mode", "755"),
                 )
+                # (a failure names the first op that needs the scratch)
+                owner = min((pr.op_index for pr in self.sops if pr.op_index >= 0), default=-1)
                 head = Prim(
                     "scratch",
                     "" if first else etc[0][2],
                     options=opts,
+                    op_index=owner,
                     label=f"scratch tmpfs (size={size})",
                 )
-                group = [head, *self.sops, Prim("sdone", "", label="scratch tmpfs")]
+                done = Prim("sdone", "", op_index=owner, label="scratch tmpfs")
+                group = [head, *self.sops, done]
                 self.prims = group + main + tail if first else main + group + tail
             if len(self.prims) and self.nslots > lib.NSCG_MAX_SLOTS:
                 raise UnsupportedError(
@@ -351,7 +355,7 @@ class RootfsRun:
                 out += self._flat(i, Symlink(before[name] or "", dest))
             elif name in parts and not _has_submounts(src, mounts):
                 # the overlay's root shows the upper root's mode: the lower's (/tmp: 1777)
-                mode = stat.S_IMODE(os.stat(src).st_mode)
+                mode = stat.S_IMODE(_host_call("stat", src, lambda src=src: os.stat(src)).st_mode)
                 if persistent is not None and work is not None:
                     u, w = os.path.join(persistent, name), os.path.join(work, f"w{k}")
                     if not os.path.isdir(u):
@@ -439,8 +443,9 @@ class RootfsRun:
             try:
                 _msg, fds, _f, _a = socket.recv_fds(self.sock[0], 1, 1)
                 self.scratch_fd = fds[0] if fds else -1
-            except BlockingIOError:
-                self.scratch_fd = -1  # (sent before execve: it is there by now)
+            except OSError:
+                # (sent before execve: it is there by now; else the report says so)
+                self.scratch_fd = -1
 
         def report() -> None:
             proc._changes = self.report()
@@ -470,6 +475,8 @@ class RootfsRun:
                 break
             try:
                 _tree.top_changes(fd, top.before, top.mounted, top.dest, rep, fix_perms=True)
+            except OSError as e:
+                rep.stop(f"cannot read the top level of {top.dest or '/'}: {e}")
             finally:
                 os.close(fd)
         for pt in self.parts:
@@ -493,6 +500,8 @@ class RootfsRun:
                     ufd, fds[1:], pt.dest.rstrip("/"), rep, opaque=opaque,
                     fix_perms=pt.in_scratch,
                 )  # fmt: skip
+            except OSError as e:  # (a lower that changed meanwhile, say)
+                rep.stop(f"cannot read the changes under {pt.dest}: {e}")
             finally:
                 for lfd in fds:
                     if lfd is not None:

@@ -160,6 +160,16 @@ def expected(
     return {"added": sorted(added), "modified": sorted(modified), "deleted": sorted(deleted)}
 
 
+def need_user_xattrs_on_tmpfs() -> None:
+    """Skip before Linux 6.6: tmpfs has no user.* xattrs, so an overlay made inside a
+    user namespace (userxattr) cannot mark a directory opaque: removing a directory
+    of a lower fails with EIO (docs/rootfs.md, "Rootless")."""
+    from nscg._rootfs_run import kernel_version
+
+    if kernel_version() < (6, 6):
+        pytest.skip("tmpfs has user xattrs from Linux 6.6 on")
+
+
 def got(ch: nscg.Changes) -> dict[str, list[str]]:
     assert not ch.truncated, ch.reason
     return {
@@ -264,6 +274,8 @@ def _run(c: Container, root: RootFS) -> tuple[nscg.Result, View]:
 
 @pytest.mark.parametrize("userns", [False, True], ids=["no-userns", "userns"])
 def test_report_matches_find_as_root(lower: Path, userns: bool) -> None:
+    if userns:
+        need_user_xattrs_on_tmpfs()
     before = host_view(lower)
     c = Container() if userns else Container().without_namespaces("user")
     r, after = _run(c, RootFS.overlay([str(lower)], proc=False, dev=False))
@@ -274,6 +286,7 @@ def test_report_matches_find_as_root(lower: Path, userns: bool) -> None:
 
 
 def test_top_level_writes_are_reported_in_the_split_root(lower: Path) -> None:
+    need_user_xattrs_on_tmpfs()
     before = host_view(lower)
     out, after = _split(lower, nobody=False)
     added, deleted = out["added"], out["deleted"]
@@ -286,6 +299,7 @@ def test_top_level_writes_are_reported_in_the_split_root(lower: Path) -> None:
 
 @pytest.mark.rootless
 def test_report_matches_find_rootless(lower: Path) -> None:
+    need_user_xattrs_on_tmpfs()
     for p in [lower, *lower.rglob("*")]:
         os.lchown(p, 65534, 65534)
     before = host_view(lower)
@@ -526,3 +540,18 @@ def test_cli_sizes() -> None:
     assert 20480 <= size <= 20480 + 1024, r
     r = nscg("run", "--upper-size", "20M", "--", "true")
     assert r.returncode == 2 and b"--upper-size needs an overlay root" in r.stderr
+
+
+def test_a_scratch_memory_failure_is_typed_and_leaves_nothing(lower: Path) -> None:
+    import errno
+
+    from nscg import SpawnError, Stage
+    from nscg._spawn import spawn
+
+    c = Container().with_rootfs(RootFS.overlay([str(lower)], proc=False, dev=False))
+    for index in (0, 1, 3):  # the tmpfs itself, a directory in it, the overlay made from it
+        with pytest.raises(SpawnError) as ei:
+            spawn(c, ["/bin/sh", "-c", "true"], _fault=(Stage.MOUNTS, errno.ENOMEM, index))
+        assert ei.value.stage == Stage.MOUNTS and ei.value.errno == errno.ENOMEM
+        assert "scratch tmpfs" in str(ei.value) or "overlay" in str(ei.value), ei.value
+    # (the module's leak check: no fd, socket, process or mount left)
