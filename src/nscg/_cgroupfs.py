@@ -55,7 +55,9 @@ V1_TO_V2: Final[dict[str, str]] = {
     "net_prio": "net_prio",
 }
 
-_SIZE_RE: Final = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_RE: Final = re.compile(
+    r"^\s*(-?)([0-9]+(?:\.[0-9]+)?)\s*([kmgtpe]?)(i?b?)\s*$", re.IGNORECASE
+)
 _SUFFIX: Final[dict[str, int]] = {
     "": 1,
     "k": 1 << 10,
@@ -96,13 +98,14 @@ def parse_size(value: int | str, *, what: str = "size") -> int | Literal["max"]:
                 f"{what}: cannot parse {value!r}; use an int, 'max', or a number "
                 "with a K/M/G/T suffix such as '256M'"
             )
-        number, suffix, _ = m.groups()
+        sign, number, suffix, _ = m.groups()
         mult = _SUFFIX[suffix.lower()]
         n = int(float(number) * mult) if "." in number else int(number) * mult
+        n = -n if sign else n
     else:
         raise SpecError(f"{what}: expected an int or a str, got {type(value).__name__}")
-    if n < 0:
-        raise SpecError(f"{what}: must not be negative, got {value!r}")
+    if n < 0:  # the same words for -5 and "-5" (the CLI passes strings)
+        raise SpecError(f"{what}: must not be negative, got {str(value).strip()}")
     if n > _MAX_BYTES:
         raise SpecError(f"{what}: {value!r} is larger than the kernel accepts")
     return n

@@ -413,8 +413,8 @@ def _conv_count(v: int | str | None) -> int | Literal["max"] | None:
         return v
     if isinstance(v, str) and v.strip() == "max":
         return "max"
-    if isinstance(v, str) and v.strip().isdigit():
-        return int(v.strip())
+    if isinstance(v, str) and re.fullmatch(r"-?[0-9]+", v.strip()):
+        return int(v.strip())  # a negative one: the validator says so, as for an int
     return _bad_count(v)
 
 
@@ -486,8 +486,10 @@ class CpuMax:
         Raises:
             SpecError: ``cpus`` is not positive or the quota would be under 1 ms.
         """
-        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)) or not cpus > 0:
+        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)):
             raise SpecError(f"cpus must be a positive number, got {cpus!r}")
+        if not cpus > 0:  # -5 and -5.0 (the CLI's) read the same
+            raise SpecError(f"cpus must be a positive number, got {cpus:g}")
         return cls(quota_usec=max(1000, round(cpus * period_usec)), period_usec=period_usec)
 
     @classmethod

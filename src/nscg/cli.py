@@ -12,19 +12,21 @@ runs the command and exits with its status:
 
 SIGTERM, SIGHUP and SIGQUIT sent to ``nscg run`` are forwarded to the sandbox.
 
-``--json PATH|-|fd:N`` writes a result document that follows
-``nscg/_data/result.schema.json`` (see :func:`result_document`).
+``--json PATH|fd:N`` writes a result document that follows
+``nscg/_data/result.schema.json`` (see :func:`result_document`) to its own
+file or descriptor: never to stdout, which belongs to the command.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, NoReturn
 
 import attrs
@@ -165,8 +167,10 @@ def _add_process_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-die-with-parent", action="store_true", help="let the sandbox outlive nscg")
     g.add_argument("--timeout", type=float, metavar="SECONDS", help="kill it after SECONDS")
     g.add_argument(
-        "--json", metavar="PATH|-|fd:N", help="write the result as JSON (result.schema.json)"
-    )
+        "--json", metavar="PATH|fd:N",
+        help="write the result as JSON (result.schema.json) to PATH or fd N, e.g. "
+        "--json fd:3 3>result.json (not stdout: that is the command's)",
+    )  # fmt: skip
     g.add_argument("--pid-file", metavar="PATH", help="write the sandbox's pid (for nscg exec)")
 
 
@@ -218,8 +222,10 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ns = r.add_argument_group("namespaces")
     ns.add_argument(
-        "--unshare", metavar="KIND,...", help="create exactly these namespaces (or 'none')"
-    )
+        "--unshare", metavar="KIND,...|none",
+        help="create exactly these namespaces, or none; without mnt the default --root "
+        "is none (the caller's view)",
+    )  # fmt: skip
     ns.add_argument(
         "--share", action="append", default=[], metavar="KIND",
         help="do not create this namespace (repeatable)",
@@ -294,10 +300,17 @@ def _id_map(text: str, what: str) -> tuple[int, int, int]:
     return inside, outside, count
 
 
-def _rootfs(args: argparse.Namespace) -> Any:
+def _rootfs(args: argparse.Namespace, *, new_mount_ns: bool) -> Any:
     from nscg.rootfs import RootFS
 
-    root: str = args.root if args.root is not None else "host"
+    # the default: the host read-only, which takes a mount namespace; without one
+    # (--unshare none, --share mnt) the caller's view, unless a mount option asks
+    # for a root (then the spec's own error says why that cannot be)
+    wants_root = bool(
+        args.bind or args.ro_bind or args.tmpfs or args.keep_upper or args.bind_socket
+    ) or bool(args.show_home)
+    default = "host" if new_mount_ns or wants_root else "none"
+    root: str = args.root if args.root is not None else default
     keep = args.keep_upper
     if keep is not None:
         if args.root is None:
@@ -442,7 +455,8 @@ def build_container(args: argparse.Namespace) -> Container:
 
     c = nscg.Container()
     if args.unshare:
-        c = c.with_namespaces("none" if args.unshare == "none" else args.unshare.split(","))
+        kinds = args.unshare.split(",")
+        c = c.with_namespaces(nscg.Namespace.NONE if kinds == ["none"] else kinds)
     for kind in args.share:
         c = c.without_namespaces(kind)
     if args.share_net and args.network == "none":
@@ -469,7 +483,7 @@ def build_container(args: argparse.Namespace) -> Container:
             ) from None
     if args.no_init:
         c = c.with_init(False)
-    root = _rootfs(args)
+    root = _rootfs(args, new_mount_ns=bool(c.namespaces & nscg.Namespace.MOUNT))
     c = c.with_rootfs(root) if root is not None else c.without_rootfs()
     limits: dict[str, Any] = {}
     for text in args.limit:
@@ -497,8 +511,28 @@ def build_container(args: argparse.Namespace) -> Container:
             target = int(pid)
         except ValueError:
             raise UsageError(f"--join takes PID KIND,..., got pid {pid!r}") from None
-        c = c.joining(target, None if kinds == "all" else kinds.split(","))
+        with _no_such_process(f"--join {target}", target):
+            c = c.joining(target, None if kinds == "all" else kinds.split(","))
     return _process_options(c, args)
+
+
+@contextlib.contextmanager
+def _no_such_process(option: str, pid: int) -> Iterator[None]:
+    """Turn a missing target process into the one usage error of ``--join`` and ``exec --pid``.
+
+    Checked before its namespaces are opened, and again when opening them fails
+    with ENOENT/ESRCH (the process exited in between): exit status 2 either way,
+    like any other option naming something that does not exist.
+    """
+    message = f"{option}: no such process"
+    if pid <= 0 or not os.path.exists(f"/proc/{pid}"):
+        raise UsageError(message)
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOENT, errno.ESRCH):
+            raise UsageError(message) from None
+        raise
 
 
 # ------------------------------------------------------------------ result document
@@ -548,9 +582,16 @@ def result_document(
 
 
 def _open_json_target(target: str) -> Any:
-    """Open ``PATH``, ``-`` (stdout) or ``fd:N`` for writing, before the payload runs."""
+    """Open ``PATH`` or ``fd:N`` for writing, before the payload runs.
+
+    ``-`` is refused: the document would land in the middle of the command's own
+    output on stdout (which may not even end with a newline).
+    """
     if target == "-":
-        return None
+        raise UsageError(
+            "--json -: stdout is the command's; write the document to a file or an fd "
+            "instead: --json PATH, or --json fd:N (e.g. --json fd:3 3>result.json)"
+        )
     if target.startswith("fd:"):
         try:
             fd = int(target[3:])
@@ -564,14 +605,8 @@ def _open_json_target(target: str) -> Any:
 
 
 def _write_json(out: Any, doc: dict[str, Any]) -> None:
-    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-    if out is None:
-        sys.stdout.flush()
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    else:
-        with out:
-            out.write(text)
+    with out:
+        out.write(json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------ commands
@@ -675,10 +710,9 @@ def _exec(args: argparse.Namespace) -> int:
     import nscg
 
     cmd = _command(args)
-    if not os.path.exists(f"/proc/{args.pid}"):
-        raise UsageError(f"exec --pid {args.pid}: no such process")
     try:
-        c = _process_options(nscg.Container(), args).entering(args.pid)
+        with _no_such_process(f"exec --pid {args.pid}", args.pid):
+            c = _process_options(nscg.Container(), args).entering(args.pid)
     except nscg.SpecError as e:
         raise UsageError(str(e)) from None
     except OSError as e:

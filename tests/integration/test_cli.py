@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped]  # no stubs; test-only
 import pytest
 
+import nscg as api
 from nscg.cgroups import CgroupMode, discover
 
 
@@ -22,6 +23,19 @@ def nscg(*args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [sys.executable, "-m", "nscg", *args], capture_output=True, timeout=120, check=False
     )
+
+
+def nscg_json(command: str, *args: str) -> tuple[subprocess.CompletedProcess[bytes], Any]:
+    """Run ``nscg COMMAND --json fd:N ARGS`` (N: a temporary file); its result and document."""
+    with tempfile.TemporaryFile() as f:
+        fd = f.fileno()
+        r = subprocess.run(
+            [sys.executable, "-m", "nscg", command, "--json", f"fd:{fd}", *args],
+            pass_fds=[fd], capture_output=True, timeout=120, check=False,
+        )  # fmt: skip
+        f.seek(0)
+        text = f.read()
+    return r, valid(json.loads(text))
 
 
 def test_run_shows_isolation_and_passes_the_status_through() -> None:
@@ -53,6 +67,9 @@ def test_run_shows_isolation_and_passes_the_status_through() -> None:
         ["run", "--rlimit", "nofile=many", "--", "true"],
         ["run", "--rlimit", "bogus=1", "--", "true"],
         ["run", "--json", "fd:999", "--", "true"],
+        ["run", "--json", "-", "--", "true"],
+        ["run", "--join", "999999999", "all", "--", "true"],
+        ["run", "--unshare", "none", "--tmpfs", "/mnt", "--", "true"],
         ["run", "--share-net", "--network", "none", "--", "true"],
         ["exec", "--", "true"],
         ["exec", "--pid", "999999999", "--", "true"],
@@ -115,12 +132,19 @@ def test_the_default_root_is_the_host_read_only() -> None:
     assert r.returncode == 0, r.stderr
 
 
-def test_json_to_stdout_validates_and_reports_the_exit() -> None:
-    r = nscg("run", "--json", "-", "--", "sh", "-c", "exit 7")
+def test_json_validates_and_reports_the_exit_and_leaves_stdout_to_the_command() -> None:
+    r, doc = nscg_json("run", "--", "sh", "-c", "printf 'no newline'; exit 7")
     assert r.returncode == 7
-    doc = valid(json.loads(r.stdout))
+    assert r.stdout == b"no newline" and r.stderr == b""
     assert doc["status"] == 7 and doc["exit_code"] == 7 and doc["signal"] is None
     assert doc["usage"]["max_rss"] > 0 and doc["wall_time"] > 0 and doc["changes"] is None
+
+
+def test_json_to_stdout_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    r = nscg("run", "--json", "-", "--", "touch", str(tmp_path / "ran"))
+    assert r.returncode == 2 and r.stdout == b""
+    assert b"--json -: stdout is the command's" in r.stderr and b"fd:" in r.stderr
+    assert not (tmp_path / "ran").exists()
 
 
 def test_json_to_a_file_and_an_fd(tmp_path: Path) -> None:
@@ -142,18 +166,16 @@ def test_json_to_a_file_and_an_fd(tmp_path: Path) -> None:
 
 def test_timeout_kills_the_sandbox_and_exits_124() -> None:
     t0 = time.monotonic()
-    r = nscg("run", "--timeout", "0.5", "--json", "-", "--", "sleep", "30")
+    r, doc = nscg_json("run", "--timeout", "0.5", "--", "sleep", "30")
     assert r.returncode == 124
     assert time.monotonic() - t0 < 20
-    doc = valid(json.loads(r.stdout))
     assert doc["timed_out"] is True and doc["signal"] == 9 and doc["status"] == 124
     assert b"timed out" in r.stderr
 
 
 def test_setup_failure_is_status_125_with_an_error_document() -> None:
-    r = nscg("run", "--json", "-", "--tmpfs", "/no-such-dir-xyz", "--", "true")
+    r, doc = nscg_json("run", "--tmpfs", "/no-such-dir-xyz", "--", "true")
     assert r.returncode == 125
-    doc = valid(json.loads(r.stdout))
     assert doc["error"] and "/no-such-dir-xyz" in doc["error"] and doc["usage"] is None
     assert len(r.stderr.decode().strip().splitlines()) == 1
 
@@ -223,12 +245,11 @@ def test_keep_upper_inside_the_lower_is_refused(tmp_path: Path) -> None:
 
 
 def _keep_upper(upper: Path) -> None:
-    r = nscg(
-        "run", "--keep-upper", str(upper), "--json", "-", "--",
+    r, doc = nscg_json(
+        "run", "--keep-upper", str(upper), "--",
         "sh", "-c", "echo hi > /etc/nscg-cli-test; rm -f /etc/hostname",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    doc = valid(json.loads(r.stdout))
     assert doc["changes"]["added"] == ["/etc/nscg-cli-test"]
     assert "/etc/hostname" in doc["changes"]["deleted"]
     assert (upper / "etc" / "nscg-cli-test").read_text() == "hi\n"
@@ -268,11 +289,73 @@ def test_exec_enters_a_running_sandbox(tmp_path: Path) -> None:
                 break
             time.sleep(0.05)
         assert r.stdout == b"sandboxed\n", r.stderr
-        r = nscg("exec", "--pid", pid, "--json", "-", "--", "sh", "-c", "hostname; exit 4")
-        assert r.returncode == 4
-        assert r.stdout.startswith(b"inner\n")
-        valid(json.loads(r.stdout[len(b"inner\n") :]))
+        r, doc = nscg_json("exec", "--pid", pid, "--", "sh", "-c", "hostname; exit 4")
+        assert r.returncode == 4 and doc["status"] == 4
+        assert r.stdout == b"inner\n"
     finally:
         outer.terminate()
         outer.wait(30)
     assert not pidfile.exists()
+
+
+NAMESPACES = ("user", "pid", "mnt", "net", "uts", "ipc", "cgroup")
+
+
+def _ns_links(out: bytes) -> dict[str, str]:
+    return dict(zip(NAMESPACES, out.decode().split(), strict=True))
+
+
+def test_unshare_none_creates_no_namespace_and_keeps_the_callers_view() -> None:
+    links = " ".join(f"/proc/self/ns/{k}" for k in NAMESPACES)
+    host = {k: os.readlink(f"/proc/self/ns/{k}") for k in NAMESPACES}
+    r = nscg("run", "--unshare", "none", "--", "sh", "-c", f"readlink {links}")
+    assert r.returncode == 0, r.stderr
+    assert _ns_links(r.stdout) == host
+    # only net: the default root follows (no mount namespace, so none)
+    script = f"readlink {links}; tail -n +3 /proc/net/dev | cut -d: -f1"
+    r = nscg("run", "--unshare", "net", "--", "sh", "-c", script)
+    assert r.returncode == 0, r.stderr
+    inside = _ns_links(b" ".join(r.stdout.split()[: len(NAMESPACES)]))
+    assert {k for k in NAMESPACES if inside[k] != host[k]} == {"net"}
+    assert r.stdout.split()[len(NAMESPACES) :] == [b"lo"]
+    # a mount option still needs the mount namespace, and says so
+    r = nscg("run", "--unshare", "none", "--ro-bind", "/usr", "/usr", "--", "true")
+    assert r.returncode == 2 and b"mount namespace" in r.stderr
+
+
+def test_no_such_pid_is_one_status_and_one_message_for_join_and_exec() -> None:
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that existed a moment ago (reuse within the test: not on this scale)
+    for pid in (str(gone.pid), "999999999"):
+        runs = [
+            (f"--join {pid}", nscg("run", "--join", pid, "all", "--", "true")),
+            (f"--join {pid}", nscg("run", "--join", pid, "net,uts", "--", "true")),
+            (f"exec --pid {pid}", nscg("exec", "--pid", pid, "--", "true")),
+        ]
+        for option, r in runs:
+            assert r.returncode == 2, (option, r.stderr)
+            assert r.stderr.decode() == f"nscg: {option}: no such process\n"
+
+
+@pytest.mark.parametrize(
+    ("argv", "kwargs"),
+    [
+        (["--memory", "-5"], {"memory": -5}),
+        (["--memory", "-5"], {"memory": "-5"}),
+        (["--memory", "lots"], {"memory": "lots"}),
+        (["--pids", "-5"], {"pids": -5}),
+        (["--pids", "x"], {"pids": "x"}),
+        (["--cpus", "-5"], {"cpus": -5}),
+        (["--cpus", "0"], {"cpus": 0}),
+        (["--limit", "memory_high=-5"], {"memory_high": -5}),
+        (["--limit", "cpu_weight=0"], {"cpu_weight": 0}),
+    ],
+)
+def test_cli_and_api_say_the_same_about_a_bad_value(
+    argv: list[str], kwargs: dict[str, Any]
+) -> None:
+    with pytest.raises(api.SpecError) as ei:
+        api.Container().with_limits(**kwargs)
+    r = nscg("run", *argv, "--", "true")
+    assert r.returncode == 2
+    assert r.stderr.decode() == f"nscg: {ei.value}\n"
