@@ -774,7 +774,7 @@ def _with_etc_files(c: Container) -> tuple[tuple[str, bytes, str], ...]:
         "/etc/hosts": net.hosts_entries(name),
         "/etc/resolv.conf": net.resolv_conf(),
     }
-    return tuple((path, texts[path].encode(), where) for path, where in targets)
+    return tuple((path, os.fsencode(texts[path]), where) for path, where in targets)
 
 
 def _resolve_in_rootfs(c: Container, name: str, path_var: str, executable: str | None) -> str:

@@ -302,3 +302,18 @@ def test_rootless_entering_a_sandbox_with_its_own_root() -> None:
         """
     )
     assert out == [0, "mine\n"]
+
+
+def test_undecodable_hostname_reaches_etc_hosts_as_bytes() -> None:
+    """A hostname with an undecodable byte (a surrogate escape) is written as that byte.
+
+    With a root filesystem by default, the hostname goes into the sandbox's
+    /etc/hosts; encoding it strictly raised UnicodeEncodeError (found by the
+    hypothesis suite).
+    """
+    r = (
+        Container()
+        .with_hostname("h\udcff")
+        .run(["sh", "-c", "hostname; tail -n 1 /etc/hosts"], capture_output=True, check=True)
+    )
+    assert (r.stdout or b"").split(b"\n")[:2] == [b"h\xff", b"127.0.1.1\th\xff"]
