@@ -716,18 +716,28 @@ def _prepare(c: Container) -> _Prepared:
     """The prepared plan of ``c``: made once per Container and caller identity.
 
     Made again when the caller changed: another process (a fork), another
-    euid/egid, other effective capabilities, or (for the default environment)
-    another ``TERM``.
+    euid/egid, other effective capabilities, (for the default environment)
+    another ``TERM``, or (for a root that hides the host's sockets and has no
+    overlay, whose plan is made per spawn anyway) another set of host sockets
+    to mask: ``/proc/net/unix`` is read at every spawn, so a socket that
+    appeared after the first spawn is masked too.
     """
     import weakref
 
     cap_eff = _cap_eff()
+    root = c.rootfs
+    masks = (
+        root.socket_masks()
+        if root is not None and root.hide_sockets and not root.overlays()
+        else None
+    )
     key = (
         os.getpid(),
         os.geteuid(),
         os.getegid(),
         cap_eff,
         os.environ.get("TERM") if c.env is None else None,
+        masks,
     )
     ent = _prepared.get(id(c))
     if ent is not None and ent[0]() is c and ent[1].key == key:

@@ -410,3 +410,25 @@ def test_socket_masks_keep_only_sockets_the_root_alone_shows(
     finally:
         for s in socks:
             s.close()
+
+
+@pytest.mark.root
+def test_a_socket_made_after_the_first_spawn_is_masked_too(tmp_path: Path) -> None:
+    """One Container spawned again: the host's sockets are read at every spawn.
+
+    The spawn plan is prepared once per Container; the socket masks were part
+    of it, so a socket that appeared after a Container's first spawn (a daemon
+    started later, a long-lived pytest fixture) was reachable from the next ones.
+    """
+    need_root()
+    c = nscg.Container()
+    assert c.run(["true"]).returncode == 0  # the plan is prepared now
+    path = f"/var/tmp/nscg-late-{uuid.uuid4().hex[:12]}.sock"
+    s = _listen(path)
+    try:
+        doc = _run(c, [path])
+        assert _connected(doc) == [], doc
+    finally:
+        s.close()
+        os.unlink(path)
+    assert _connected(_run(c, [path])) == []  # and gone again: nothing stale breaks
