@@ -438,21 +438,25 @@ class RootfsRun:
         """Compute the change report and release the scratch once ``proc`` is reaped."""
         _current.run = None
         if self.sock is not None:
-            self.sock[1].close()  # the child has its own copy
-            self.sock[0].setblocking(False)
+            parent, child = self.sock
+            self.sock = None
+            child.close()  # the child has its own copy
+            parent.setblocking(False)
             try:
-                _msg, fds, _f, _a = socket.recv_fds(self.sock[0], 1, 1)
+                _msg, fds, _f, _a = socket.recv_fds(parent, 1, 1)
                 self.scratch_fd = fds[0] if fds else -1
             except OSError:
                 # (sent before execve: it is there by now; else the report says so)
                 self.scratch_fd = -1
+            finally:
+                parent.close()  # one fd per live sandbox: the scratch's own
 
         def report() -> None:
             proc._changes = self.report()
 
         if self.parts or self.tops:
             proc._cleanups.append(report)
-        if self.temps or self.sock is not None:
+        if self.temps or self.scratch_fd >= 0:
             proc._cleanups.append(self.cleanup)
 
     def _open_upper(self, pt: _Part | _Top) -> int:
