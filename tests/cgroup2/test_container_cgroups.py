@@ -73,7 +73,7 @@ def test_freeze_thaw_and_kill_through_the_process() -> None:
 
 
 def test_kill_reaches_processes_that_escaped_the_session_without_pid_ns() -> None:
-    c = Container().without_namespaces("pid").with_cgroup()
+    c = Container().without_namespaces("pid").without_rootfs().with_cgroup()
     marker = f"1000.{os.getpid()}{time.time_ns() % 10**6}"
     with c.spawn(["sh", "-c", f"(setsid sleep {marker} &); sleep {marker}"]) as p:
         deadline = time.monotonic() + 5
