@@ -70,47 +70,85 @@ def _namespace_checks() -> list[Check]:
     return out
 
 
+#: uid 65534's probe: unshare() the namespaces of a default rootless sandbox
 _ROOTLESS_PROBE = (
-    "import ctypes,os,sys\n"
+    "import ctypes,os\n"
     "libc=ctypes.CDLL(None,use_errno=True)\n"
     "r=libc.unshare(0x10000000|0x20000000|0x00020000|0x40000000|0x04000000|0x08000000)\n"
-    "print('ok' if r==0 else os.strerror(ctypes.get_errno()))\n"
+    "print('ok' if r==0 else 'refused: '+os.strerror(ctypes.get_errno()))\n"
 )
+_ROOTLESS_NAME = "rootless user+pid+mount+net+uts+ipc namespaces (as uid 65534)"
+_NOBODY = 65534
+
+
+def _rootless_programs() -> list[list[str]]:
+    """The probes to try, in order: this interpreter, the system's python3, unshare(1).
+
+    The first one uid 65534 can run decides: this interpreter may live where that
+    uid cannot go (a pyenv build under a 0700 /root), but the question is about
+    the kernel, and any Python (or util-linux) can ask it.
+    """
+    unshare = ["unshare", "--user", "--pid", "--mount", "--net", "--uts", "--ipc", "--fork"]
+    return [
+        [sys.executable, "-I", "-S", "-c", _ROOTLESS_PROBE],
+        ["python3", "-I", "-S", "-c", _ROOTLESS_PROBE],
+        [*unshare, "true"],
+    ]
+
+
+def _rootless_probe(programs: list[list[str]]) -> Check:
+    """Try unshare() as uid 65534 with the first of ``programs`` that uid can run.
+
+    Returns a :class:`Check` that is True (works), False (the kernel refused, with
+    its errno text) or None (could not test: no program could run, and why).
+    """
+    import nscg
+
+    c = (
+        nscg.Container()
+        .without_rootfs()
+        .with_namespaces(nscg.Namespace.NONE)
+        .with_user(_NOBODY, _NOBODY, ())
+        .with_capabilities("inherit")
+        .with_seccomp("unconfined")
+        .with_env({"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C"})
+        .with_cwd("/")
+    )
+    could_not: list[str] = []
+    for argv in programs:
+        name = os.path.basename(argv[0])
+        try:
+            r = c.run(argv, capture_output=True, timeout=30)
+        except nscg.NscgError as e:  # not found, not executable by the uid, ...
+            could_not.append(
+                f"{argv[0]}: {os.strerror(e.errno) if isinstance(e, OSError) and e.errno else e}"
+            )
+            continue
+        out = (r.stdout or b"").decode(errors="replace").strip()
+        err = (r.stderr or b"").decode(errors="replace").strip()
+        if r.returncode == 0 and (out == "ok" or name == "unshare"):
+            return Check(_ROOTLESS_NAME, True, f"works (probed with {name})")
+        if out.startswith("refused: "):
+            return Check(_ROOTLESS_NAME, False, f"unshare(): {out[9:]} (probed with {name})")
+        if name == "unshare" and "unshare failed" in err:
+            return Check(_ROOTLESS_NAME, False, f"{err.splitlines()[-1]} (probed with unshare)")
+        last = err.splitlines()[-1] if err else f"exit status {r.returncode}"
+        could_not.append(f"{argv[0]}: {last}")  # it started but could not ask (no stdlib, ...)
+    return Check(
+        _ROOTLESS_NAME,
+        None,
+        f"could not test, because uid {_NOBODY} could run no probe: " + "; ".join(could_not),
+    )
 
 
 def _rootless_checks() -> list[Check]:
-    import nscg
     from nscg._spawn import userns_restriction, which
 
     out: list[Check] = []
     why = userns_restriction()
     out.append(Check("unprivileged user namespaces (sysctls)", why is None, why or "allowed"))
-    if os.geteuid() == 0:
-        # try it for real as uid 65534, in a throw-away process
-        c = (
-            nscg.Container()
-            .without_rootfs()
-            .with_namespaces(nscg.Namespace.NONE)
-            .with_user(65534, 65534, ())
-            .with_capabilities("inherit")
-            .with_seccomp("unconfined")
-            .with_env({"PATH": "/usr/bin:/bin"})
-        )
-        ok, detail = _try(
-            lambda: (
-                (c.run([sys.executable, "-c", _ROOTLESS_PROBE], capture_output=True).stdout or b"")
-                .decode()
-                .strip()
-            )
-        )
-        works = ok and detail == "ok"
-        out.append(
-            Check(
-                "rootless user+pid+mount+net+uts+ipc namespaces (as uid 65534)",
-                works,
-                "works" if works else detail,
-            )
-        )
+    if os.geteuid() == 0:  # try it for real as uid 65534, in a throw-away process
+        out.append(_rootless_probe(_rootless_programs()))
     for helper in ("newuidmap", "newgidmap"):
         path = which(helper)
         out.append(
