@@ -7,7 +7,9 @@ throw-away VM with a pure cgroup v2 kernel.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -39,8 +41,20 @@ def _hidden_in_sandboxes(path: Path) -> bool:
     return any(path.is_relative_to(p) for p in (Path("/tmp"), Path("/dev")))
 
 
+def shared_envdir(root: Path, uid: int) -> str:
+    """The virtualenv directory under /var/tmp of the checkout ``root``, for ``uid``.
+
+    Keyed by the checkout's path (a short hash): two checkouts on one machine
+    never share, and so never reuse, each other's virtualenvs (the test session
+    installs the checkout into its venv).
+    """
+    key = hashlib.sha256(os.fsencode(root)).hexdigest()[:12]
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", root.name)[:32]
+    return f"/var/tmp/nscg-nox-{uid}-{name}-{key}"
+
+
 if not _world_reachable(ROOT) or _hidden_in_sandboxes(ROOT):
-    nox.options.envdir = f"/var/tmp/nscg-nox-{os.getuid()}"
+    nox.options.envdir = shared_envdir(ROOT, os.getuid())
 
 
 def _install(session: nox.Session, *extra: str) -> None:
