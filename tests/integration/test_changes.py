@@ -25,7 +25,7 @@ import pytest
 
 import nscg
 from nscg import Container, RootFS, SpecError
-from tests.conftest import need_root
+from tests.conftest import need_root, static_busybox
 
 SEP = "=====nscg-listing====="
 
@@ -82,7 +82,7 @@ def make_lower(d: Path, owner: int | None = None) -> None:
     """A small root: busybox, and something for every kind of change."""
     for sub in ("bin", "a/tofile/sub", "b/c", "b/gone/sub", "b/opq/sub", "run", "var", "mnt"):
         (d / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copy("/bin/busybox", d / "bin/busybox")
+    shutil.copy(static_busybox(), d / "bin/busybox")
     for tool in ("sh", "busybox"):
         if tool != "busybox":
             os.symlink("busybox", d / "bin" / tool)
@@ -182,6 +182,7 @@ def got(ch: nscg.Changes) -> dict[str, list[str]]:
 @pytest.fixture()
 def lower() -> Iterator[Path]:
     need_root()
+    static_busybox()  # (skips before anything is made)
     d = Path(tempfile.mkdtemp(prefix="nscg-lower-", dir="/var/tmp"))
     os.chmod(d, 0o755)
     make_lower(d)
