@@ -118,7 +118,7 @@ def cases() -> dict[str, Callable[[], None] | str]:
     )
     # the levels of the spawn benchmark: isolation only, no capability or
     # seccomp changes (those are the "full" level's)
-    base = nscg.Container().with_capabilities("inherit").with_seccomp("unconfined")
+    base = nscg.Container().without_rootfs().with_capabilities("inherit").with_seccomp("unconfined")
     out["nscg no namespaces"] = _nscg(
         base.with_namespaces(nscg.Namespace.NONE).with_new_session(False)
     )

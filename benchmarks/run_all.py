@@ -114,7 +114,7 @@ def nscg_levels(cgroup: bool) -> dict[str, Any]:
     import nscg
 
     # isolation only: no capability or seccomp changes (those are the full level's)
-    base = nscg.Container().with_capabilities("inherit").with_seccomp("unconfined")
+    base = nscg.Container().without_rootfs().with_capabilities("inherit").with_seccomp("unconfined")
     full = nscg.Container().with_namespaces(NS6).with_rootfs(nscg.RootFS.host())
     out = {
         NSCG_NONE: base.with_namespaces(nscg.Namespace.NONE).with_new_session(False),

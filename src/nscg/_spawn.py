@@ -13,6 +13,7 @@ import os
 import signal
 import struct
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -27,7 +28,7 @@ from nscg.errors import (
     UnsupportedError,
 )
 from nscg.namespaces import JOIN_ORDER, IdMap, Namespace
-from nscg.process import Process, Result, Stage, reap_abandoned
+from nscg.process import Process, Result, Stage, _shielded, reap_abandoned
 
 #: The same values as subprocess.PIPE, DEVNULL and STDOUT (not imported: import time).
 PIPE = -1
@@ -235,30 +236,51 @@ def resolve_executable(
 
 
 class _Fds:
-    """fds opened for one spawn: closed in the parent right after the clone."""
+    """The fds one spawn opens, kept in C memory, never only on Python's stack.
+
+    Made by C helpers that write into ``slot`` (``nscg_pipe``, ``nscg_open``):
+    a signal handler raising right after such a call finds the fd there, and
+    the spawn's abort closes it. Slots: the error pipe, the go-ahead pipe,
+    then two per stdio stream (a pipe's ends, or /dev/null). The child's ends
+    are closed right after the clone; the caller's move to their owner.
+    """
+
+    ERR_R, ERR_W, SYNC_R, SYNC_W, CGROUP = 0, 1, 2, 3, 10
+    N = 11
 
     def __init__(self) -> None:
-        self.child_side: list[int] = []
-        self.parent_side: list[int] = []
+        self.slot = ffi.new("int32_t[]", [-1] * self.N)
+        self.child_side: list[int] = []  # slot numbers
+
+    def pipe(self, i: int, child: int) -> None:
+        """A close-on-exec pipe in slots ``i`` (read end) and ``i + 1`` (write end)."""
+        r = lib.nscg_pipe(self.slot + i)
+        if r < 0:
+            raise OSError(-r, os.strerror(-r))
+        self.child_side.append(child)
+
+    def open_devnull(self, i: int) -> None:
+        r = lib.nscg_open(b"/dev/null", os.O_RDWR | os.O_CLOEXEC, self.slot + i)
+        if r < 0:
+            raise OSError(-r, os.strerror(-r), os.devnull)
+        self.child_side.append(i)
+
+    def close(self, i: int) -> None:
+        lib.nscg_close(self.slot + i)  # (closed and forgotten in one call)
 
     def close_child_side(self) -> None:
-        for fd in self.child_side:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.child_side.clear()
+        for i in self.child_side:
+            self.close(i)
 
     def close_all(self) -> None:
-        self.close_child_side()
-        for fd in self.parent_side:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self.parent_side.clear()
+        for i in range(self.N):
+            self.close(i)
 
 
 def _stdio(
     spec: StdioSpec, target: int, fds: _Fds, stdout_fd: int | None
 ) -> tuple[int | None, int | None]:
-    """Return (fd the child gets at ``target``, parent's pipe end)."""
+    """Return (fd the child gets at ``target``, slot of the parent's pipe end)."""
     if spec is None:
         # only if open in the parent, checked now: a pipe made for a later
         # stream may take this number once it is free
@@ -267,16 +289,14 @@ def _stdio(
         except OSError:
             return None, None
         return target, None
+    base = 4 + 2 * target
     if spec == PIPE:
-        r, w = os.pipe2(os.O_CLOEXEC)
-        child, parent = (r, w) if target == 0 else (w, r)
-        fds.child_side.append(child)
-        fds.parent_side.append(parent)
-        return child, parent
+        child, parent = (base, base + 1) if target == 0 else (base + 1, base)
+        fds.pipe(base, child)
+        return int(fds.slot[child]), parent  # (the caller makes a file object of it)
     if spec == DEVNULL:
-        fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        fds.child_side.append(fd)
-        return fd, None
+        fds.open_devnull(base)
+        return int(fds.slot[base]), None
     if spec == STDOUT:
         if target != 2:
             raise SpecError("STDOUT is only valid for stderr")
@@ -497,11 +517,13 @@ def spawn(
     executable: str | None = None,
     _fault: tuple[Stage, int, int] | None = None,
     _extra_flags: int = 0,
+    _kill_if_dropped: bool = False,
 ) -> Process:
     """Spawn ``argv`` in the sandbox ``c`` (see :meth:`Container.spawn`).
 
     ``_fault`` (stage, errno, op index) makes that stage fail on purpose and
     ``_extra_flags`` adds NSCG_F_* flags: both are for tests only.
+    ``_kill_if_dropped``: the Process is killed if dropped unclosed (run()'s).
     """
     prep = _prepare(c)
     if prep.own is not None:
@@ -530,6 +552,7 @@ def spawn(
             _fault=_fault,
             _extra_flags=_extra_flags,
             _root=root,
+            _kill_if_dropped=_kill_if_dropped,
         )
     except BaseException:
         if root is not None:
@@ -538,8 +561,6 @@ def spawn(
     finally:
         if labels is not None:
             labels.run = None
-    if root is not None:
-        root.attach(proc)
     return proc
 
 
@@ -826,6 +847,7 @@ def _spawn(
     _fault: tuple[Stage, int, int] | None = None,
     _extra_flags: int = 0,
     _root: Any = None,
+    _kill_if_dropped: bool = False,
 ) -> Process:
     if isinstance(argv, (str, bytes)) or not argv:
         raise SpecError("argv must be a non-empty sequence of strings")
@@ -839,6 +861,8 @@ def _spawn(
             raise SpecError(f"namespace reference {r!r} is closed")
     if _abandoned_pending():
         reap_abandoned()
+    if _in_flight:
+        _sweep_flights()
     flags = prep.flags | _extra_flags
     if _fault is not None and _fault[0] == Stage.ID_MAPS:
         # the test hook is on the Python side
@@ -861,23 +885,26 @@ def _spawn(
     if _fault is not None:
         plan.fail_stage, plan.fail_errno, plan.fail_index = int(_fault[0]), _fault[1], _fault[2]
 
-    fds = _Fds()
-    shared: Any = None  # struct nscg_shared *, mapped from a memfd
-    cgroup: Any = None
-    sync_w = -1
-    err_r = -1
+    # From here on one guard owns everything the spawn makes (the lifetime
+    # rule: see _Flight); its abort() is the only failure path.
+    flight = _Flight(p)
+    fds = flight.fds
     try:
         # stdio and passed fds
         fdmap: list[tuple[int, int]] = []
-        parent_ends: list[int | None] = []
         out_child: int | None = None
         for target, spec in ((0, stdin), (1, stdout), (2, stderr)):
-            child_fd, parent_fd = _stdio(spec, target, fds, out_child)
+            child_fd, parent = _stdio(spec, target, fds, out_child)
             if target == 1:
                 out_child = child_fd
             if child_fd is not None:
                 fdmap.append((child_fd, target))
-            parent_ends.append(parent_fd)
+            if parent is not None:
+                # (no call between taking the fd and the file owning it: a
+                # handler's exception lands after open(), which then closes it)
+                fd = fds.slot[parent]
+                fds.slot[parent] = -1
+                flight.files[target] = open(fd, "wb" if target == 0 else "rb", buffering=0)  # noqa: SIM115
         for fd in pass_fds:
             if not isinstance(fd, int) or fd < 0:
                 raise SpecError(f"invalid fd in pass_fds: {fd!r}")
@@ -910,20 +937,18 @@ def _spawn(
             # UnsupportedError on a host that cannot give what was asked
             from nscg.cgroups import CgroupV2
 
-            cgroup = CgroupV2.create(c.cgroup.limits, parent=c.cgroup.parent)
-            cgfd = cgroup.open_fd()
-            fds.child_side.append(cgfd)
-            plan.cgroup_fd = cgfd
+            flight.cgroup = CgroupV2.create(c.cgroup.limits, parent=c.cgroup.parent)
+            fds.slot[fds.CGROUP] = flight.cgroup.open_fd()
+            fds.child_side.append(fds.CGROUP)
+            plan.cgroup_fd = fds.slot[fds.CGROUP]
         if not flags & lib.NSCG_F_VFORK:
-            err_r, err_w = os.pipe2(os.O_CLOEXEC)
-            fds.child_side.append(err_w)
-            plan.err_fd = err_w
-            plan.err_r = err_r
+            fds.pipe(fds.ERR_R, fds.ERR_W)
+            plan.err_fd = fds.slot[fds.ERR_W]
+            plan.err_r = fds.slot[fds.ERR_R]
         if flags & lib.NSCG_F_WAIT_PARENT:
-            sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
-            fds.child_side.append(sync_r)
-            plan.sync_fd = sync_r
-            plan.sync_w = sync_w
+            fds.pipe(fds.SYNC_R, fds.SYNC_R)
+            plan.sync_fd = fds.slot[fds.SYNC_R]
+            plan.sync_w = fds.slot[fds.SYNC_W]
         if c.die_with_parent:
             plan.pdeathsig = signal.SIGKILL
             plan.parent_pidfd = _own_pidfd()
@@ -939,153 +964,258 @@ def _spawn(
         # (with a pid namespace the C call makes the status page: a memfd the
         # first child writes the new pid to, and nscg-init the payload's wait
         # status; NSCG_F_MAKE_STATUS)
-        out = ffi.new("struct nscg_spawn_out *")
+        out = flight.out
         lib.nscg_spawn(plan, out)
-        if out.shared != ffi.NULL:
-            shared = out.shared
         if out.err_closed:
-            fds.child_side.remove(plan.err_fd)  # closed by the C call
+            fds.slot[fds.ERR_W] = -1  # closed by the C call
         fds.close_child_side()
-        stack = (int(out.stack_addr), int(out.stack_size))
         if out.err:
-            lib.nscg_release_stack(*stack)
             raise _clone_error(out.err, ffi.string(out.syscall).decode(), c.namespaces)
-    except BaseException:
-        fds.close_all()
-        for fd in (sync_w, err_r):
-            if fd >= 0:
-                os.close(fd)
-        if shared is not None:
-            lib.nscg_unmap_shared(shared)
-        if cgroup is not None:
-            cgroup.close()
-        raise
-
-    # The first child shares our memory until it execs or exits: its stack is
-    # released only then. With a pid namespace it forks the process that
-    # lives on (a child of ours) and exits.
-    first = _Child(int(out.pid), _above_stdio(int(out.pidfd)))
-    later: _Child | None = None
-    cleanups: list[Callable[[], None]] = []
-    try:
+        flight.check_interrupted()
         if flags & lib.NSCG_F_WAIT_PARENT:
-            if late:
-                rec = _read_record(err_r)
-                if rec is None or rec[1] != lib.NSCG_STAGE_READY:
-                    _raise_child_error(rec, c, path, joins)
-            if flags & lib.NSCG_F_PARENT_MAPS:
-                # written in C right after the clone, and the child let go
-                if out.maps_err:
-                    rec = _read_record(err_r) if _child_exited(first.pidfd) else None
-                    if rec is not None:
-                        _raise_child_error(rec, c, path, joins)
-                    what = ("uid_map", "setgroups", "gid_map", "")[min(out.maps_file, 3)]
-                    where = f"/proc/{first.pid}/{what}" if what else "the go-ahead pipe"
-                    raise SpawnError(out.maps_err, "write", Stage.ID_MAPS, -1, where)
-            else:
-                try:
-                    if _fault is not None and _fault[0] == Stage.ID_MAPS:
-                        raise SpawnError(
-                            _fault[1], "write", Stage.ID_MAPS, -1, f"/proc/{first.pid}/uid_map"
-                        )
-                    if maps is not None:
-                        _write_maps(first.pid, *maps)
-                    if cgroup is not None and (
-                        flags & lib.NSCG_F_FORCE_CLONE_FALLBACK
-                        or not lib.nscg_clone_features() & lib.NSCG_HAS_CLONE_INTO_CGROUP
-                    ):
-                        cgroup.add_pid(first.pid)  # no clone3: placed before it runs on
-                    for hook in _parent_hooks(c):
-                        cleanups.append(hook.attach(first.pid))
-                    os.write(sync_w, b"\x01")
-                except OSError:
-                    # the child died before the go: its own report explains why
-                    rec = _read_record(err_r) if _child_exited(first.pidfd) else None
-                    if rec is not None:
-                        _raise_child_error(rec, c, path, joins)
-                    raise
-            os.close(sync_w)
-            sync_w = -1
-        if out.exec_waited:
-            # done in the C call (NSCG_F_WAIT_EXEC): the first child reaped,
-            # the process it started opened, err_r read to EOF or a record
-            if flags & lib.NSCG_F_FORK_PIDNS:
-                if out.first_status != 0:
-                    _raise_child_error(_record_of(out, err_r), c, path, joins)
-                if out.pidfd2 < 0:
-                    raise SpawnError(-out.pidfd2, "pidfd_open", Stage.FORK, -1, str(out.pid2))
-                later = _Child(int(out.pid2), _above_stdio(int(out.pidfd2)))
-            rec = _record_of(out, err_r)
-            if rec is not None:
-                _raise_child_error(rec, c, path, joins)
+            # the first child waits for the go-ahead (on its own stack, in our
+            # memory); written by the C call (NSCG_F_PARENT_MAPS) or here
+            # (from the main thread on a thread of their own: no signal
+            # handler cuts a step in two; see process._shielded)
+            _shielded(
+                lambda: _parent_steps(flight, c, path, joins, flags, maps, late, _fault),
+                flight.track_steps,
+            )
+            flight.close_sync()
+        if not flags & lib.NSCG_F_VFORK and not out.exec_waited:
+            lib.nscg_spawn_wait(plan, out)  # aborts the spawn itself if a handler raised
+            flight.check_interrupted()
+        if flags & lib.NSCG_F_VFORK:  # the report (if any) is in memory
+            ce = out.child_err
+            if ce.stage:
+                if ce.stage == Stage.EXEC and not checked:
+                    # ExecutableNotFoundError if that is why (as if checked first)
+                    _resolve_in_rootfs(c, argv[0], prep.path_var, executable)
+                _raise_child_error(
+                    (ce.abi, ce.stage, ce.err, ce.index, ffi.string(ce.syscall)), c, path, joins
+                )
         else:
             if flags & lib.NSCG_F_FORK_PIDNS:
-                status = first.reap()
-                if status != 0:
-                    _raise_child_error(_read_record(err_r), c, path, joins)
-                assert shared is not None
-                g = int(shared.init_pid)
-                gfd = _above_stdio(lib.nscg_pidfd_open(g))
-                if gfd < 0:
-                    raise SpawnError(-gfd, "pidfd_open", Stage.FORK, -1, str(g))
-                later = _Child(g, gfd)
-            if err_r < 0:  # vfork-style: the report (if any) is in memory
-                ce = out.child_err
-                if ce.stage:
-                    if ce.stage == Stage.EXEC and not checked:
-                        # ExecutableNotFoundError if that is why (as if checked first)
-                        _resolve_in_rootfs(c, argv[0], prep.path_var, executable)
-                    _raise_child_error(
-                        (ce.abi, ce.stage, ce.err, ce.index, ffi.string(ce.syscall)),
-                        c,
-                        path,
-                        joins,
-                    )
-            else:
-                rec = _read_record(err_r)
-                if rec is not None:
-                    _raise_child_error(rec, c, path, joins)
+                if out.first_status != 0:
+                    _raise_child_error(_record_of(out), c, path, joins)
+                if out.pidfd2 < 0:
+                    raise SpawnError(-out.pidfd2, "pidfd_open", Stage.FORK, -1, str(out.pid2))
+            rec = _record_of(out)
+            if rec is not None:
+                _raise_child_error(rec, c, path, joins)
+        flight.close_err()
+        proc = flight.process(argv, c, prep.pid_ns, _kill_if_dropped)
+        if _root is not None:
+            _root.attach(proc)  # (its temp dirs: removed by spawn() if aborted)
+        flight.done()
     except BaseException:
-        if sync_w >= 0:
-            os.close(sync_w)
-        if err_r >= 0:
-            os.close(err_r)
-        for child in (later, first):
-            if child is not None:
-                child.kill_and_reap()
-        _run_cleanups(cleanups)
-        lib.nscg_release_stack(*stack)
-        for end in parent_ends:
-            if end is not None:
-                os.close(end)
-        if shared is not None:
-            lib.nscg_unmap_shared(shared)
-        if cgroup is not None:
-            cgroup.close()
+        flight.abort()
         raise
-    if err_r >= 0:
-        os.close(err_r)
-    lib.nscg_release_stack(*stack)  # the first child has exec'd or exited
-    main = later or first
-    proc_stdio = [
-        None if fd is None else open(fd, "wb" if i == 0 else "rb", buffering=0)  # noqa: SIM115
-        for i, fd in enumerate(parent_ends)
-    ]
-    proc = Process(
-        args=argv,
-        pid=main.pid,
-        pidfd=main.pidfd,
-        shared=shared,
-        container=c,
-        stdin=proc_stdio[0],
-        stdout=proc_stdio[1],
-        stderr=proc_stdio[2],
-        whole_sandbox_by_pid1=prep.pid_ns,
-        process_group=main.pid if c.new_session else None,
-        cgroup=cgroup,
-    )
-    proc._cleanups.extend(cleanups)
     return proc
+
+
+def _parent_steps(
+    flight: _Flight,
+    c: Container,
+    path: str,
+    joins: Sequence[Any],
+    flags: int,
+    maps: Any,
+    late: bool,
+    _fault: tuple[Stage, int, int] | None,
+) -> None:
+    """What the caller does while the first child waits for the go-ahead."""
+    out = flight.out
+    if late:
+        rec = _read_record(flight.err_r)
+        if rec is None or rec[1] != lib.NSCG_STAGE_READY:
+            _raise_child_error(rec, c, path, joins)
+    if flags & lib.NSCG_F_PARENT_MAPS:
+        # written in C right after the clone, and the child let go
+        if out.maps_err:
+            rec = _read_record(flight.err_r) if _child_exited(out.pidfd) else None
+            if rec is not None:
+                _raise_child_error(rec, c, path, joins)
+            what = ("uid_map", "setgroups", "gid_map", "")[min(out.maps_file, 3)]
+            where = f"/proc/{out.pid}/{what}" if what else "the go-ahead pipe"
+            raise SpawnError(out.maps_err, "write", Stage.ID_MAPS, -1, where)
+        return
+    try:
+        if _fault is not None and _fault[0] == Stage.ID_MAPS:
+            raise SpawnError(_fault[1], "write", Stage.ID_MAPS, -1, f"/proc/{out.pid}/uid_map")
+        if maps is not None:
+            _write_maps(out.pid, *maps)
+        cgroup = flight.cgroup
+        if cgroup is not None and (
+            flags & lib.NSCG_F_FORCE_CLONE_FALLBACK
+            or not lib.nscg_clone_features() & lib.NSCG_HAS_CLONE_INTO_CGROUP
+        ):
+            cgroup.add_pid(out.pid)  # no clone3: placed before it runs on
+        for hook in _parent_hooks(c):
+            flight.cleanups.append(hook.attach(out.pid))
+        os.write(flight.sync_w, b"\x01")
+    except OSError:
+        # the child died before the go: its own report explains why
+        rec = _read_record(flight.err_r) if _child_exited(out.pidfd) else None
+        if rec is not None:
+            _raise_child_error(rec, c, path, joins)
+        raise
+
+
+# ------------------------------------------------------- the lifetime rule
+#: Spawns between their clone and their end (handed over or aborted), by
+#: id(out): a guard's weak reference, and the plan and out struct it keeps.
+#: The memory children may use stays alive here even if a guard's abort was
+#: itself interrupted (a second signal handler raising at the wrong bytecode);
+#: the next spawn aborts what such a dropped guard left (_sweep_flights).
+_in_flight: dict[int, tuple[Any, _Plan, Any]] = {}
+
+
+class _Flight:
+    """The one guard of a spawn: the lifetime rule, enforced in one place.
+
+    From the clone on, nothing leaves the spawn until every task that shares
+    our memory or stack has exec'd or exited, and every process of a failed
+    or abandoned spawn is killed and reaped. The C waits abort the spawn
+    themselves when a signal handler raises (so they never return while a
+    child runs on the plan or a pooled stack); every other way out, any
+    exception from the clone to the hand-over, goes through :meth:`abort`,
+    which asks C to kill and reap (``nscg_spawn_abort``: pidfds, the pid-1
+    pid the kernel stored in the status page) and then closes what Python
+    holds. The plan and the stack stay alive (``p``, ``out``, and the
+    registry) until then.
+    """
+
+    def __init__(self, p: _Plan) -> None:
+        self.fds = _Fds()
+        self.files: list[Any] = [None, None, None]
+        self.cgroup: Any = None
+        self.cleanups: list[Callable[[], None]] = []
+        self.steps: Callable[[], None] | None = None
+        self.proc: Process | None = None
+        self.p = p
+        out = ffi.new("struct nscg_spawn_out *")
+        out.pid = out.pidfd = out.pidfd2 = -1
+        out.settled = 1  # (nothing to abort before the registration)
+        self.out = out
+        _in_flight[id(out)] = (weakref.ref(self), p, out)
+        out.settled = 0
+
+    def check_interrupted(self) -> None:
+        """Raise what a signal handler raised during a C wait (the spawn is aborted)."""
+        if self.out.interrupted:
+            exc = getattr(_raised, "exc", None)
+            _raised.exc = None
+            if exc is None:  # (its handler's exception was lost on the way)
+                exc = SpawnError(errno.EINTR, "waitid", Stage.NONE, detail="spawn interrupted")
+            raise exc
+
+    @property
+    def err_r(self) -> int:
+        return int(self.fds.slot[_Fds.ERR_R])
+
+    @property
+    def sync_w(self) -> int:
+        return int(self.fds.slot[_Fds.SYNC_W])
+
+    def track_steps(self, wait_end: Callable[[], None]) -> None:
+        self.steps = wait_end
+
+    def close_sync(self) -> None:
+        self.fds.close(_Fds.SYNC_W)
+
+    def close_err(self) -> None:
+        self.fds.close(_Fds.ERR_R)
+
+    def process(
+        self, argv: list[str], c: Container, pid_ns: bool, kill_if_dropped: bool
+    ) -> Process:
+        """Hand the sandbox over to a new :class:`Process` (see :meth:`done`)."""
+        out = self.out
+        main_pid, main_fd = (out.pid2, out.pidfd2) if out.pidfd2 >= 0 else (out.pid, out.pidfd)
+        shared = None if out.shared == ffi.NULL else out.shared
+        proc = self.proc = Process.__new__(Process)
+        proc.__init__(  # type: ignore[misc]  # (made first: abort() knows it at once)
+            args=argv,
+            pid=int(main_pid),
+            pidfd=int(main_fd),
+            shared=shared,
+            container=c,
+            stdin=self.files[0],
+            stdout=self.files[1],
+            stderr=self.files[2],
+            whole_sandbox_by_pid1=pid_ns,
+            process_group=int(main_pid) if c.new_session else None,
+            cgroup=self.cgroup,
+        )
+        proc._cleanups.extend(self.cleanups)
+        proc._kill_if_dropped = kill_if_dropped
+        return proc
+
+    def done(self) -> None:
+        """The Process owns the sandbox now: nothing to abort."""
+        self.out.settled = 1
+        _in_flight.pop(id(self.out), None)
+
+    def abort(self) -> None:
+        """Kill and reap every process of this spawn, then release what it holds."""
+        out = self.out
+        if out.settled:
+            return
+        lib.nscg_spawn_abort(self.p.plan, out)  # children gone: stack and page released
+        if self.proc is not None:
+            self.proc._disown()
+        if self.steps is not None:  # the parent steps' thread: its undos come after it
+            self.steps()
+        if out.err_closed:
+            self.fds.slot[_Fds.ERR_W] = -1  # (closed by the C call)
+        self.fds.close_all()
+        for f in self.files:
+            if f is not None:
+                with contextlib.suppress(OSError):
+                    f.close()
+        _run_cleanups(self.cleanups)
+        cgroup, self.cgroup = self.cgroup, None
+        if cgroup is not None:
+            with contextlib.suppress(Exception):
+                cgroup.close()
+        out.settled = 1
+        _in_flight.pop(id(out), None)
+
+    def __del__(self) -> None:
+        # only if abort() itself was cut short, or never reached
+        out = getattr(self, "out", None)
+        if out is not None and not out.settled:
+            self.abort()
+
+
+def _sweep_flights() -> None:
+    """Abort the spawns whose guard was dropped without settling (see _in_flight)."""
+    for key, (ref, p, out) in list(_in_flight.items()):
+        if ref() is None:
+            if not out.settled:
+                lib.nscg_spawn_abort(p.plan, out)
+                out.settled = 1
+            _in_flight.pop(key, None)
+
+
+#: the exception a signal handler raised during a C wait, for the waiting thread
+_raised = threading.local()
+
+
+def _keep_raised(exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+    _raised.exc = exc
+
+
+@ffi.def_extern(error=1, onerror=_keep_raised)
+def nscg_signal_raised() -> int:
+    """Run Python's signal handlers (at this call) for a C wait; 1 if one raised.
+
+    Called by the C spawn when a wait returned EINTR. CPython runs pending
+    handlers when a Python function starts, so a handler's exception is
+    raised here, kept by ``_keep_raised``, and the C call aborts the spawn.
+    """
+    return 0
 
 
 class ParentHook(Protocol):
@@ -1116,33 +1246,6 @@ def _run_cleanups(cleanups: list[Callable[[], None]]) -> None:
     cleanups.clear()
 
 
-class _Child:
-    """A child during the spawn, before it becomes a :class:`Process`."""
-
-    def __init__(self, pid: int, pidfd: int) -> None:
-        self.pid = pid
-        self.pidfd = pidfd
-
-    def reap(self) -> int:
-        """Wait for it to exit; return its raw exit code (or -signal); close the pidfd."""
-        out = ffi.new("struct nscg_wait_out *")
-        while True:
-            r = lib.nscg_wait(self.pidfd, os.WEXITED, out)
-            if r != -errno.EINTR:
-                break
-        os.close(self.pidfd)
-        self.pidfd = -1
-        if r < 0:
-            return -255
-        return int(out.status) if out.code == 1 else -int(out.status)
-
-    def kill_and_reap(self) -> None:
-        """Kill (SIGKILL) and reap it, if not reaped yet."""
-        if self.pidfd >= 0:
-            lib.nscg_pidfd_send_signal(self.pidfd, signal.SIGKILL)
-            self.reap()
-
-
 def _child_exited(pidfd: int) -> bool:
     """Whether the child has exited (waits a little: it is on its way out)."""
     import select
@@ -1154,15 +1257,9 @@ def _abandoned_pending() -> bool:
     return bool(_process_mod._abandoned)
 
 
-def _record_of(out: Any, fd: int) -> tuple[int, int, int, int, bytes] | None:
-    """The child's record read by the C call (NSCG_F_WAIT_EXEC), or None at EOF.
-
-    If a signal interrupted that read, the rest is read here, where the
-    signal's Python handler has run (and may have raised KeyboardInterrupt).
-    """
+def _record_of(out: Any) -> tuple[int, int, int, int, bytes] | None:
+    """The child's record the C wait read (err_r), or None at EOF (it exec'd)."""
     got = bytes(ffi.buffer(ffi.addressof(out, "child_err"))[: out.rec_len])
-    if out.interrupted:
-        return _read_record(fd, got)
     if len(got) != _REC.size:
         return None
     abi, stage, err, index, sc = _REC.unpack(got)
@@ -1249,7 +1346,14 @@ def run(
     if timeout is not None and not timeout >= 0:  # NaN too
         raise SpecError(f"timeout must be a non-negative number of seconds, got {timeout!r}")
     proc = spawn(
-        c, argv, stdin=stdin, stdout=stdout, stderr=stderr, pass_fds=pass_fds, executable=executable
+        c,
+        argv,
+        stdin=stdin,
+        stdout=stdout,
+        stderr=stderr,
+        pass_fds=pass_fds,
+        executable=executable,
+        _kill_if_dropped=True,  # (dropped: an exception before the with)
     )
     with proc:
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import contextlib
 import enum
@@ -163,6 +164,46 @@ def reap_abandoned() -> None:
             _abandoned.remove(proc)
 
 
+def _shielded(fn: Any, track: Any = None) -> None:
+    """Run ``fn`` where no Python signal handler can raise into it.
+
+    From the main thread: on a thread of its own (handlers run in the main
+    thread only), so that a step is never cut in two (a lock taken and not
+    released, a lease neither kept nor returned, an fd opened and lost). If the
+    wait for it is interrupted, ``fn`` still runs to its end there; ``track``
+    gets a callable that waits for that end, for whoever must wait then. Its
+    exception is raised here. (``_thread``, not ``threading``: its Event and
+    start() are not safe against a handler raising inside them.)
+    """
+    if threading.get_ident() != threading.main_thread().ident:
+        fn()
+        return
+    errors: list[BaseException] = []
+    ended = [False]
+    done = _thread.allocate_lock()
+    done.acquire()
+
+    def work() -> None:
+        try:
+            fn()
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            ended[0] = True
+            done.release()
+
+    def wait_end() -> None:
+        while not ended[0]:
+            done.acquire(timeout=0.05)
+
+    if track is not None:
+        track(wait_end)
+    _thread.start_new_thread(work, ())
+    done.acquire()
+    if errors:
+        raise errors[0]
+
+
 class Process:
     """A running sandbox: owns the pidfd of its first process.
 
@@ -190,6 +231,8 @@ class Process:
         process_group: int | None,
         cgroup: Any = None,
     ) -> None:
+        #: The exit status once reaped (negative for a signal), else None.
+        self.returncode: int | None = None
         #: The argv.
         self.args: tuple[str, ...] = tuple(args)
         #: The pid of the sandbox's first process, as seen by the caller.
@@ -200,10 +243,11 @@ class Process:
         self.stdin = stdin
         self.stdout = stdout
         self.stderr = stderr
-        #: The exit status once reaped (negative for a signal), else None.
-        self.returncode: int | None = None
         #: Resource usage once reaped.
         self.usage: Usage | None = None
+        # what the reaping call wrote: kept, so that a reap whose caller was
+        # interrupted right after it (a signal handler raising) is not lost
+        self._wout = ffi.new("struct nscg_wait_out *")
         self._pidfd = pidfd
         self._shared = shared
         self._lock = threading.RLock()  # re-entrant: signal handlers may call kill()
@@ -218,6 +262,8 @@ class Process:
         _live.add(self)
         self._changes: Any = None
         self._chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
+        #: killed if dropped unclosed (run()'s own, lost to an exception)
+        self._kill_if_dropped = False
 
     # ---------------------------------------------------------------- basics
     def fileno(self) -> int:
@@ -242,8 +288,8 @@ class Process:
         ``poll()`` a process that one thread is waiting for (a watchdog), and a
         signal handler may call them too.
         """
-        out = ffi.new("struct nscg_wait_out *")
-        if block and self.returncode is None:
+        out = self._wout
+        if block and self.returncode is None and out.pid == 0:
             self._wait_pidfd(None)  # readable once it has exited: no waitid to try first
         while True:
             with self._lock:
@@ -251,14 +297,15 @@ class Process:
                     return True
                 if self._pidfd < 0:
                     return False
-                # (with a status page: read and unmapped by the same call)
-                page = self._shared if self._shared is not None else ffi.NULL
-                r = lib.nscg_reap(self._pidfd, os.WEXITED | os.WNOHANG, out, page)
-                if r == -errno.EINTR:
-                    continue
-                if r < 0:
-                    raise SyscallError(-r, "waitid", str(self.pid))
-                if out.pid != 0:
+                if out.pid == 0:
+                    # (with a status page: read and unmapped by the same call)
+                    page = self._shared if self._shared is not None else ffi.NULL
+                    r = lib.nscg_reap(self._pidfd, os.WEXITED | os.WNOHANG, out, page)
+                    if r == -errno.EINTR:
+                        continue
+                    if r < 0:
+                        raise SyscallError(-r, "waitid", str(self.pid))
+                if out.pid != 0:  # reaped (by this call, or one cut short after it)
                     self._finalize(out)
                     return True
                 if not block:
@@ -287,30 +334,34 @@ class Process:
         self._ended = time.monotonic()
         code, status = int(out.code), int(out.status)
         rc = -status if code in (_CLD_KILLED, _CLD_DUMPED) else status
-        if self._shared is not None:
-            self._shared = None  # unmapped by nscg_reap
-            if out.has_status:
-                rc = os.waitstatus_to_exitcode(int(out.payload_status))
+        if self._shared is not None and out.has_status:
+            rc = os.waitstatus_to_exitcode(int(out.payload_status))
+        self._shared = None  # unmapped by nscg_reap
         self.usage = Usage(
             cpu_user=out.utime_usec / 1e6,
             cpu_system=out.stime_usec / 1e6,
             max_rss=int(out.maxrss_kb) * 1024,
         )
         try:
-            if self._cgroup is not None:
-                self._finish_cgroup()
-            for fn in self._cleanups:  # in the order they were added
-                try:
-                    fn()
-                except Exception as e:  # cleanup must not hide the status
-                    warnings.warn(f"nscg: cleanup after {self.pid} failed: {e!r}", stacklevel=3)
-            self._cleanups.clear()
+            if self._cgroup is not None or self._cleanups:
+                _shielded(self._end_steps)
         finally:
             self.returncode = rc
             if self._waiters:
                 self._close_pending = True
             else:
                 self._close_pidfd()
+
+    def _end_steps(self) -> None:
+        """The cgroup's end and the cleanups (network links, overlay dirs), in order."""
+        if self._cgroup is not None:
+            self._finish_cgroup()
+        for fn in self._cleanups:  # in the order they were added
+            try:
+                fn()
+            except Exception as e:  # cleanup must not hide the status
+                warnings.warn(f"nscg: cleanup after {self.pid} failed: {e!r}", stacklevel=3)
+        self._cleanups.clear()
 
     def _finish_cgroup(self) -> None:
         """After the first process is reaped: kill what is left, read usage, remove."""
@@ -340,9 +391,9 @@ class Process:
         fd, self._pidfd = self._pidfd, -1
         if fd >= 0:
             os.close(fd)
-        if self._shared is not None:
-            lib.nscg_unmap_shared(self._shared)
-            self._shared = None
+        page, self._shared = self._shared, None
+        if page is not None and self._wout.pid == 0:  # (else unmapped by nscg_reap)
+            lib.nscg_unmap_shared(page)
 
     def poll(self) -> int | None:
         """Return the exit status if the sandbox has ended, else None (never blocks)."""
@@ -540,8 +591,32 @@ class Process:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _disown(self) -> None:
+        """The spawn that made this object was aborted (see ``_spawn._Flight``).
+
+        Its processes are killed and reaped, and its pidfd and status page
+        released, by the spawn's abort: this object must not touch them.
+        """
+        self._pidfd = -1
+        self._shared = None
+        self._cgroup = None
+        self._cleanups = []
+        if getattr(self, "returncode", None) is None:  # (__init__ may have been cut short)
+            self.returncode = -_signal.SIGKILL
+        _live.discard(self)
+
     def __del__(self) -> None:
         if getattr(self, "_pidfd", -1) >= 0 and self.returncode is None:
+            if getattr(self, "_kill_if_dropped", False):
+                # run()'s own, lost between the spawn and its with: nobody
+                # will wait for it. Killed and reaped here (or, if that is cut
+                # short, at a following spawn)
+                _abandoned.append(self)
+                with contextlib.suppress(Exception):
+                    self.close()
+                if self.returncode is not None:
+                    _abandoned.remove(self)
+                return
             # Like subprocess.Popen: warn, keep the sandbox running, and reap
             # it later (at a following spawn) so it never stays a zombie.
             warnings.warn(

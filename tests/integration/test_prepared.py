@@ -287,37 +287,3 @@ def test_a_killed_caller_leaves_no_etc_files_anywhere() -> None:
     assert killed.returncode == -9 and pid
     for d in ("/dev/shm", "/tmp", "/var/tmp"):
         assert not [n for n in os.listdir(d) if n.startswith(f"nscg-etc-{pid}")]
-
-
-def test_signals_during_the_wait_for_exec_reach_python() -> None:
-    # the C call that waits for the payload's exec gives up on EINTR, so that
-    # Python's handlers run (Ctrl-C during a slow mount plan); the spawn then
-    # goes on reading in Python. A 200 us interval timer makes that happen often.
-    import signal
-
-    from nscg import _spawn as sp
-
-    hits: list[int] = []
-    seen: list[bytes] = []
-    read = sp._read_record
-
-    def spy(fd: int, buf: bytes = b"") -> tuple[int, int, int, int, bytes] | None:
-        seen.append(buf)
-        return read(fd, buf)
-
-    old = signal.signal(signal.SIGALRM, lambda *_: hits.append(1))
-    sp._read_record = spy
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.0002, 0.0002)
-        c = Container().with_rootfs(RootFS.host())
-        for _ in range(30):
-            assert c.run(["/bin/true"]).returncode == 0
-        with pytest.raises(nscg.SpawnError) as ei:  # a failure is still reported
-            spawn(c, ["/bin/true"], _fault=(Stage.MOUNTS, errno.EACCES, -1))
-        assert ei.value.stage == Stage.MOUNTS
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0, 0)
-        signal.signal(signal.SIGALRM, old)
-        sp._read_record = read
-    assert hits
-    assert seen, "no wait for exec was interrupted: the test did not test anything"

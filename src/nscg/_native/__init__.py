@@ -20,7 +20,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 __all__ = ["INIT_PATH", "check_build", "ffi", "lib"]
 
-EXPECTED_ABI = 7
+EXPECTED_ABI = 8
 _SOURCES = [
     "abi.h",
     "child.c",

@@ -6,7 +6,7 @@
  * boundary. Bump NSCG_ABI_VERSION whenever a struct or a signature changes.
  */
 
-#define NSCG_ABI_VERSION 7
+#define NSCG_ABI_VERSION 8
 
 /* ---- stages of the child's setup (reported in struct nscg_child_error) ---- */
 #define NSCG_STAGE_NONE 0
@@ -259,11 +259,13 @@ struct nscg_spawn_out {
     uint32_t exec_waited;   /* 1 once the waits are done (see interrupted) */
     int32_t first_status;   /* the first child's exit: code, or -signal */
     int32_t pid2;           /* with NSCG_F_FORK_PIDNS: the process it started */
-    int32_t pidfd2;         /* its pidfd, or -errno */
+    int32_t pidfd2;         /* its pidfd, or -1 / -errno */
     uint32_t rec_len;       /* bytes of child_err read from err_r (0: EOF) */
-    uint32_t interrupted;   /* a signal came while waiting: the caller goes on */
+    uint32_t interrupted;   /* a Python signal handler raised during a wait:
+                             * the spawn was aborted (nscg_spawn_abort) */
     uint32_t err_closed;    /* the caller's copy of err_fd is closed */
-    uint32_t reserved;
+    uint32_t settled;       /* set by the caller: the sandbox was handed over
+                             * to a Process, or the spawn aborted */
     struct nscg_shared *shared; /* NSCG_F_MAKE_STATUS: the mapped status page */
 };
 
@@ -288,6 +290,11 @@ int nscg_reap(int pidfd, int options, struct nscg_wait_out *out, struct nscg_sha
 int nscg_pidfd_open(int pid);
 int nscg_pidfd_send_signal(int pidfd, int sig);
 void nscg_release_stack(uint64_t addr, uint64_t size);
+int nscg_pipe(int32_t *fds);
+int nscg_open(const char *path, int flags, int32_t *slot);
+void nscg_close(int32_t *slot);
+int nscg_spawn_wait(const struct nscg_plan *plan, struct nscg_spawn_out *out);
+void nscg_spawn_abort(const struct nscg_plan *plan, struct nscg_spawn_out *out);
 int nscg_cap_effective(uint64_t *out);
 struct nscg_shared *nscg_map_shared(int fd);
 void nscg_unmap_shared(struct nscg_shared *page);

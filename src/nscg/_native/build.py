@@ -30,6 +30,8 @@ def source_hash() -> str:
 
 ffibuilder = FFI()
 ffibuilder.cdef((HERE / "abi.h").read_text())
+# Python code the C calls (nscg.h): not in abi.h, which the C sources include
+ffibuilder.cdef('extern "Python+C" int nscg_signal_raised(void);')
 ffibuilder.set_source(
     "nscg._native._nscg",
     '#include "nscg.h"\n',

@@ -1,6 +1,6 @@
 /* The child: everything between clone and execve.
  *
- * Rules (see DESIGN.md): only system calls, on memory the parent prepared;
+ * Rules (see docs/design.md): only system calls, on memory the parent prepared;
  * no malloc, no stdio, no locks, nothing that glibc caches per thread. A
  * failing step writes one struct nscg_child_error to the error pipe and
  * exits; the parent reads EOF on that pipe when execve succeeded. System
@@ -245,12 +245,20 @@ static long start_on_stack(const struct nscg_plan *p, int i, unsigned long extra
     args.exit_signal = (extra & CLONE_PARENT) ? 0 : SIGCHLD;
     args.stack = (uint64_t)(uintptr_t)aux_stack(p, i);
     args.stack_size = p->aux_stack_size;
+    if ((extra & CLONE_PARENT) && p->shared) {
+        /* the caller's abort path finds the new process (a child of the
+         * caller) by this pid: the kernel stores it before the process runs,
+         * in this same system call, so once we are gone it is final */
+        args.flags |= CLONE_PARENT_SETTID;
+        args.parent_tid = (uint64_t)(uintptr_t)&p->shared->init_pid;
+    }
     long pid = nscg_clone3_run(&args, fn, arg);
     if (pid == -ENOSYS) {
         /* no clone3 (Linux < 5.3): glibc's clone, whose errno is the one
          * read here (see child.h: only on this fallback) */
         pid = clone((int (*)(void *))(void *)fn, (char *)args.stack + args.stack_size,
-                    (int)(vm | extra | SIGCHLD), arg);
+                    (int)(args.flags | SIGCHLD), arg,
+                    (pid_t *)(uintptr_t)args.parent_tid);
         if (pid < 0)
             pid = -errno;
     }

@@ -22,6 +22,12 @@
 #define NSCG_BUILD_HASH "unknown"
 #endif
 
+/* A cffi callback (extern "Python+C", declared in build.py): runs Python's
+ * signal handlers from a wait of the spawn that a signal interrupted; nonzero
+ * if one raised (the exception is kept for the caller, who raises it once the
+ * spawn has been aborted). Called with the GIL released; cffi takes it. */
+int nscg_signal_raised(void);
+
 /* Exit status of a child that failed during setup (after reporting). */
 #define NSCG_CHILD_FAILED 127
 

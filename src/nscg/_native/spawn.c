@@ -146,25 +146,117 @@ static void parent_maps(const struct nscg_plan *plan, long pid, struct nscg_spaw
     out->maps_err = err;
 }
 
-/* NSCG_F_WAIT_EXEC: what the caller did in Python after the clone, here in
- * one call. The first child (and everything it started) is past execve when
- * err_r reads EOF; a failure is one record there. */
+/* ------------------------------------------------------ the lifetime rule
+ *
+ * From the clone on, nothing leaves the spawn until every task of the sandbox
+ * that shares our memory (CLONE_VM: the first child, and the process it
+ * starts in a pid namespace, with the payload it starts in turn) has exec'd
+ * or exited, and every process of a failed or abandoned spawn is killed and
+ * reaped. The plan and the children's stacks are released only after that.
+ *
+ * The waits here give up on nothing: on EINTR they let Python run its signal
+ * handlers (nscg_signal_raised, a cffi callback: Ctrl-C must work during a
+ * slow mount plan) and, if a handler raised, abort the spawn themselves
+ * (spawn_abort: SIGKILL through the pidfds, wait, reap) before returning. So
+ * this call never returns to Python with a child running on the caller's
+ * plan or stack. nscg_spawn_abort is the same abort for the caller's own
+ * failure paths (one guard object in _spawn.py calls it). */
+
+/* fds kept by the caller (pidfds) never take 0-2: the caller may have closed
+ * its stdio, and a later spawn would pass them into a sandbox as "stdin" */
+static int above_stdio(int fd)
+{
+    if (fd < 0 || fd > 2)
+        return fd;
+    int moved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+    close(fd);
+    return moved < 0 ? -errno : moved;
+}
+
+static void release_stack_of(struct nscg_spawn_out *out)
+{
+    uint64_t addr = out->stack_addr;
+    out->stack_addr = 0;
+    nscg_release_stack(addr, out->stack_size);
+}
+
+/* SIGKILL, then wait until it has exited (EINTR ignored), reap, close. */
+static void kill_reap(int32_t *pidfd)
+{
+    int fd = *pidfd;
+    siginfo_t info;
+    if (fd < 0)
+        return;
+    syscall(SYS_pidfd_send_signal, fd, SIGKILL, NULL, 0);
+    while (syscall(SYS_waitid, P_PIDFD, fd, &info, WEXITED, NULL) < 0 && errno == EINTR)
+        ;
+    close(fd);
+    *pidfd = -1;
+}
+
+static void spawn_abort(const struct nscg_plan *plan, struct nscg_spawn_out *out)
+{
+    /* the first child: once it is gone, init_pid is final (clone3 stores the
+     * pid of the process it starts through parent_tid before that process
+     * runs, and in the same system call) */
+    kill_reap(&out->pidfd);
+    if ((plan->flags & NSCG_F_FORK_PIDNS) && out->pidfd2 < 0 && out->shared) {
+        int32_t g = __atomic_load_n(&out->shared->init_pid, __ATOMIC_ACQUIRE);
+        if (g > 0) {
+            /* a child of ours not reaped yet: its pid is not reused */
+            long fd = syscall(SYS_pidfd_open, g, 0);
+            if (fd >= 0) {
+                out->pidfd2 = (int32_t)fd;
+            } else {
+                siginfo_t info;
+                kill(g, SIGKILL);
+                while (waitid(P_PID, (id_t)g, &info, WEXITED) < 0 && errno == EINTR)
+                    ;
+            }
+        }
+    }
+    /* pid 1 of a new pid namespace: its death kills every process in it */
+    kill_reap(&out->pidfd2);
+    release_stack_of(out);
+    if (out->shared) {
+        nscg_unmap_shared(out->shared);
+        out->shared = NULL;
+    }
+}
+
+void nscg_spawn_abort(const struct nscg_plan *plan, struct nscg_spawn_out *out)
+{
+    spawn_abort(plan, out);
+}
+
+/* A wait was interrupted by a signal: 0 to go on waiting, or 1 once the spawn
+ * was aborted because a Python handler raised (out->interrupted). */
+static int on_eintr(const struct nscg_plan *plan, struct nscg_spawn_out *out)
+{
+    if (!nscg_signal_raised())
+        return 0;
+    spawn_abort(plan, out);
+    out->interrupted = 1;
+    return 1;
+}
+
+/* The wait for the payload's exec (NSCG_F_WAIT_EXEC, or nscg_spawn_wait
+ * after the caller's own steps). The first child (and everything it started)
+ * is past execve when err_r reads EOF; a failure is one record there. */
 static void wait_exec(const struct nscg_plan *plan, struct nscg_spawn_out *out)
 {
-    close(plan->err_fd); /* our copy of the write end: EOF needs every copy gone */
-    out->err_closed = 1;
     if (plan->flags & NSCG_F_FORK_PIDNS) {
         siginfo_t info;
         long r;
-        memset(&info, 0, sizeof info);
-        /* the first child returns once the payload and the init have exec'd,
-         * after the whole mount plan (which may hang on a network source): on
-         * a signal, give up and let the caller's Python handlers run (Ctrl-C);
-         * the caller then waits in Python, as without NSCG_F_WAIT_EXEC */
-        r = syscall(SYS_waitid, P_PIDFD, out->pidfd, &info, WEXITED, NULL);
-        if (r < 0 && errno == EINTR) {
-            out->interrupted = 1;
-            return;
+        /* the first child returns once the payload and the init have exec'd
+         * (or failed), after the whole mount plan */
+        for (;;) {
+            memset(&info, 0, sizeof info);
+            r = syscall(SYS_waitid, P_PIDFD, out->pidfd, &info, WEXITED, NULL);
+            if (r == 0 || errno != EINTR)
+                break;
+            if (on_eintr(plan, out))
+                return;
         }
         if (r < 0)
             out->first_status = -255;
@@ -172,11 +264,15 @@ static void wait_exec(const struct nscg_plan *plan, struct nscg_spawn_out *out)
             out->first_status = info.si_code == CLD_EXITED ? info.si_status : -info.si_status;
         close(out->pidfd);
         out->pidfd = -1;
+        /* nothing runs on our memory any more: the process it started ran on
+         * a copy (a joined pid namespace), or has exec'd or exited (the first
+         * child waited for that, vfork-style) */
+        release_stack_of(out);
         if (out->first_status == 0) {
             int g = __atomic_load_n(&plan->shared->init_pid, __ATOMIC_ACQUIRE);
             long fd = syscall(SYS_pidfd_open, g, 0);
             out->pid2 = g;
-            out->pidfd2 = fd < 0 ? -errno : (int32_t)fd;
+            out->pidfd2 = fd < 0 ? -errno : above_stdio((int)fd);
         }
     }
     char *buf = (char *)&out->child_err;
@@ -184,8 +280,9 @@ static void wait_exec(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     while (got < sizeof out->child_err) {
         ssize_t n = read(plan->err_r, buf + got, sizeof out->child_err - got);
         if (n < 0 && errno == EINTR) {
-            out->interrupted = 1; /* (as above) the caller reads the rest */
-            break;
+            if (on_eintr(plan, out))
+                return;
+            continue;
         }
         if (n <= 0)
             break;
@@ -193,6 +290,62 @@ static void wait_exec(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     }
     out->rec_len = (uint32_t)got;
     out->exec_waited = 1;
+    /* EOF: every copy of the pipe's write end is gone, the first child has
+     * exec'd (or exited); after a record it is still on its way out */
+    if (got == 0)
+        release_stack_of(out);
+}
+
+/* The caller's fds for a spawn are made here, into memory the caller keeps
+ * (its guard's slots): a signal handler raising right after the call cannot
+ * lose them (see _spawn._Fds). */
+int nscg_pipe(int32_t *fds)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return -errno;
+    fds[0] = p[0];
+    fds[1] = p[1];
+    return 0;
+}
+
+int nscg_open(const char *path, int flags, int32_t *slot)
+{
+    int fd = open(path, flags | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    *slot = fd;
+    return 0;
+}
+
+void nscg_close(int32_t *slot)
+{
+    int fd = *slot;
+    *slot = -1;
+    if (fd >= 0)
+        close(fd);
+}
+
+int nscg_spawn_wait(const struct nscg_plan *plan, struct nscg_spawn_out *out)
+{
+    if (out->pid <= 0 || out->exec_waited || out->interrupted)
+        return -1;
+    wait_exec(plan, out);
+    return out->interrupted ? -1 : 0;
+}
+
+static void cloned(const struct nscg_plan *plan, struct nscg_spawn_out *out, long pid, int pidfd,
+                   unsigned long vforked)
+{
+    out->pid = (int32_t)pid;
+    out->pidfd = above_stdio(pidfd);
+    if (vforked) {
+        /* the clone returned once the child had exec'd or exited */
+        release_stack_of(out);
+        return;
+    }
+    if (plan->flags & NSCG_F_PARENT_MAPS)
+        parent_maps(plan, pid, out);
 }
 
 static void child_entry(void *plan) { nscg_child_main(plan); }
@@ -270,10 +423,7 @@ static void do_clone(const struct nscg_plan *plan, struct nscg_spawn_out *out)
         pid = nscg_clone3_run(&args, child_entry, (void *)plan);
         if (pid > 0) {
             atomic_store(&clone3_state, 1);
-            out->pid = (int32_t)pid;
-            out->pidfd = pidfd;
-            if (plan->flags & NSCG_F_PARENT_MAPS)
-                parent_maps(plan, pid, out);
+            cloned(plan, out, pid, pidfd, vforked);
             return;
         }
         if (pid != -ENOSYS) {
@@ -296,10 +446,7 @@ static void do_clone(const struct nscg_plan *plan, struct nscg_spawn_out *out)
         set_out_err(out, errno, NSCG_STAGE_CLONE, "clone");
         return;
     }
-    out->pid = (int32_t)pid;
-    out->pidfd = pidfd;
-    if (plan->flags & NSCG_F_PARENT_MAPS)
-        parent_maps(plan, pid, out);
+    cloned(plan, out, pid, pidfd, vforked);
 }
 
 /* ------------------------------------------------------------ spawner pool */
@@ -412,8 +559,13 @@ static void drop_status_fd(const struct nscg_plan *plan, struct nscg_spawn_out *
 static void finish(const struct nscg_plan *plan, struct nscg_spawn_out *out)
 {
     drop_status_fd(plan, out);
-    if ((plan->flags & NSCG_F_WAIT_EXEC) && !out->err && !out->maps_err && out->pid > 0)
+    if (out->err)
+        release_stack_of(out); /* no child */
+    if ((plan->flags & NSCG_F_WAIT_EXEC) && !out->err && !out->maps_err && out->pid > 0) {
+        close(plan->err_fd); /* our copy of the write end: EOF needs every copy gone */
+        out->err_closed = 1;
         wait_exec(plan, out);
+    }
 }
 
 /* NSCG_F_MAKE_STATUS: the page the first child writes the new pid to and
@@ -462,6 +614,7 @@ int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     out->stack_addr = 0;
     out->pid = -1;
     out->pidfd = -1;
+    out->pidfd2 = -1;
     if (plan->abi != NSCG_ABI_VERSION) {
         set_out_err(out, EINVAL, NSCG_STAGE_CLONE, "abi");
         return -1;
