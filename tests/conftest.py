@@ -180,6 +180,35 @@ def _which(name: str) -> bool:
     )
 
 
+def hidden_from_sandboxes() -> str | None:
+    """Why this interpreter or nscg is invisible in a default sandbox, or None.
+
+    ``RootFS.host()`` covers /home, /root and $HOME with an empty tmpfs: the many
+    tests that run this interpreter inside a sandbox then fail to exec it.
+    """
+    import nscg
+
+    homes = [os.path.realpath(h) for h in ("/home", "/root", os.environ.get("HOME") or "/root")]
+    for what, path in (
+        ("this interpreter", os.path.realpath(sys.executable)),
+        ("nscg", os.path.realpath(os.path.dirname(nscg.__file__))),
+    ):
+        for home in homes:
+            if home != "/" and path.startswith(home.rstrip("/") + "/"):
+                return (
+                    f"{what} ({path}) lies under {home}, which RootFS.host() hides: tests "
+                    "that run it in a sandbox fail; use an interpreter and an install outside "
+                    "the home directories (e.g. /usr/bin/python3 and a venv under /var/tmp)"
+                )
+    return None
+
+
+def pytest_report_header() -> str | None:
+    """Say up front when the suite runs from where sandboxes cannot see it."""
+    problem = hidden_from_sandboxes()
+    return f"WARNING: {problem}" if problem else None
+
+
 # ------------------------------------------------------------------ busybox
 def _has_interpreter(path: str) -> bool:
     """Whether the ELF file ``path`` names a program interpreter (is dynamically linked)."""
