@@ -460,7 +460,12 @@ def _under(path: str, top: str) -> bool:
 
 def _home_dirs() -> list[str]:
     """The host directories ``hide_home`` covers: /home, /root, ``$HOME`` and the caller's
-    home from the password database, resolved, without the ones inside another."""
+    home from the password database, resolved, without the ones inside another.
+
+    A directory the caller may neither read nor search is left alone (one
+    tmpfs less per spawn): the payload's ids map to the caller's or to ids
+    with no more rights than "others" on host-owned directories.
+    """
     cands = ["/home", "/root"]
     for home in (os.environ.get("HOME"), _pw_home()):
         if home and home.startswith("/"):
@@ -470,6 +475,8 @@ def _home_dirs() -> list[str]:
         real = os.path.realpath(c)
         if not os.path.isdir(real):
             continue
+        if not os.access(real, os.R_OK) and not os.access(real, os.X_OK):
+            continue  # closed to the caller (/root of a rootless one): closed to its payload
         odd = c not in ("/home", "/root")  # an odd $HOME must not hide a system directory
         if odd and (real.count("/") < 2 or real in _SYSTEM_DIRS):
             continue
