@@ -574,8 +574,7 @@ class RootFS:
         propagation: ``"private"`` (default: nothing propagates in or out) or
             ``"slave"`` (host mounts propagate into the sandbox, never back).
         readonly_root: remount the root mount read-only after the ops.
-        hide_sockets: when a spawn's plan is made (a Container's first
-            spawn: later spawns reuse it), mask every path socket of the host
+        hide_sockets: at every spawn, mask every path socket of the host
             that the root op (the bind or overlay of ``/``) would show and no
             later op covers (see :meth:`socket_masks`). :meth:`host` and
             :meth:`overlay` set it.
