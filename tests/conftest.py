@@ -288,6 +288,12 @@ def _no_leaks_per_module() -> Iterator[None]:
 
     sp._own_pidfd()  # opened once per process, on purpose
     sp._init_fd()
+    if os.geteuid() == 0:  # the user namespace of idmapped binds, also once
+        from nscg import _idmap
+        from nscg.namespaces import root_range
+
+        rr = root_range()
+        _idmap.userns_fd(rr.uid_map(), rr.gid_map())
     fds, kids, mounts = open_fds(), set(children()), mount_count()
     yield
     import gc

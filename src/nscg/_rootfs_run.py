@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nscg import _tree
+from nscg._idmap import chown_tree, root_owner
 from nscg._native import ffi, lib
 from nscg.errors import SpecError, SyscallError, UnsupportedError
 from nscg.namespaces import Namespace
@@ -220,6 +221,15 @@ class RootfsRun:
                     f"at most {lib.NSCG_MAX_SLOTS} are possible",
                     feature="rootfs.slots",
                 )
+            root_ids = root_owner(c)
+            if root_ids is not None:
+                # the sandbox's root (not host root) mounts the overlays: a
+                # persistent upper and the work directory beside it are its own
+                for part in self.parts:
+                    if not part.in_scratch and os.stat(part.upper).st_uid == 0:
+                        os.chown(part.upper, *root_ids)
+                for d in self.temps:
+                    chown_tree(d, root_ids)
         except BaseException:
             self.cleanup()
             raise

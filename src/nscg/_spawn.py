@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from nscg import _idmap
 from nscg import process as _process_mod
 from nscg._native import ffi, lib
 from nscg.container import DEFAULT_PATH, Container, StdioSpec
@@ -27,7 +28,7 @@ from nscg.errors import (
     TimeoutExpired,
     UnsupportedError,
 )
-from nscg.namespaces import JOIN_ORDER, IdMap, Namespace
+from nscg.namespaces import JOIN_ORDER, IdMap, Namespace, in_initial_userns, root_range
 from nscg.process import Process, Result, Stage, _shielded, reap_abandoned
 
 #: The same values as subprocess.PIPE, DEVNULL and STDOUT (not imported: import time).
@@ -251,6 +252,9 @@ class _Fds:
     def __init__(self) -> None:
         self.slot = ffi.new("int32_t[]", [-1] * self.N)
         self.child_side: list[int] = []  # slot numbers
+        #: the parent's idmapped trees (nscg._idmap.open_trees), child side too
+        self.trees: Any = ffi.NULL
+        self.n_trees = 0
 
     def pipe(self, i: int, child: int) -> None:
         """A close-on-exec pipe in slots ``i`` (read end) and ``i + 1`` (write end)."""
@@ -271,10 +275,16 @@ class _Fds:
     def close_child_side(self) -> None:
         for i in self.child_side:
             self.close(i)
+        self._close_trees()
 
     def close_all(self) -> None:
         for i in range(self.N):
             self.close(i)
+        self._close_trees()
+
+    def _close_trees(self) -> None:
+        for k in range(self.n_trees):
+            lib.nscg_close(self.trees + k)
 
 
 def _stdio(
@@ -332,6 +342,9 @@ def _plan_maps(
     gid_in = c.group if c.group is not None else 0
     uid_map = c.uid_map or (IdMap(uid_in, euid, 1),)
     gid_map = c.gid_map or (IdMap(gid_in, egid, 1),)
+    if (c.uid_map is None or c.gid_map is None) and euid == 0 and in_initial_userns():
+        # root is not host root: ids 0..65535 go to an unprivileged host range
+        uid_map, gid_map = _root_caller_maps(c, uid_map, gid_map)
     tools = []
     deny = False
     for maps, own, cap, helper in (
@@ -354,6 +367,37 @@ def _plan_maps(
             )
         tools.append(found)
     return uid_map, gid_map, tools[0], tools[1], deny
+
+
+def _root_caller_maps(
+    c: Container, uid_map: tuple[IdMap, ...], gid_map: tuple[IdMap, ...]
+) -> tuple[tuple[IdMap, ...], tuple[IdMap, ...]]:
+    """A root caller's default maps: inside 0..65535 to :func:`root_range` (per map not given)."""
+    rr = root_range()
+    if c.uid_map is None:
+        uid_map = rr.uid_map()
+    if c.gid_map is None:
+        gid_map = rr.gid_map()
+    for what, ident, maps in (
+        ("user", c.user, uid_map),
+        ("group", c.group, gid_map),
+    ):
+        if ident is not None and not any(m.contains_inside(ident) for m in maps):
+            raise SpecError(
+                f"{what} {ident} is outside the default map of a root caller's sandbox "
+                f"(ids 0..{rr.count - 1}); give a {what[0]}id map that maps it"
+            )
+    for g in c.groups or ():
+        if not any(m.contains_inside(g) for m in gid_map):
+            raise SpecError(f"supplementary group {g} is not mapped by the gid map {gid_map}")
+    return uid_map, gid_map
+
+
+def _root_elsewhere(uid_map: Sequence[IdMap], gid_map: Sequence[IdMap]) -> bool:
+    """Whether the maps give inside uid and gid 0 to other host ids than the caller's."""
+    u = next((m.outside for m in uid_map if m.contains_inside(0)), None)
+    g = next((m.outside for m in gid_map if m.contains_inside(0)), None)
+    return u is not None and g is not None and (u != os.geteuid() or g != os.getegid())
 
 
 def _write_maps(
@@ -601,6 +645,13 @@ class _Prepared:
         self.pid_ns = bool(ns & Namespace.PID)
         self.per_spawn_root = c.rootfs is not None and bool(c.rootfs.overlays())
         self.prims: list[Any] | None = None
+        #: whether writable binds get idmapped trees (see nscg._idmap)
+        self.idmap = self.maps is not None and _idmap.wants_idmap(
+            self.maps[0], self.maps[1], cap_eff
+        )
+        #: the template's idmapped binds (made per spawn), and its bind slots
+        self.idmap_binds: list[_idmap.IdBind] = []
+        self.n_slots = 0
         self.tmpl = t = _Plan()
         self.flags = self._fill(t, c, cap_eff)
         if c.rootfs is not None and not self.per_spawn_root:
@@ -609,6 +660,9 @@ class _Prepared:
             run = RootfsRun(c, self.etc)  # no overlay: nothing of its own to clean up
             run.fill(t, t.plan)
             self.prims = run.prims
+            if self.idmap:
+                self.idmap_binds = _idmap.binds_to_idmap(c.rootfs.ops, run.prims)
+            self.n_slots = _idmap.mark(t.plan, run.prims, self.idmap_binds)
 
     def _fill(self, p: _Plan, c: Container, cap_eff: int) -> int:
         """Write the static part of the plan into ``p``; return its flags."""
@@ -661,6 +715,17 @@ class _Prepared:
 
         # who the payload is
         uid_in = c.user if c.user is not None else 0
+        if maps is not None and _root_elsewhere(maps[0], maps[1]):
+            flags |= lib.NSCG_F_ROOT_EARLY
+        elif (
+            maps is None
+            and any(r.kind == Namespace.USER for r in joins)
+            and os.geteuid() == 0
+            and in_initial_userns()
+        ):
+            # a joined user namespace (another sandbox's) need not map host
+            # root: become its root, as the process that made it is
+            flags |= lib.NSCG_F_ROOT_EARLY
         if ns & Namespace.USER:
             flags |= lib.NSCG_F_SETID
             plan.uid = uid_in
@@ -879,8 +944,12 @@ def _spawn(
     plan = p.plan
     plan.path = p.cstr(path)
     plan.argv = p.cstr_array(argv)
+    idmap_binds, n_slots = prep.idmap_binds, prep.n_slots
     if _root is not None:
         _root.fill(p, plan)
+        if prep.idmap and c.rootfs is not None:
+            idmap_binds = _idmap.binds_to_idmap(c.rootfs.ops, _root.prims)
+        n_slots = _idmap.mark(plan, _root.prims, idmap_binds)
 
     if _fault is not None:
         plan.fail_stage, plan.fail_errno, plan.fail_index = int(_fault[0]), _fault[1], _fault[2]
@@ -931,6 +1000,10 @@ def _spawn(
             plan.joins = jn
             plan.n_join = len(joins)
         plan.scratch = p.array("int32_t[]", len(fdmap) + len(joins) + 4)
+        if n_slots:
+            fds.trees = p.array("int32_t[]", [-1] * n_slots)
+            fds.n_trees = n_slots
+            _idmap.open_trees(p, plan, n_slots, idmap_binds, maps, fds.trees)
 
         if c.cgroup is not None:
             # created (limits written) before anything runs; raises the clear

@@ -165,7 +165,9 @@ class Container:
     """An immutable description of a sandbox; each ``with_*`` returns a new one.
 
     The default is a sandbox in new user, pid, mount, net, uts, ipc and cgroup
-    namespaces, with the caller mapped to root inside, a minimal init as pid 1,
+    namespaces, with the caller mapped to root inside (a root caller's ids
+    0..65535 to an unprivileged host range instead: root inside is not root on
+    the host; see :func:`nscg.namespaces.root_range`), a minimal init as pid 1,
     the hostname ``nscg``, only ``lo`` (up) as network, no capabilities,
     Docker's default seccomp profile, no new privileges, a new session, a
     minimal environment, death with the calling process, and
@@ -183,7 +185,9 @@ class Container:
     Attributes:
         namespaces: the namespaces to create.
         uid_map, gid_map: id maps of a new user namespace (None: the caller's
-            uid/gid mapped to the ``user``/``group`` inside, root by default).
+            uid/gid mapped to the ``user``/``group`` inside, root by default;
+            for a root caller, ids 0..65535 to an unprivileged host range).
+            ``IdMap(0, 0, 1)`` for both makes root inside host root.
         hostname: set in a new uts namespace (None: ``nscg``).
         domainname: the NIS domain name, set in a new uts namespace.
         time_offsets: offsets of a new time namespace (needs ``Namespace.TIME``).
@@ -252,7 +256,12 @@ class Container:
         return attrs.evolve(self, namespaces=self.namespaces & ~Namespace.parse(namespaces))
 
     def with_uid_map(self, *maps: IdMap | tuple[int, int, int]) -> Container:
-        """Map uids of the new user namespace: ``IdMap(inside, outside, count)`` each."""
+        """Map uids of the new user namespace: ``IdMap(inside, outside, count)`` each.
+
+        ``with_uid_map(IdMap(0, 0, 1)).with_gid_map(IdMap(0, 0, 1))`` for a root
+        caller: root is host root (the payload owns root's host files it can
+        reach); the default maps a root caller's sandbox to an unprivileged range.
+        """
         return attrs.evolve(
             self, uid_map=tuple(m if isinstance(m, IdMap) else IdMap(*m) for m in maps)
         )
@@ -389,8 +398,9 @@ class Container:
         tokens, cloud and registry credentials), connect to every unix socket
         it can reach (the D-Bus buses, docker.sock, ssh and gpg agents,
         systemd's private socket) and open the host's /dev nodes. A root
-        caller's payload with the caller's mapping is host root for all of
-        that. The other layers (namespaces, no capabilities, seccomp) still
+        caller's payload is an unprivileged host range by default (its ids map
+        there); with ``with_uid_map(IdMap(0, 0, 1))`` it is host root for all
+        of that. The other layers (namespaces, no capabilities, seccomp) still
         apply. The working directory stays the caller's. Use it for trusted
         tools that need the caller's files; give untrusted code a root
         (:meth:`with_rootfs`) and bind only what it needs.

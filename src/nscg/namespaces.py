@@ -13,9 +13,19 @@ from collections.abc import Iterable
 import attrs
 
 from nscg._native import lib
-from nscg.errors import SpecError, SyscallError
+from nscg.errors import SpecError, SyscallError, UnsupportedError
 
-__all__ = ["IdMap", "Namespace", "NamespaceRef", "TimeOffsets"]
+__all__ = [
+    "DEFAULT_ROOT_RANGE_START",
+    "ROOT_RANGE_SIZE",
+    "IdMap",
+    "Namespace",
+    "NamespaceRef",
+    "RootRange",
+    "TimeOffsets",
+    "parse_subid",
+    "root_range",
+]
 
 
 class Namespace(enum.IntFlag):
@@ -324,3 +334,157 @@ def is_nsfs(fd: int) -> bool:
     """Whether ``fd`` looks like a namespace file (a regular, empty nsfs inode)."""
     st = os.fstat(fd)
     return stat.S_ISREG(st.st_mode) and st.st_size == 0
+
+
+# ------------------------------------------- where a root caller's ids go
+#: How many ids a root caller's sandbox gets by default: inside 0..65535.
+ROOT_RANGE_SIZE = 65536
+#: Where nscg looks for a free block of ids for a root caller's sandboxes when
+#: /etc/subuid (/etc/subgid) gives root none: 2**31 - 2**24 (0x7f000000), far
+#: above the ids distributions hand out to users (1000...60000), to
+#: newuidmap ranges (100000...) and to systemd's dynamic users (61184...65519),
+#: below systemd-nspawn's and systemd-homed's high ranges (0x80000000 up), and
+#: a multiple of 65536 (as nspawn's and podman's blocks are).
+DEFAULT_ROOT_RANGE_START = 2**31 - 2**24
+#: The host files :func:`root_range` reads (tests point them elsewhere).
+ID_FILES: dict[str, str] = {
+    "subuid": "/etc/subuid",
+    "subgid": "/etc/subgid",
+    "passwd": "/etc/passwd",
+    "group": "/etc/group",
+}
+
+
+def parse_subid(text: str) -> list[tuple[str, int, int]]:
+    """The ``(owner, start, count)`` entries of an /etc/subuid or /etc/subgid text.
+
+    Blank lines and ``#`` comments are skipped, and so are malformed lines
+    (shadow-utils' newuidmap ignores them too).
+    """
+    out: list[tuple[str, int, int]] = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(":")
+        if len(parts) != 3 or not parts[0]:
+            continue
+        try:
+            start, count = int(parts[1]), int(parts[2])
+        except ValueError:
+            continue
+        if start < 0 or count <= 0 or start + count > 2**32 - 1:
+            continue
+        out.append((parts[0], start, count))
+    return out
+
+
+def _ids_in(path: str, field: int) -> set[int]:
+    """The numeric ids in column ``field`` of a passwd/group style file."""
+    out: set[int] = set()
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                parts = line.split(":")
+                if len(parts) > field and parts[field].strip().isdigit():
+                    out.add(int(parts[field]))
+    except OSError:
+        pass
+    return out
+
+
+def _read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+@attrs.frozen
+class RootRange:
+    """The host ids a root caller's sandbox maps inside 0..count-1 to.
+
+    Attributes:
+        uid, gid: the first host uid and gid of the range.
+        count: its size (:data:`ROOT_RANGE_SIZE`).
+        uid_source, gid_source: where each came from: the file it was read from
+            (``/etc/subuid``) or ``"default"`` (the fixed range, checked free).
+    """
+
+    uid: int
+    gid: int
+    count: int = ROOT_RANGE_SIZE
+    uid_source: str = "default"
+    gid_source: str = "default"
+
+    def uid_map(self) -> tuple[IdMap, ...]:
+        """The sandbox's uid map: inside 0.. to the host range."""
+        return (IdMap(0, self.uid, self.count),)
+
+    def gid_map(self) -> tuple[IdMap, ...]:
+        """The sandbox's gid map: inside 0.. to the host range."""
+        return (IdMap(0, self.gid, self.count),)
+
+
+def _pick(kind: str, used_ids: set[int], names: tuple[str, ...]) -> tuple[int, str]:
+    """The start of a root caller's range of ``kind`` ("subuid" or "subgid")."""
+    path = ID_FILES[kind]
+    text = _read_text(path)
+    entries = parse_subid(text) if text is not None else []
+    for owner, start, count in entries:
+        if owner in names and count >= ROOT_RANGE_SIZE:
+            return start, path
+    # the fixed range: the first block of ROOT_RANGE_SIZE ids from
+    # DEFAULT_ROOT_RANGE_START up that no account, group or other subid
+    # range of the host uses
+    taken = [(s, s + n) for _o, s, n in entries]
+    for k in range(256):
+        lo = DEFAULT_ROOT_RANGE_START + k * ROOT_RANGE_SIZE
+        hi = lo + ROOT_RANGE_SIZE
+        if any(i for i in used_ids if lo <= i < hi):
+            continue
+        if any(s < hi and lo < e for s, e in taken):
+            continue
+        return lo, "default"
+    raise UnsupportedError(
+        f"no free block of {ROOT_RANGE_SIZE} ids from {DEFAULT_ROOT_RANGE_START} up for a root "
+        f"caller's sandboxes; give root one in {path} (root:START:65536)",
+        feature="idmap.range",
+    )
+
+
+_root_range_cache: dict[tuple[str, ...], RootRange] = {}
+
+
+def root_range() -> RootRange:
+    """The host ids a root caller's sandboxes map their ids 0..65535 to.
+
+    root's entry of /etc/subuid (/etc/subgid) if it has one of at least 65536
+    ids (owner ``root`` or ``0``), as podman and LXC read it; otherwise the
+    first block of 65536 ids from :data:`DEFAULT_ROOT_RANGE_START` up that no
+    user of /etc/passwd (group of /etc/group) and no subuid (subgid) range of
+    another user touches. Only these local files are checked, not NSS
+    sources such as LDAP or systemd's dynamic users (which stay below 65536).
+    Read once per process (per :data:`ID_FILES`).
+
+    Raises:
+        UnsupportedError: no free block.
+    """
+    key = tuple(ID_FILES[k] for k in ("subuid", "subgid", "passwd", "group"))
+    hit = _root_range_cache.get(key)
+    if hit is not None:
+        return hit
+    names = ("root", "0")
+    uid, usrc = _pick("subuid", _ids_in(ID_FILES["passwd"], 2), names)
+    gids = _ids_in(ID_FILES["group"], 2) | _ids_in(ID_FILES["passwd"], 3)
+    gid, gsrc = _pick("subgid", gids, names)
+    rr = RootRange(uid, gid, ROOT_RANGE_SIZE, usrc, gsrc)
+    _root_range_cache[key] = rr
+    return rr
+
+
+def in_initial_userns() -> bool:
+    """Whether this process lives in the initial user namespace (its uid map is the identity)."""
+    text = _read_text("/proc/self/uid_map")
+    return text is not None and text.split() == ["0", "0", "4294967295"]

@@ -211,6 +211,14 @@ def with_submount(lower: Path, code: str, *, nobody: bool = False) -> dict[str, 
     return out
 
 
+def own(tree: Path) -> None:
+    """Give the tree to a root caller's sandbox root, an unprivileged host range
+    (docs/security.md), as host root's files were root's inside before."""
+    rr = nscg.namespaces.root_range()
+    for p in [tree, *tree.rglob("*")]:
+        os.lchown(p, rr.uid, rr.gid)
+
+
 SPLIT_RUN = """
 import json, nscg
 r = nscg.Container().with_rootfs(
@@ -277,6 +285,7 @@ def _run(c: Container, root: RootFS) -> tuple[nscg.Result, View]:
 def test_report_matches_find_as_root(lower: Path, userns: bool) -> None:
     if userns:
         need_user_xattrs_on_tmpfs()
+        own(lower)
     before = host_view(lower)
     c = Container() if userns else Container().without_namespaces("user")
     r, after = _run(c, RootFS.overlay([str(lower)], proc=False, dev=False))
@@ -287,6 +296,7 @@ def test_report_matches_find_as_root(lower: Path, userns: bool) -> None:
 
 
 def test_top_level_writes_are_reported_in_the_split_root(lower: Path) -> None:
+    own(lower)
     need_user_xattrs_on_tmpfs()
     before = host_view(lower)
     out, after = _split(lower, nobody=False)
@@ -333,6 +343,8 @@ def test_an_upper_inside_a_lower_is_refused(lower: Path) -> None:
 
 @pytest.mark.parametrize("userns", [False, True], ids=["no-userns", "userns"])
 def test_devices_fifos_and_sockets_in_the_upper(lower: Path, userns: bool) -> None:
+    if userns:
+        own(lower)
     c = Container() if userns else Container().without_namespaces("user")
     c = c.with_capabilities("inherit")  # (CAP_MKNOD)
     script = "busybox mkfifo /a/p && busybox mknod /a/null c 1 3; busybox mknod /a/wh c 0 0; "
@@ -350,6 +362,7 @@ def test_devices_fifos_and_sockets_in_the_upper(lower: Path, userns: bool) -> No
 
 
 def test_a_chain_deeper_than_path_max_is_reported_truncated_and_cleaned(lower: Path) -> None:
+    own(lower)
     # (built bottom-up with short names: a shell cannot cd deeper than PATH_MAX)
     script = "cd /a && mkdir d && i=1 && while [ $i -lt 5000 ]; do "
     script += "mkdir n && mv d n/d && mv n d && i=$((i+1)); done; echo ok"
@@ -374,6 +387,7 @@ def test_a_chain_deeper_than_path_max_is_reported_truncated_and_cleaned(lower: P
 
 @pytest.mark.slow
 def test_many_files_are_bounded_and_cleaned(lower: Path) -> None:
+    own(lower)
     script = "mkdir /a/many && cd /a/many && busybox seq 1 250000 | busybox xargs touch; echo ok"
     out, left = in_private_shm(
         dedent(f"""
@@ -391,6 +405,7 @@ def test_many_files_are_bounded_and_cleaned(lower: Path) -> None:
 
 
 def test_the_report_is_json_serialisable_with_its_flag(lower: Path) -> None:
+    own(lower)
     r = (
         Container()
         .with_rootfs(RootFS.overlay([str(lower)], proc=False, dev=False))
@@ -403,6 +418,7 @@ def test_the_report_is_json_serialisable_with_its_flag(lower: Path) -> None:
 
 
 def test_a_full_tmp_area_is_a_typed_error_or_not_needed(lower: Path) -> None:
+    own(lower)
     out, _left = in_private_shm(
         dedent(f"""
         import json, os, subprocess, nscg
@@ -441,6 +457,7 @@ def test_a_full_tmp_area_is_a_typed_error_or_not_needed(lower: Path) -> None:
 
 
 def test_a_full_scratch_is_enospc_inside_and_nothing_outside(lower: Path) -> None:
+    own(lower)
     c = Container().with_rootfs(
         RootFS.overlay([str(lower)], proc=False, dev=True, upper_size=1 << 20, shm_size=1 << 20)
     )

@@ -187,6 +187,7 @@ def test_setup_failure_is_status_125_with_an_error_document() -> None:
 
 def test_bind_ro_bind_tmpfs_env_cwd_uid(tmp_path: Path) -> None:
     (tmp_path / "w").mkdir()
+    os.chown(tmp_path / "w", 1000, 100)  # (as root the bind is idmapped: ids as on the host)
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "f").write_text("ro\n")
     script = (
@@ -250,8 +251,11 @@ def test_keep_upper_inside_the_lower_is_refused(tmp_path: Path) -> None:
 
 
 def _keep_upper(upper: Path) -> None:
+    # (as root: the upper below a 0700 directory of root is out of reach of the
+    # sandbox's root, an unprivileged range; root is host root here, docs/security.md)
+    old = ["--uid-map", "0:0:1", "--gid-map", "0:0:1"] if os.geteuid() == 0 else []
     r, doc = nscg_json(
-        "run", "--keep-upper", str(upper), "--",
+        "run", "--keep-upper", str(upper), *old, "--",
         "sh", "-c", "echo hi > /etc/nscg-cli-test; rm -f /etc/hostname",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr

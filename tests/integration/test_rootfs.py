@@ -137,6 +137,7 @@ def test_symlink_in_root_cannot_lead_outside(tmp_path: Path) -> None:
     # an absolute and a relative link that would leave the root if followed on the host
     (root / "abs").symlink_to("/etc")
     (root / "rel").symlink_to("../../../../../../../../etc")
+    tmp_path.chmod(0o755)  # bound read-only below: readable by the sandbox's root
     spec = (
         RootFS.from_directory(root, readonly=False, proc=False, dev=False)
         .tmpfs("/abs")
@@ -194,6 +195,9 @@ def _host_untouched(d: Path) -> None:
 
 
 def test_overlay_change_report_as_root(playground: Path) -> None:
+    # root inside is an unprivileged host range: the files it changes are its own
+    rr = nscg.namespaces.root_range()
+    subprocess.run(["chown", "-R", f"{rr.uid}:{rr.gid}", str(playground)], check=True)
     r = (
         Container()
         .with_rootfs(RootFS.overlay())

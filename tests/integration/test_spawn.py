@@ -43,7 +43,11 @@ def test_default_sandbox_isolation() -> None:
         assert p["ns"][kind] != host_ns(kind), kind
     assert p["ns"]["time"] == host_ns("time")
     assert p["uid"] == 0 and p["gid"] == 0
-    assert p["uid_map"] == ["0", str(os.geteuid()), "1"]
+    if os.geteuid() == 0:  # root is not host root: an unprivileged host range
+        rr = nscg.namespaces.root_range()
+        assert p["uid_map"] == ["0", str(rr.uid), "65536"]
+    else:
+        assert p["uid_map"] == ["0", str(os.geteuid()), "1"]
     assert p["nnp"] == "1"
     assert p["sid"] == p["pid"]  # a new session, led by the payload
     assert p["fds"][:3] == [0, 1, 2] and max(p["fds"]) <= 3  # 3: the probe's own listdir

@@ -35,6 +35,7 @@ ALLOWED = {
     # our own
     "nscg_clone3_run",
     "nscg_setup_mounts",
+    "nscg_open_bind_sources",
     "nscg_fail",
 }
 

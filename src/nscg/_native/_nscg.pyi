@@ -87,6 +87,8 @@ class _Lib:
     NSCG_MNT_CREATE_DIR: Final[int]
     NSCG_MNT_CREATE_FILE: Final[int]
     NSCG_MNT_OPTIONAL: Final[int]
+    NSCG_MNT_FROM_FD: Final[int]
+    NSCG_FD_NOT_OPENED: Final[int]
     NSCG_MOUNTS_ACTIVE: Final[int]
     NSCG_MOUNTS_SLAVE: Final[int]
     NSCG_MOUNTS_ROOT_RDONLY: Final[int]
@@ -108,6 +110,7 @@ class _Lib:
     NSCG_F_PARENT_MAPS: Final[int]
     NSCG_F_WAIT_EXEC: Final[int]
     NSCG_F_MAKE_STATUS: Final[int]
+    NSCG_F_ROOT_EARLY: Final[int]
     def nscg_abi_version(self) -> int: ...
     def nscg_build_hash(self) -> Any: ...
     def nscg_clone_features(self) -> int: ...
@@ -124,6 +127,9 @@ class _Lib:
     def nscg_spawn_abort(self, plan: Any, out: Any) -> None: ...
     def nscg_cap_effective(self, out: Any) -> int: ...
     def nscg_map_shared(self, fd: int) -> Any: ...
+    def nscg_detached_tree(
+        self, path: bytes, recursive: int, attr_set: int, userns_fd: int, step: Any, out: Any
+    ) -> int: ...
     def nscg_unmap_shared(self, page: Any) -> None: ...
 
 ffi: _FFI

@@ -71,6 +71,11 @@
 /* with NSCG_F_FORK_PIDNS: nscg_spawn makes the status page itself (a memfd,
  * mapped; nscg_spawn_out.shared) and closes its fd after the clone */
 #define NSCG_F_MAKE_STATUS 262144
+/* in a new user namespace whose maps give inside ids 0 to other host ids than
+ * the caller's: become uid/gid 0 inside right after the maps are written, so
+ * that the mount plan creates files and directories as the sandbox's root
+ * (the caller's own ids are not mapped there: EOVERFLOW) */
+#define NSCG_F_ROOT_EARLY 524288
 
 /* ---- mount plan: kinds of struct nscg_mount_op (see mount.c) ---- */
 #define NSCG_MOUNT_BIND 1
@@ -105,6 +110,13 @@
 #define NSCG_MNT_CREATE_DIR 32
 #define NSCG_MNT_CREATE_FILE 64
 #define NSCG_MNT_OPTIONAL 128
+/* a bind whose detached mount the parent made (an idmapped tree: see
+ * nscg/_idmap.py): the child moves plan->mount_fds[op->fd_index] into place
+ * instead of calling open_tree and mount_setattr itself */
+#define NSCG_MNT_FROM_FD 256
+/* a slot of nscg_plan.mount_fds whose tree the child opens in op_bind; -1:
+ * an optional source that does not exist */
+#define NSCG_FD_NOT_OPENED -2
 
 /* ---- flags of the whole mount plan (nscg_plan.mount_flags) ---- */
 #define NSCG_MOUNTS_ACTIVE 1
@@ -180,6 +192,8 @@ struct nscg_mount_op {
     const char *dest;
     const char *fstype;
     char *const *options;
+    int32_t fd_index; /* a bind: its slot in nscg_plan.mount_fds, or -1 */
+    uint32_t reserved;
 };
 
 struct nscg_plan {
@@ -239,6 +253,14 @@ struct nscg_plan {
     uint32_t reserved2;
     int32_t scratch_sock;             /* the scratch tmpfs's fd is sent here (or -1) */
     uint32_t reserved3;
+    /* one slot per bind (nscg_mount_op.fd_index): a detached mount made by
+     * the parent (NSCG_MNT_FROM_FD), or NSCG_FD_NOT_OPENED for the child to
+     * open (with NSCG_F_ROOT_EARLY it does so before it becomes root, see
+     * nscg_open_bind_sources). The child moves the parent's fds above
+     * fd_floor (close-on-exec) and writes the new numbers back */
+    int32_t *mount_fds;
+    int32_t n_mount_fds;
+    uint32_t reserved4;
 };
 
 struct nscg_spawn_out {
@@ -298,3 +320,11 @@ void nscg_spawn_abort(const struct nscg_plan *plan, struct nscg_spawn_out *out);
 int nscg_cap_effective(uint64_t *out);
 struct nscg_shared *nscg_map_shared(int fd);
 void nscg_unmap_shared(struct nscg_shared *page);
+/* In the parent: a detached copy of the tree at path (open_tree
+ * OPEN_TREE_CLONE [| AT_RECURSIVE]) with attr_set applied (mount_setattr),
+ * idmapped through the user namespace userns_fd when it is >= 0. The mount fd
+ * (close-on-exec) is stored in *out (C memory the spawn's abort closes) and
+ * 0 returned, or -errno; *step says which call failed (0 open_tree, 1
+ * mount_setattr). */
+int nscg_detached_tree(const char *path, int recursive, uint64_t attr_set, int userns_fd, int *step,
+                       int32_t *out);

@@ -140,6 +140,13 @@ static void setup_fds(struct child_ctx *c)
         if (nkeep < (int)(sizeof keep / sizeof keep[0]))
             keep[nkeep++] = *slot;
     }
+    for (int i = 0; i < p->n_mount_fds; i++) {
+        if (p->mount_fds[i] < 0)
+            continue;
+        STEP(c, NSCG_STAGE_FDS, i, "fcntl", p->mount_fds[i] = dup_above(p->mount_fds[i], floor));
+        if (nkeep < (int)(sizeof keep / sizeof keep[0]))
+            keep[nkeep++] = p->mount_fds[i];
+    }
     for (int i = 0; i < p->n_fdmap; i++)
         /* (dup3: scratch[i] is above the floor, never equal to dst) */
         STEP(c, NSCG_STAGE_FDS, i, "dup2", SYS3(SYS_dup3, scratch[i], p->fdmap[i].dst, 0));
@@ -220,6 +227,21 @@ static void set_pdeathsig(struct child_ctx *c)
         if (SYS5(SYS_ppoll, &pfd, 1, &now, NULL, 0) > 0)
             nscg_exit(NSCG_CHILD_FAILED);
     }
+}
+
+/* Become root of the new user namespace (its maps are written by now): the
+ * caller's own ids may not be mapped there, and files the mount plan creates
+ * must belong to a mapped id. The capabilities stay (the new euid is the
+ * namespace's root); a credential change clears the parent-death signal. */
+static void become_root(struct child_ctx *c)
+{
+    STEP(c, NSCG_STAGE_SETGID, -1, "setresgid", SYS3(SYS_setresgid, 0, 0, 0));
+    STEP(c, NSCG_STAGE_SETUID, -1, "setresuid", SYS3(SYS_setresuid, 0, 0, 0));
+    /* the uid change made this process non-dumpable: its /proc files would
+     * belong to host root, and it could not write its own timens_offsets
+     * (the payload's execve sets dumpability again) */
+    STEP(c, NSCG_STAGE_SETUID, -1, "prctl", SYS5(SYS_prctl, PR_SET_DUMPABLE, 1, 0, 0, 0));
+    set_pdeathsig(c);
 }
 
 /* The extra stacks: the parent mapped them below the first child's own.
@@ -420,6 +442,10 @@ void nscg_child_main(const struct nscg_plan *p)
     if (c->sync_fd >= 0) {
         SYS1(SYS_close, c->sync_fd);
         c->sync_fd = -1;
+    }
+    if (p->flags & NSCG_F_ROOT_EARLY) {
+        nscg_open_bind_sources(c);
+        become_root(c);
     }
 
     /* A pid namespace (new or joined) applies to children only: start the

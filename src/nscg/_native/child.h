@@ -112,5 +112,7 @@ __attribute__((noreturn)) static inline void nscg_exit(int code)
 
 /* mount.c: the mount plan and pivot_root, in the new mount namespace. */
 void nscg_setup_mounts(struct child_ctx *c);
+/* Clone the trees of the plan's binds now, with the caller's ids (mount.c). */
+void nscg_open_bind_sources(struct child_ctx *c);
 
 #endif

@@ -94,6 +94,7 @@
 #define NSCG_ATTR_NOSUID 0x00000002
 #define NSCG_ATTR_NODEV 0x00000004
 #define NSCG_ATTR_NOEXEC 0x00000008
+#define NSCG_ATTR_IDMAP 0x00100000
 #define NSCG_RESOLVE_NO_MAGICLINKS 0x02
 #define NSCG_RESOLVE_IN_ROOT 0x10
 
@@ -290,17 +291,36 @@ static void attach(struct mctx *m, int i, const struct nscg_mount_op *op, uint32
 static void op_bind(struct mctx *m, int i, const struct nscg_mount_op *op)
 {
     struct child_ctx *c = m->c;
+    const struct nscg_plan *p = c->p;
     unsigned rec = (op->flags & NSCG_MNT_RECURSIVE) ? AT_RECURSIVE : 0;
-    STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree", 0);
-    int tree = (int)sys_open_tree(AT_FDCWD, op->source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec);
-    if (tree < 0) {
-        if (tree == -ENOENT && (op->flags & NSCG_MNT_OPTIONAL))
-            return;
-        fail(c, NSCG_STAGE_MOUNTS, -tree, i, "open_tree");
+    int tree;
+    int slot = (op->fd_index >= 0 && op->fd_index < p->n_mount_fds) ? p->mount_fds[op->fd_index]
+                                                                     : NSCG_FD_NOT_OPENED;
+    if (slot != NSCG_FD_NOT_OPENED) {
+        /* cloned already, with its attributes set: by the parent (an
+         * idmapped tree, NSCG_MNT_FROM_FD: mount_setattr with
+         * MOUNT_ATTR_IDMAP needs CAP_SYS_ADMIN in the user namespace owning
+         * the filesystem, which this process does not have) or by
+         * nscg_open_bind_sources; moving it into place is all that is left */
+        tree = slot;
+        p->mount_fds[op->fd_index] = -1; /* consumed (attach closes it) */
+        if (tree < 0 && (op->flags & NSCG_MNT_OPTIONAL))
+            return; /* no source */
+        if (tree < 0)
+            fail(c, NSCG_STAGE_MOUNTS, EBADF, i, "move_mount");
+        STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount", 0);
+    } else {
+        STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree", 0);
+        tree = (int)sys_open_tree(AT_FDCWD, op->source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec);
+        if (tree < 0) {
+            if (tree == -ENOENT && (op->flags & NSCG_MNT_OPTIONAL))
+                return;
+            fail(c, NSCG_STAGE_MOUNTS, -tree, i, "open_tree");
+        }
+        uint64_t a = attrs_of(op->flags);
+        if (a)
+            STEP(c, NSCG_STAGE_MOUNTS, i, "mount_setattr", sys_setattr(tree, rec, a));
     }
-    uint64_t a = attrs_of(op->flags);
-    if (a)
-        STEP(c, NSCG_STAGE_MOUNTS, i, "mount_setattr", sys_setattr(tree, rec, a));
     uint32_t flags = op->flags;
     if ((flags & NSCG_MNT_CREATE_DIR) && (flags & NSCG_MNT_CREATE_FILE)) {
         /* a missing mount point is made like the source: what the source is
@@ -422,7 +442,10 @@ static void op_mask(struct mctx *m, int i, const struct nscg_mount_op *op)
     STEP(c, NSCG_STAGE_MOUNTS, i, "openat2", 0);
     int fd = open_in_root(m->root, op->dest, 0);
     if (fd < 0) {
-        if (fd == -ENOENT)
+        /* a path the sandbox's root cannot reach (below a 0700 directory of
+         * host root, when root inside is not host root) the payload cannot
+         * reach either: nothing to hide */
+        if (fd == -ENOENT || fd == -EACCES)
             return;
         fail(c, NSCG_STAGE_MOUNTS, -fd, i, "openat2");
     }
@@ -673,6 +696,44 @@ static void op_slot(struct mctx *m, int i, const struct nscg_mount_op *op)
     m->slots[k] = -1; /* closed by attach, or the root now (m->root owns it) */
 }
 
+/* Clone the source tree of every bind of the plan (open_tree, and
+ * mount_setattr of its flags) before the child becomes the sandbox's root
+ * (NSCG_F_ROOT_EARLY): a bind source is the caller's choice and is looked up
+ * with the caller's ids, as it was before root inside stopped being the
+ * caller; the plan then runs as the sandbox's root. The trees are clones made
+ * in this mount namespace (their mounts stay locked as the kernel locks
+ * copies into a less privileged namespace) after "/" is made private, so
+ * they carry no propagation to or from the host. A tree not used because the
+ * plan failed is closed at exit (close-on-exec). */
+void nscg_open_bind_sources(struct child_ctx *c)
+{
+    const struct nscg_plan *p = c->p;
+    unsigned long prop = (p->mount_flags & NSCG_MOUNTS_SLAVE) ? MS_SLAVE : MS_PRIVATE;
+    if (!(p->mount_flags & NSCG_MOUNTS_ACTIVE))
+        return;
+    STEP(c, NSCG_STAGE_MOUNTS, -1, "mount", SYS5(SYS_mount, NULL, "/", NULL, MS_REC | prop, NULL));
+    for (int i = 0; i < p->n_mounts; i++) {
+        const struct nscg_mount_op *op = &p->mounts[i];
+        if (op->kind != NSCG_MOUNT_BIND || op->fd_index < 0 || op->fd_index >= p->n_mount_fds ||
+            p->mount_fds[op->fd_index] != NSCG_FD_NOT_OPENED)
+            continue;
+        unsigned rec = (op->flags & NSCG_MNT_RECURSIVE) ? AT_RECURSIVE : 0;
+        STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree", 0);
+        int tree = (int)sys_open_tree(AT_FDCWD, op->source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec);
+        if (tree < 0) {
+            if (tree == -ENOENT && (op->flags & NSCG_MNT_OPTIONAL)) {
+                p->mount_fds[op->fd_index] = -1;
+                continue;
+            }
+            fail(c, NSCG_STAGE_MOUNTS, -tree, i, "open_tree");
+        }
+        uint64_t a = attrs_of(op->flags);
+        if (a)
+            STEP(c, NSCG_STAGE_MOUNTS, i, "mount_setattr", sys_setattr(tree, rec, a));
+        p->mount_fds[op->fd_index] = tree;
+    }
+}
+
 void nscg_setup_mounts(struct child_ctx *c)
 {
     const struct nscg_plan *p = c->p;
@@ -775,4 +836,31 @@ void nscg_setup_mounts(struct child_ctx *c)
     detach_above_root(m);
     STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "chdir", SYS1(SYS_chdir, "/"));
     SYS1(SYS_close, m->root);
+}
+
+/* Not part of the child: the parent's half of NSCG_MNT_FROM_FD (abi.h). */
+int nscg_detached_tree(const char *path, int recursive, uint64_t attr_set, int userns_fd, int *step,
+                       int32_t *out)
+{
+    unsigned rec = recursive ? AT_RECURSIVE : 0;
+    *step = 0;
+    int tree = (int)sys_open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec);
+    if (tree < 0)
+        return tree;
+    struct nscg_mount_attr a;
+    memset(&a, 0, sizeof a);
+    a.attr_set = attr_set;
+    a.propagation = MS_PRIVATE; /* no peer of the host's mounts */
+    if (userns_fd >= 0) {
+        a.attr_set |= NSCG_ATTR_IDMAP;
+        a.userns_fd = (uint64_t)userns_fd;
+    }
+    *step = 1;
+    long r = SYS5(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | rec, &a, sizeof a);
+    if (r < 0) {
+        SYS1(SYS_close, tree);
+        return (int)r;
+    }
+    *out = tree;
+    return 0;
 }
