@@ -433,7 +433,8 @@ static void op_readonly(struct mctx *m, int i, const struct nscg_mount_op *op)
 }
 
 /* Hide op->dest: /dev/null over a file, an empty read-only tmpfs over a
- * directory; a path that does not exist is skipped. Every directory mask is
+ * directory; a path that does not exist, or is removed before the mount is
+ * attached (move_mount: ENOENT), is skipped. Every directory mask is
  * the same tmpfs: the first one is made, the others are binds of it (one
  * superblock per sandbox instead of one per masked directory). */
 static void op_mask(struct mctx *m, int i, const struct nscg_mount_op *op)
@@ -471,7 +472,16 @@ static void op_mask(struct mctx *m, int i, const struct nscg_mount_op *op)
         STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree",
              mnt = (int)sys_open_tree(AT_FDCWD, "/dev/null", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC));
     }
-    STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount", sys_move_to(mnt, fd));
+    long moved = sys_move_to(mnt, fd);
+    if (moved == -ENOENT) {
+        /* unlinked since openat2 (a host socket going away): nothing left to
+         * hide there, as when openat2 finds nothing */
+        SYS1(SYS_close, mnt);
+        SYS1(SYS_close, fd);
+        return;
+    }
+    if (moved < 0)
+        fail(c, NSCG_STAGE_MOUNTS, (int)-moved, i, "move_mount");
     if (keep)
         m->mask_dir = mnt; /* attached now: open_tree can clone it */
     else
