@@ -213,9 +213,11 @@ def test_init_binary_is_not_a_host_file() -> None:
 
     before = os.stat(INIT_PATH)
     c = escapes.default().with_capabilities(Capabilities.all()).with_seccomp("unconfined")
+    # the chmod only once pid 1 is nscg-init (exec is one-way): never the
+    # host's interpreter, should the race below come back
     script = (
-        "readlink /proc/1/exe; chmod 4777 /proc/1/exe; "
-        "echo x >> /proc/1/exe 2>/dev/null && echo WROTE; true"
+        "e=$(readlink /proc/1/exe); echo $e; case $e in /memfd:*) chmod 4777 /proc/1/exe; "
+        "echo x >> /proc/1/exe 2>/dev/null && echo WROTE;; esac; true"
     )
     r = c.run(["sh", "-c", script], capture_output=True)
     out = (r.stdout or b"").decode()
@@ -227,3 +229,21 @@ def test_init_binary_is_not_a_host_file() -> None:
         before.st_size,
         before.st_mtime_ns,
     )
+
+
+def test_payload_never_sees_pid1_on_the_callers_memory() -> None:
+    """pid 1 has exec'd nscg-init before the payload's first instruction.
+
+    pid 1 starts on the caller's memory; it started the payload and exec'd
+    nscg-init only once the payload had exec'd. In between, a payload holding
+    pid 1's capabilities (``Capabilities.all()``) reached /proc/1/exe, the
+    caller's interpreter on the host (a test chmod'ed the host's python to
+    4777 that way) and /proc/1/mem, the caller's memory: about one spawn in
+    two here. Now the payload waits for pid 1's exec.
+    """
+    c = escapes.default().with_capabilities(Capabilities.all()).with_seccomp("unconfined")
+    seen = set()
+    for _ in range(200):
+        r = c.run(["readlink", "/proc/1/exe"], capture_output=True, check=True)
+        seen.add((r.stdout or b"").strip())
+    assert all(s.startswith(b"/memfd:nscg-init") for s in seen), seen

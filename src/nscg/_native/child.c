@@ -253,14 +253,21 @@ static void *aux_stack(const struct nscg_plan *p, int i)
     return (char *)(uintptr_t)p->aux_stacks + page + (size_t)i * (p->aux_stack_size + page);
 }
 
-/* Start fn on aux stack i, sharing memory, with the caller suspended until
- * the new task has exec'd or exited (CLONE_VM | CLONE_VFORK); with
- * private_vm, on a copy of the memory instead (a fork), the caller going on. */
+/* How start_on_stack shares memory with the new task. */
+enum start_vm {
+    START_VFORK,  /* our memory, the caller suspended until it execs or exits */
+    START_SHARED, /* our memory, the caller going on (it must keep still) */
+    START_COPY,   /* a copy of the memory (a fork), the caller going on */
+};
+
+/* Start fn on aux stack i, sharing memory or on a copy of it (see start_vm). */
 static long start_on_stack(const struct nscg_plan *p, int i, unsigned long extra,
-                           void (*fn)(void *), void *arg, int private_vm)
+                           void (*fn)(void *), void *arg, enum start_vm how)
 {
     struct nscg_clone_args args;
-    unsigned long vm = private_vm ? 0UL : (unsigned long)(CLONE_VM | CLONE_VFORK);
+    unsigned long vm = how == START_COPY     ? 0UL
+                       : how == START_SHARED ? (unsigned long)CLONE_VM
+                                             : (unsigned long)(CLONE_VM | CLONE_VFORK);
     memset(&args, 0, sizeof args);
     args.flags = vm | extra;
     /* with CLONE_PARENT the child inherits our exit signal; clone3 wants 0 */
@@ -289,9 +296,24 @@ static long start_on_stack(const struct nscg_plan *p, int i, unsigned long extra
 
 static void payload_steps(struct child_ctx *c) __attribute__((noreturn));
 
+/* The payload under an init. It runs on the caller's memory, like pid 1,
+ * which goes on to exec nscg-init meanwhile. Until pid 1 has exec'd, its
+ * /proc/1/{exe,mem,...} are the caller's interpreter and the caller's memory,
+ * open to a payload that holds every capability pid 1 holds (same uid, a
+ * dumpable mm: a Capabilities.all() payload chmod'ed the host's python through
+ * /proc/1/exe, and could have written /proc/1/mem). So the payload waits for
+ * EOF on pid 1's close-on-exec pipe, before anything of its own: EOF means
+ * pid 1 exec'd (or died; then the payload is killed). pid 1's stack, where
+ * ctx lies, is still the caller's memory and no longer written then. */
 static void payload_entry(void *arg)
 {
-    struct child_ctx ctx = *(struct child_ctx *)arg, *c = &ctx;
+    const struct child_ctx *parent = arg;
+    char byte;
+    SYS1(SYS_close, parent->init_gate[1]);
+    while (SYS3(SYS_read, parent->init_gate[0], &byte, 1) == -EINTR)
+        ;
+    SYS1(SYS_close, parent->init_gate[0]);
+    struct child_ctx ctx = *parent, *c = &ctx;
     c->forked = 1;
     STEP(c, NSCG_STAGE_PDEATHSIG, -1, "prctl", SYS5(SYS_prctl, PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0));
     payload_steps(c);
@@ -356,9 +378,11 @@ __attribute__((noreturn)) static void finish(struct child_ctx *c)
         long payload;
         if (injected(c, NSCG_STAGE_FORK, 0))
             fail(c, NSCG_STAGE_FORK, c->p->fail_errno, 0, "clone3");
-        payload = start_on_stack(c->p, 1, 0, payload_entry, c, 0);
+        STEP(c, NSCG_STAGE_FORK, 0, "pipe2", SYS2(SYS_pipe2, c->init_gate, O_CLOEXEC));
+        payload = start_on_stack(c->p, 1, 0, payload_entry, c, START_SHARED);
         if (payload < 0)
             fail(c, NSCG_STAGE_FORK, (int)-payload, 0, "clone3");
+        SYS1(SYS_close, c->init_gate[0]); /* the write end closes with the exec */
         exec_init(c, (pid_t)payload);
     }
     payload_steps(c);
@@ -458,7 +482,7 @@ void nscg_child_main(const struct nscg_plan *p)
             STEP(c, NSCG_STAGE_UNSHARE, -1, "unshare", SYS1(SYS_unshare, CLONE_NEWPID));
         if (injected(c, NSCG_STAGE_FORK, -1))
             fail(c, NSCG_STAGE_FORK, p->fail_errno, -1, "clone3");
-        g = start_on_stack(p, 0, CLONE_PARENT, pidns_entry, c, p->n_join > 0);
+        g = start_on_stack(p, 0, CLONE_PARENT, pidns_entry, c, p->n_join > 0 ? START_COPY : START_VFORK);
         if (g < 0)
             fail(c, NSCG_STAGE_FORK, (int)-g, -1, "clone3");
         __atomic_store_n(&p->shared->init_pid, (int32_t)g, __ATOMIC_RELEASE);

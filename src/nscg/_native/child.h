@@ -17,6 +17,7 @@ struct child_ctx {
     int init_fd;
     int scratch_sock; /* mount.c sends the scratch tmpfs here (-1: nowhere) */
     int forked; /* the payload's parent is the sandbox's init */
+    int init_gate[2]; /* pid 1's close-on-exec pipe: EOF once it has left our memory */
     sigset_t oldmask;
 };
 
