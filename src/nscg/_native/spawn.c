@@ -264,10 +264,10 @@ static void wait_exec(const struct nscg_plan *plan, struct nscg_spawn_out *out)
             out->first_status = info.si_code == CLD_EXITED ? info.si_status : -info.si_status;
         close(out->pidfd);
         out->pidfd = -1;
-        /* nothing runs on our memory any more: the process it started ran on
-         * a copy (a joined pid namespace), or has exec'd or exited (the first
-         * child waited for that, vfork-style) */
-        release_stack_of(out);
+        /* The stack is not released here: pid 1 has exec'd (or exited), but
+         * the payload it started may still run on our memory, waiting for
+         * that exec before its own (child.c, payload_entry). EOF below (the
+         * payload holds the pipe until its execve) or the abort releases it. */
         if (out->first_status == 0) {
             int g = __atomic_load_n(&plan->shared->init_pid, __ATOMIC_ACQUIRE);
             long fd = syscall(SYS_pidfd_open, g, 0);
