@@ -25,7 +25,7 @@ import pytest
 
 import nscg
 from nscg import Container, RootFS, SpecError
-from tests.conftest import need_root, static_busybox
+from tests.conftest import child_pythonpath, need_nobody_python, need_root, static_busybox
 
 SEP = "=====nscg-listing====="
 
@@ -197,6 +197,8 @@ def with_submount(lower: Path, code: str, *, nobody: bool = False) -> dict[str, 
     lost top-level writes). The host's mount table never changes."""
     import sys
 
+    if nobody:
+        need_nobody_python()
     drop = "setpriv --reuid=65534 --regid=65534 --clear-groups -- " if nobody else ""
     script = f'mount -t tmpfs -o size=1m t "{lower}/mnt" && exec {drop}"$0" -c "$1"'
     r = subprocess.run(
@@ -204,7 +206,7 @@ def with_submount(lower: Path, code: str, *, nobody: bool = False) -> dict[str, 
          dedent(code)],
         capture_output=True, timeout=120, check=False, cwd="/",
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/",
-             "PYTHONPATH": str(Path(__file__).parents[2])},
+             "PYTHONPATH": child_pythonpath()},
     )  # fmt: skip
     assert r.returncode == 0, r.stderr.decode()
     out: dict[str, object] = json.loads(r.stdout.decode().strip().splitlines()[-1])
