@@ -1010,8 +1010,14 @@ def _spawn(
             # UnsupportedError on a host that cannot give what was asked
             from nscg.cgroups import CgroupV2
 
-            flight.cgroup = CgroupV2.create(c.cgroup.limits, parent=c.cgroup.parent)
-            fds.slot[fds.CGROUP] = flight.cgroup.open_fd()
+            cg_spec = c.cgroup
+
+            def make_cgroup() -> None:
+                # (shielded: a handler's exception cannot lose the new cgroup)
+                flight.cgroup = CgroupV2.create(cg_spec.limits, parent=cg_spec.parent)
+                fds.slot[fds.CGROUP] = flight.cgroup.open_fd()
+
+            _shielded(make_cgroup, flight.track_steps)
             fds.child_side.append(fds.CGROUP)
             plan.cgroup_fd = fds.slot[fds.CGROUP]
         if not flags & lib.NSCG_F_VFORK:
@@ -1137,11 +1143,12 @@ def _parent_steps(
 
 # ------------------------------------------------------- the lifetime rule
 #: Spawns between their clone and their end (handed over or aborted), by
-#: id(out): a guard's weak reference, and the plan and out struct it keeps.
+#: id(out): a guard's weak reference, the plan and out struct it keeps, the
+#: pid that made it, and its fd slots.
 #: The memory children may use stays alive here even if a guard's abort was
 #: itself interrupted (a second signal handler raising at the wrong bytecode);
 #: the next spawn aborts what such a dropped guard left (_sweep_flights).
-_in_flight: dict[int, tuple[Any, _Plan, Any]] = {}
+_in_flight: dict[int, tuple[Any, _Plan, Any, int, Any]] = {}
 
 
 class _Flight:
@@ -1167,11 +1174,12 @@ class _Flight:
         self.steps: Callable[[], None] | None = None
         self.proc: Process | None = None
         self.p = p
+        self.pid = os.getpid()  # (a forked copy of this guard owns nothing)
         out = ffi.new("struct nscg_spawn_out *")
         out.pid = out.pidfd = out.pidfd2 = -1
         out.settled = 1  # (nothing to abort before the registration)
         self.out = out
-        _in_flight[id(out)] = (weakref.ref(self), p, out)
+        _in_flight[id(out)] = (weakref.ref(self), p, out, self.pid, self.fds.slot)
         out.settled = 0
 
     def check_interrupted(self) -> None:
@@ -1233,7 +1241,7 @@ class _Flight:
     def abort(self) -> None:
         """Kill and reap every process of this spawn, then release what it holds."""
         out = self.out
-        if out.settled:
+        if out.settled or self.pid != os.getpid():
             return
         lib.nscg_spawn_abort(self.p.plan, out)  # children gone: stack and page released
         if self.proc is not None:
@@ -1264,10 +1272,14 @@ class _Flight:
 
 def _sweep_flights() -> None:
     """Abort the spawns whose guard was dropped without settling (see _in_flight)."""
-    for key, (ref, p, out) in list(_in_flight.items()):
+    for key, (ref, p, out, pid, slot) in list(_in_flight.items()):
         if ref() is None:
-            if not out.settled:
+            if not out.settled and pid == os.getpid():
                 lib.nscg_spawn_abort(p.plan, out)
+                if out.err_closed:
+                    slot[_Fds.ERR_W] = -1
+                for i in range(_Fds.N):
+                    lib.nscg_close(slot + i)
                 out.settled = 1
             _in_flight.pop(key, None)
 

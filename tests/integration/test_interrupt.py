@@ -272,6 +272,31 @@ def test_keyboard_interrupt_during_a_slow_mount_plan(monkeypatch: pytest.MonkeyP
     assert _state() == before
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_abort_cut_short_is_finished_by_the_next_spawn(monkeypatch: pytest.MonkeyPatch) -> None:
+    # a second handler's exception at the abort's first bytecode: the plan and
+    # the stack stay alive (the registry of spawns in flight) while the first
+    # child waits for the go-ahead on them; the next spawn kills and reaps it
+    c = Container().with_rootfs(slow_root(5))
+    c.run(["/bin/true"])
+    before = _state()
+    real = sp._Flight.abort
+
+    def cut_short(self: Any) -> None:
+        raise Boom
+
+    monkeypatch.setattr(sp._Flight, "abort", cut_short)
+    with pytest.raises(Boom):  # an id-map failure, on the Python side, after the clone
+        sp.spawn(c, ["/bin/true"], _fault=(nscg.Stage.ID_MAPS, 1, -1))
+    gc.collect()  # (the guard's __del__ is cut short too)
+    assert set(children()) - before[0], "the first child should still wait"
+    assert sp._in_flight
+    monkeypatch.setattr(sp._Flight, "abort", real)
+    assert c.run(["/bin/true"]).returncode == 0  # sweeps first
+    assert not sp._in_flight
+    assert _state() == before
+
+
 # ---------------------------------------------------------- rootless
 _ROOTLESS = """
 import gc, json, os, signal, time
