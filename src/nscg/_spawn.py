@@ -11,7 +11,6 @@ import errno
 import functools
 import os
 import signal
-import struct
 import threading
 import weakref
 from collections.abc import Callable, Sequence
@@ -36,7 +35,9 @@ PIPE = -1
 DEVNULL = -3
 STDOUT = -2
 
-_REC = struct.Struct("=IIii24s")
+#: the child's failure report, struct nscg_child_error (abi.h): read as bytes
+#: from the error pipe, decoded with the cffi declaration (_decode_record)
+_REC_SIZE: int = ffi.sizeof("struct nscg_child_error")
 _self_pidfd: tuple[int, int] = (-1, -1)  # (pid, fd): our own pidfd, for the pdeathsig race
 _self_pidfd_lock = threading.Lock()
 _init_fd_cache: tuple[int, int] = (-1, -1)
@@ -496,8 +497,8 @@ class _Plan:
         self.plan.status_fd = -1
         self.plan.init_fd = -1
         self.plan.scratch_sock = -1
-        self.plan.fail_stage = -1
-        self.plan.fail_index = -1
+        self.plan.fault.stage = -1
+        self.plan.fault.index = -1
 
     def cstr(self, s: str | bytes | None) -> Any:
         if s is None:
@@ -952,7 +953,7 @@ def _spawn(
         n_slots = _idmap.mark(plan, _root.prims, idmap_binds)
 
     if _fault is not None:
-        plan.fail_stage, plan.fail_errno, plan.fail_index = int(_fault[0]), _fault[1], _fault[2]
+        plan.fault.stage, plan.fault.err, plan.fault.index = int(_fault[0]), _fault[1], _fault[2]
 
     # From here on one guard owns everything the spawn makes (the lifetime
     # rule: see _Flight); its abort() is the only failure path.
@@ -1070,9 +1071,7 @@ def _spawn(
                 if ce.stage == Stage.EXEC and not checked:
                     # ExecutableNotFoundError if that is why (as if checked first)
                     _resolve_in_rootfs(c, argv[0], prep.path_var, executable)
-                _raise_child_error(
-                    (ce.abi, ce.stage, ce.err, ce.index, ffi.string(ce.syscall)), c, path, joins
-                )
+                _raise_child_error(_decode_record(ce), c, path, joins)
         else:
             if flags & lib.NSCG_F_FORK_PIDNS:
                 if out.first_status != 0:
@@ -1342,27 +1341,31 @@ def _abandoned_pending() -> bool:
     return bool(_process_mod._abandoned)
 
 
+def _decode_record(rec: Any) -> tuple[int, int, int, int, bytes]:
+    """(abi, stage, errno, op index, syscall name) of a ``struct nscg_child_error``."""
+    return int(rec.abi), int(rec.stage), int(rec.err), int(rec.index), ffi.string(rec.syscall)
+
+
 def _record_of(out: Any) -> tuple[int, int, int, int, bytes] | None:
     """The child's record the C wait read (err_r), or None at EOF (it exec'd)."""
-    got = bytes(ffi.buffer(ffi.addressof(out, "child_err"))[: out.rec_len])
-    if len(got) != _REC.size:
+    if out.rec_len != _REC_SIZE:
         return None
-    abi, stage, err, index, sc = _REC.unpack(got)
-    return abi, stage, err, index, sc
+    return _decode_record(out.child_err)
 
 
 def _read_record(fd: int, buf: bytes = b"") -> tuple[int, int, int, int, bytes] | None:
     """Read one child record (after ``buf``, read already), or None at EOF (execve succeeded)."""
-    while len(buf) < _REC.size:
+    while len(buf) < _REC_SIZE:
         try:
-            chunk = os.read(fd, _REC.size - len(buf))
+            chunk = os.read(fd, _REC_SIZE - len(buf))
         except InterruptedError:
             continue
         if not chunk:
             return None
         buf += chunk
-    abi, stage, err, index, sc = _REC.unpack(buf)
-    return abi, stage, err, index, sc
+    rec = ffi.new("struct nscg_child_error *")
+    ffi.memmove(rec, buf, _REC_SIZE)
+    return _decode_record(rec)
 
 
 def _raise_child_error(

@@ -35,14 +35,17 @@ _P_PIDFD = 3
 
 
 class Stage(enum.IntEnum):
-    """The setup stage a child failed in (see :class:`nscg.SpawnError`)."""
+    """The setup stage a child failed in (see :class:`nscg.SpawnError`).
+
+    In the order a spawn runs them (their numbers come from ``abi.h``).
+    """
 
     NONE = lib.NSCG_STAGE_NONE
     CLONE = lib.NSCG_STAGE_CLONE
     SIGNALS = lib.NSCG_STAGE_SIGNALS
     PDEATHSIG = lib.NSCG_STAGE_PDEATHSIG
     FDS = lib.NSCG_STAGE_FDS
-    SETSID = lib.NSCG_STAGE_SETSID
+    ID_MAPS = lib.NSCG_STAGE_ID_MAPS
     WAIT_PARENT = lib.NSCG_STAGE_WAIT_PARENT
     SETNS = lib.NSCG_STAGE_SETNS
     UNSHARE = lib.NSCG_STAGE_UNSHARE
@@ -53,6 +56,7 @@ class Stage(enum.IntEnum):
     TIMENS = lib.NSCG_STAGE_TIMENS
     MOUNTS = lib.NSCG_STAGE_MOUNTS
     PIVOT_ROOT = lib.NSCG_STAGE_PIVOT_ROOT
+    SETSID = lib.NSCG_STAGE_SETSID
     RLIMITS = lib.NSCG_STAGE_RLIMITS
     CHDIR = lib.NSCG_STAGE_CHDIR
     SETGROUPS = lib.NSCG_STAGE_SETGROUPS
@@ -62,8 +66,6 @@ class Stage(enum.IntEnum):
     NO_NEW_PRIVS = lib.NSCG_STAGE_NO_NEW_PRIVS
     SECCOMP = lib.NSCG_STAGE_SECCOMP
     EXEC = lib.NSCG_STAGE_EXEC
-    ID_MAPS = lib.NSCG_STAGE_ID_MAPS
-    CGROUP = lib.NSCG_STAGE_CGROUP
 
 
 @attrs.frozen

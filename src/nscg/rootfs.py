@@ -25,6 +25,7 @@ from typing import Any, Final, Literal, NamedTuple, TypeAlias
 import attrs
 
 from nscg import _tree
+from nscg._native import lib
 from nscg.errors import SpecError, UnsupportedError
 
 __all__ = [
@@ -128,7 +129,9 @@ _SYSTEM_DIRS: Final = frozenset(
 #: Where the kernel lists the unix sockets of the caller's network namespace.
 PROC_NET_UNIX: Final = "/proc/net/unix"
 
-_MAX_PATH = 4000
+#: the longest destination the child takes (abi.h's NSCG_MAX_DEST: PATH_MAX less
+#: the NUL), counted without the leading "/" the plan drops
+_MAX_PATH: Final = lib.NSCG_MAX_DEST + 1
 
 
 def _dest(value: str) -> str:

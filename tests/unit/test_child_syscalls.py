@@ -6,22 +6,36 @@ cloned (running Python meanwhile) and its other children write too. A child
 reading errno acted on another's error now and then under load (seen: 1 spawn
 in ~4000 with 4 threads failing with a foreign EINVAL/ENOENT; the same race
 could skip a mask or a bounding-set drop). So child.c and mount.c call the
-kernel through nscg_sys (child.h), which returns -errno. This compiles both
-files and checks what they import from the C library.
+kernel through nscg_sys (child.h), which returns -errno.
+
+This builds the extension the way ``pip install`` does (build.py's cffi
+builder, through setuptools), once with the compiler flags Python was built
+with and once with the flags other distributions' compilers add by default
+(Ubuntu's gcc: ``_FORTIFY_SOURCE=3``, which turns ``memcpy`` into
+``__memcpy_chk``, the stack protector, stack-clash and CET protection), and
+checks what the child's objects take from the C library. The child sources
+build without fortification whatever the flags (child.h): see docs/design.md,
+"C hygiene".
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import skip_or_fail
+
 NATIVE = Path(__file__).resolve().parents[2] / "src" / "nscg" / "_native"
 
 #: what the child may take from the C library: no system call wrapper except
-#: clone, the fallback without clone3 (Linux < 5.3), whose errno it reads
+#: clone, the fallback without clone3 (Linux < 5.3), whose errno it reads. No
+#: fortified variant (__memcpy_chk...): their failure path is the C library's
+#: abort, in a process that shares the caller's memory.
 ALLOWED = {
     "clone",
     "__errno_location",  # the clone fallback only
@@ -29,9 +43,8 @@ ALLOWED = {
     "memmove",
     "memset",
     "strlen",
-    "sigemptyset",  # no system call
     "sysconf",  # the page size, cached by the C library
-    "__stack_chk_fail",
+    "__stack_chk_fail",  # a smashed stack: the canary is only read
     # our own
     "nscg_clone3_run",
     "nscg_setup_mounts",
@@ -39,17 +52,101 @@ ALLOWED = {
     "nscg_fail",
 }
 
+#: CFLAGS of a build: none (the flags Python was built with, as pip uses
+#: them), and what Ubuntu's gcc turns on by default (plus dpkg-buildflags'
+#: format checks), spelled out since this compiler may not default to them
+FLAGS = {
+    "python": None,
+    "ubuntu": (
+        "-g -O2 -D_FORTIFY_SOURCE=3 -fstack-protector-strong -fstack-clash-protection "
+        "-fcf-protection -D_GLIBCXX_ASSERTIONS -Wformat -Werror=format-security"
+    ),
+}
 
-@pytest.mark.parametrize("source", ["child.c", "mount.c"])
-def test_child_code_calls_the_kernel_directly(source: str, tmp_path: Path) -> None:
+
+def _tools() -> tuple[str, str]:
     cc, nm = shutil.which("cc") or shutil.which("gcc"), shutil.which("nm")
     if not cc or not nm:
-        pytest.skip("needs a C compiler and nm")
-    obj = tmp_path / "x.o"
-    subprocess.run(
-        [cc, "-O2", "-D_GNU_SOURCE", f"-I{NATIVE}", "-c", str(NATIVE / source), "-o", str(obj)],
-        check=True,
-    )
+        skip_or_fail("cc", "needs a C compiler and nm (binutils)")
+    assert cc and nm
+    return cc, nm
+
+
+def _undefined(nm: str, obj: Path) -> set[str]:
     out = subprocess.run([nm, "-u", str(obj)], check=True, capture_output=True, text=True)
-    imported = {line.split()[-1] for line in out.stdout.splitlines() if line.strip()}
+    return {line.split()[-1] for line in out.stdout.splitlines() if line.strip()}
+
+
+@pytest.fixture(scope="module", params=sorted(FLAGS))
+def build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The extension built into a temp dir with one set of CFLAGS: its build dir."""
+    _tools()
+    flags = FLAGS[request.param]
+    out = tmp_path_factory.mktemp(f"build-{request.param}")
+    env = dict(os.environ)
+    env.pop("CFLAGS", None)
+    if flags is not None:
+        env["CFLAGS"] = flags
+    code = (
+        "import runpy, sys\nrunpy.run_path(sys.argv[1])['ffibuilder'].compile(tmpdir=sys.argv[2])\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code, str(NATIVE / "build.py"), str(out)],
+        check=False,
+        cwd=out,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if r.returncode != 0 and "No module named 'setuptools'" in r.stderr:
+        skip_or_fail("cc", "building the extension needs setuptools (pip install setuptools)")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # builds cleanly: no warning in the sources we own
+    warnings = [
+        line
+        for line in (r.stdout + r.stderr).splitlines()
+        if "warning:" in line and "/_native/" in line
+    ]
+    assert not warnings, "\n".join(warnings)
+    return out
+
+
+def _object(build: Path, source: str) -> Path:
+    found = [p for p in build.rglob(source.replace(".c", ".o")) if "_native" in p.parts]
+    assert len(found) == 1, found
+    return found[0]
+
+
+@pytest.mark.parametrize("source", ["child.c", "mount.c"])
+def test_child_code_calls_the_kernel_directly(source: str, build: Path) -> None:
+    _, nm = _tools()
+    imported = _undefined(nm, _object(build, source))
     assert imported <= ALLOWED, f"{source} calls into the C library: {sorted(imported - ALLOWED)}"
+
+
+def test_the_flags_reach_the_build(build: Path) -> None:
+    """The parent's code is built as given: fortified where the flags say so.
+
+    (Else the test above could pass because the flags never reached the compiler.)
+    """
+    _, nm = _tools()
+    parent = _undefined(nm, _object(build, "spawn.c"))
+    fortified = {s for s in parent if s.startswith("__") and s.endswith("_chk")}
+    if build.name.startswith("build-ubuntu"):
+        assert fortified, sorted(parent)
+
+
+@pytest.mark.parametrize("first", ["<string.h>", '"nscg.h"'])
+def test_child_sources_refuse_a_header_before_child_h(first: str, tmp_path: Path) -> None:
+    """child.h must come first: a header before it would have fixed _FORTIFY_SOURCE."""
+    cc, _ = _tools()
+    src = tmp_path / "bad.c"
+    src.write_text(f'#include {first}\n#include "child.h"\n')
+    r = subprocess.run(
+        [cc, "-O2", "-D_FORTIFY_SOURCE=2", f"-I{NATIVE}", "-c", str(src), "-o", os.devnull],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode != 0
+    assert "child.h must be" in r.stderr or "without _FORTIFY_SOURCE" in r.stderr, r.stderr

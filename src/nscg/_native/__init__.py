@@ -20,31 +20,24 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 __all__ = ["INIT_PATH", "check_build", "ffi", "lib"]
 
-EXPECTED_ABI = 8
-_SOURCES = [
-    "abi.h",
-    "child.c",
-    "child.h",
-    "init.c",
-    "mount.c",
-    "nscg.h",
-    "spawn.c",
-    "trampoline.c",
-    "util.c",
-]
+EXPECTED_ABI = 9
 #: pid 1 of a sandbox's pid namespace, built by setup.py beside the extension
 INIT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nscg-init")
 
 
 def _source_hash(here: Path) -> str | None:
+    """The hash build.py compiled in: of every ``*.c`` and ``*.h`` beside this file."""
     h = hashlib.sha256()
-    for name in _SOURCES:
-        try:
+    try:
+        names = sorted(p.name for p in here.iterdir() if p.suffix in (".c", ".h"))
+        for name in names:
             data = (here / name).read_bytes()
-        except OSError:
-            return None
-        h.update(name.encode())
-        h.update(data)
+            h.update(name.encode())
+            h.update(data)
+    except OSError:
+        return None
+    if not names:
+        return None
     return h.hexdigest()[:16]
 
 

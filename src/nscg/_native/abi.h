@@ -6,15 +6,23 @@
  * boundary. Bump NSCG_ABI_VERSION whenever a struct or a signature changes.
  */
 
-#define NSCG_ABI_VERSION 8
+#define NSCG_ABI_VERSION 9
 
-/* ---- stages of the child's setup (reported in struct nscg_child_error) ---- */
+/* ---- stages of a spawn (reported in struct nscg_child_error) ----
+ * Numbered in the order a spawn with new namespaces runs them, and listed in
+ * that order by nscg.Stage and docs/errors.md (a unit test keeps the three in
+ * step). Out of order by design: namespaces joined and then created
+ * (NSCG_F_UNSHARE_LATE) run SETNS and UNSHARE before ID_MAPS and WAIT_PARENT;
+ * NSCG_F_ROOT_EARLY opens the bind sources (MOUNTS) and becomes root (SETGID,
+ * SETUID) right after WAIT_PARENT; the bounding set is dropped (CAPS) before
+ * SETGROUPS; an init is started (FORK) after PIVOT_ROOT. CLONE and ID_MAPS
+ * are the parent's. */
 #define NSCG_STAGE_NONE 0
 #define NSCG_STAGE_CLONE 1
 #define NSCG_STAGE_SIGNALS 2
 #define NSCG_STAGE_PDEATHSIG 3
 #define NSCG_STAGE_FDS 4
-#define NSCG_STAGE_SETSID 5
+#define NSCG_STAGE_ID_MAPS 5
 #define NSCG_STAGE_WAIT_PARENT 6
 #define NSCG_STAGE_SETNS 7
 #define NSCG_STAGE_UNSHARE 8
@@ -25,17 +33,16 @@
 #define NSCG_STAGE_TIMENS 13
 #define NSCG_STAGE_MOUNTS 14
 #define NSCG_STAGE_PIVOT_ROOT 15
-#define NSCG_STAGE_RLIMITS 16
-#define NSCG_STAGE_CHDIR 17
-#define NSCG_STAGE_SETGROUPS 18
-#define NSCG_STAGE_SETGID 19
-#define NSCG_STAGE_SETUID 20
-#define NSCG_STAGE_CAPS 21
-#define NSCG_STAGE_NO_NEW_PRIVS 22
-#define NSCG_STAGE_SECCOMP 23
-#define NSCG_STAGE_EXEC 24
-#define NSCG_STAGE_ID_MAPS 25
-#define NSCG_STAGE_CGROUP 26
+#define NSCG_STAGE_SETSID 16
+#define NSCG_STAGE_RLIMITS 17
+#define NSCG_STAGE_CHDIR 18
+#define NSCG_STAGE_SETGROUPS 19
+#define NSCG_STAGE_SETGID 20
+#define NSCG_STAGE_SETUID 21
+#define NSCG_STAGE_CAPS 22
+#define NSCG_STAGE_NO_NEW_PRIVS 23
+#define NSCG_STAGE_SECCOMP 24
+#define NSCG_STAGE_EXEC 25
 /* not a failure: the child asks the parent to write its id maps now */
 #define NSCG_STAGE_READY 100
 
@@ -100,6 +107,11 @@
 #define NSCG_MOUNT_SLOT 14
 /* at most this many slots per plan */
 #define NSCG_MAX_SLOTS 256
+/* the longest nscg_mount_op.dest, in bytes without its NUL: the kernel's
+ * PATH_MAX (4096) less the NUL. The child copies dest into buffers of this
+ * size (mount.c) and refuses a longer one (ENAMETOOLONG); nscg.rootfs refuses
+ * it before anything runs. */
+#define NSCG_MAX_DEST 4095
 
 /* ---- flags of one mount op ---- */
 #define NSCG_MNT_RDONLY 1
@@ -157,18 +169,20 @@ struct nscg_join {
 };
 
 /* A page of a memfd the parent has mapped: the first child writes the pid of
- * the process it forked into the pid namespace; nscg-init writes has_status
- * and the payload's raw wait status (offset 4) before it exits. */
+ * the process it forked into the pid namespace (init_pid); nscg-init writes
+ * has_status = 1 and the payload's raw wait status (payload_status, right
+ * after it: one pwrite of both, at offsetof(has_status), init.c) before it
+ * exits. */
 struct nscg_shared {
     uint32_t abi;
     uint32_t has_status;
     int32_t payload_status;
-    int32_t payload_pid;
     int32_t init_pid;
-    int32_t reserved;
 };
 
-/* One fixed-size record, written with a single write(2) to the error pipe. */
+/* One fixed-size record, written with a single write(2) to the error pipe
+ * (Python reads sizeof(struct nscg_child_error) bytes and decodes them with
+ * this declaration: nscg/_spawn.py). */
 struct nscg_child_error {
     uint32_t abi;
     uint32_t stage;
@@ -194,6 +208,14 @@ struct nscg_mount_op {
     char *const *options;
     int32_t fd_index; /* a bind: its slot in nscg_plan.mount_fds, or -1 */
     uint32_t reserved;
+};
+
+/* Tests only: make stage `stage` (its op `index`, or any op: -1) fail with
+ * errno `err` (child.h, FAULT_POINT). stage -1: none. */
+struct nscg_fault {
+    int32_t stage;
+    int32_t err;
+    int32_t index;
 };
 
 struct nscg_plan {
@@ -229,9 +251,7 @@ struct nscg_plan {
     int32_t init_fd;
     uint64_t aux_stacks;
     uint64_t aux_stack_size;
-    int32_t fail_stage;
-    int32_t fail_errno;
-    int32_t fail_index;
+    struct nscg_fault fault;
     int32_t cap_last;
     uint64_t cap_bounding;
     uint64_t cap_permitted;
@@ -240,9 +260,9 @@ struct nscg_plan {
     uint64_t cap_ambient;
     const void *seccomp_filter;
     uint32_t seccomp_len;
-    uint32_t seccomp_flags;
     int32_t n_mounts;
     uint32_t mount_flags;
+    uint32_t reserved1;
     const struct nscg_mount_op *mounts;
     struct nscg_child_error *err_mem; /* set by nscg_spawn with NSCG_F_VFORK */
     const char *uid_map_text;         /* NSCG_F_PARENT_MAPS */

@@ -111,7 +111,7 @@ static void setup_fds(struct child_ctx *c)
             nscg_exit(NSCG_CHILD_FAILED); /* cannot even report */
         keep[nkeep++] = c->err_fd;
     }
-    STEP(c, NSCG_STAGE_FDS, -1, "fcntl", 0);
+    FAULT_POINT(c, NSCG_STAGE_FDS, -1, "fcntl");
     if (c->sync_fd >= 0) {
         STEP(c, NSCG_STAGE_FDS, -1, "fcntl", c->sync_fd = dup_above(c->sync_fd, floor));
         keep[nkeep++] = c->sync_fd;
@@ -185,7 +185,7 @@ static void wait_parent(struct child_ctx *c)
     } while (r == -EINTR);
     if (r != 1)
         nscg_exit(NSCG_CHILD_FAILED); /* the parent gave up: nothing to report */
-    STEP(c, NSCG_STAGE_WAIT_PARENT, -1, "read", 0);
+    FAULT_POINT(c, NSCG_STAGE_WAIT_PARENT, -1, "read");
 }
 
 static void loopback_up(struct child_ctx *c)
@@ -339,12 +339,12 @@ static void exec_init(struct child_ctx *c, pid_t payload)
     char *argv[] = {"nscg-init", utoa(pidbuf + sizeof pidbuf, (unsigned long)payload),
                     sfd >= 0 ? utoa(fdbuf + sizeof fdbuf, (unsigned long)sfd) : "-1", NULL};
     char *envp[] = {NULL};
-    long r = -EIO;
-    if (!injected(c, NSCG_STAGE_FORK, 1))
-        r = SYS5(SYS_execveat, c->init_fd, "", argv, envp, AT_EMPTY_PATH);
-    int err = injected(c, NSCG_STAGE_FORK, 1) ? c->p->fail_errno : (int)-r;
+    /* (a fault point of its own: the payload is killed before the report) */
+    long r = fault_wanted(c, NSCG_STAGE_FORK, 1)
+                 ? -(long)c->p->fault.err
+                 : SYS5(SYS_execveat, c->init_fd, "", argv, envp, AT_EMPTY_PATH);
     SYS2(SYS_kill, payload, SIGKILL);
-    fail(c, NSCG_STAGE_FORK, err, 1, "execveat");
+    fail(c, NSCG_STAGE_FORK, (int)-r, 1, "execveat");
 }
 
 /* Namespace-wide setup, done once, by the process that becomes pid 1 (or the
@@ -376,8 +376,7 @@ __attribute__((noreturn)) static void finish(struct child_ctx *c)
     setup_namespaces(c);
     if (c->p->flags & NSCG_F_INIT) {
         long payload;
-        if (injected(c, NSCG_STAGE_FORK, 0))
-            fail(c, NSCG_STAGE_FORK, c->p->fail_errno, 0, "clone3");
+        FAULT_POINT(c, NSCG_STAGE_FORK, 0, "clone3");
         STEP(c, NSCG_STAGE_FORK, 0, "pipe2", SYS2(SYS_pipe2, c->init_gate, O_CLOEXEC));
         payload = start_on_stack(c->p, 1, 0, payload_entry, c, START_SHARED);
         if (payload < 0)
@@ -417,7 +416,6 @@ void nscg_child_main(const struct nscg_plan *p)
     c->init_fd = p->init_fd;
     c->scratch_sock = p->scratch_sock;
     c->forked = 0;
-    sigemptyset(&c->oldmask);
 
     /* signals: every handler back to default; the mask stays full (the
      * spawner blocked everything) until right before execve */
@@ -430,7 +428,7 @@ void nscg_child_main(const struct nscg_plan *p)
                 continue;
             SYS4(SYS_rt_sigaction, s, sa, NULL, 8);
         }
-        STEP(c, NSCG_STAGE_SIGNALS, -1, "sigaction", 0);
+        FAULT_POINT(c, NSCG_STAGE_SIGNALS, -1, "sigaction");
     }
     set_pdeathsig(c);
     setup_fds(c);
@@ -480,8 +478,7 @@ void nscg_child_main(const struct nscg_plan *p)
         long g;
         if (p->ns_new & NSCG_CLONE_NEWPID)
             STEP(c, NSCG_STAGE_UNSHARE, -1, "unshare", SYS1(SYS_unshare, CLONE_NEWPID));
-        if (injected(c, NSCG_STAGE_FORK, -1))
-            fail(c, NSCG_STAGE_FORK, p->fail_errno, -1, "clone3");
+        FAULT_POINT(c, NSCG_STAGE_FORK, -1, "clone3");
         g = start_on_stack(p, 0, CLONE_PARENT, pidns_entry, c, p->n_join > 0 ? START_COPY : START_VFORK);
         if (g < 0)
             fail(c, NSCG_STAGE_FORK, (int)-g, -1, "clone3");
@@ -505,7 +502,7 @@ static void drop_bounding(struct child_ctx *c)
         if (r < 0 && r != -EINVAL)
             fail(c, NSCG_STAGE_CAPS, (int)-r, cap, "prctl");
     }
-    STEP(c, NSCG_STAGE_CAPS, 0, "prctl", 0);
+    FAULT_POINT(c, NSCG_STAGE_CAPS, 0, "prctl");
 }
 
 static void set_caps(struct child_ctx *c)
@@ -537,7 +534,7 @@ static void load_seccomp(struct child_ctx *c)
     struct sock_fprog prog = {.len = (unsigned short)p->seccomp_len,
                               .filter = (struct sock_filter *)(uintptr_t)p->seccomp_filter};
     STEP(c, NSCG_STAGE_SECCOMP, -1, "seccomp",
-         SYS3(SYS_seccomp, SECCOMP_SET_MODE_FILTER, p->seccomp_flags, &prog));
+         SYS3(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog));
 }
 
 /* The payload's own process attributes, then execve. */
@@ -593,8 +590,7 @@ static void payload_steps(struct child_ctx *c)
     }
     if (p->flags & NSCG_F_SECCOMP)
         load_seccomp(c);
-    if (injected(c, NSCG_STAGE_EXEC, -1))
-        fail(c, NSCG_STAGE_EXEC, p->fail_errno, -1, "execve");
+    FAULT_POINT(c, NSCG_STAGE_EXEC, -1, "execve");
     long r = SYS3(SYS_execve, p->path, p->argv, p->envp);
     fail(c, NSCG_STAGE_EXEC, (int)-r, -1, "execve");
 }

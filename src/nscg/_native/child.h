@@ -1,11 +1,29 @@
 /* nscg internal: what the child's sources (child.c, mount.c) share.
  *
  * Everything here runs between clone and execve: system calls only, on memory
- * the parent prepared (see child.c). */
+ * the parent prepared (see child.c). The C hygiene rules of these sources are
+ * in docs/design.md ("C hygiene"). */
 #ifndef NSCG_CHILD_H
 #define NSCG_CHILD_H
 
+/* No fortified C library calls in the child, whatever the distribution's
+ * compiler adds (Ubuntu's gcc defines _FORTIFY_SOURCE=3 at -O1 and up, Fedora's
+ * flags pass it too): with it, memcpy into a fixed buffer becomes a call to
+ * __memcpy_chk, whose failure path is the C library's abort (stderr, locks,
+ * raise) in a process that shares the caller's memory and thread-local
+ * storage. The child checks its own bounds instead (NSCG_MAX_DEST). So this
+ * header comes first in each child source, before any system header reads the
+ * macro; the check below fails the build otherwise. */
+#ifdef NSCG_H
+#error "child.h must be the first include of a child source (see _FORTIFY_SOURCE above)"
+#endif
+#undef _FORTIFY_SOURCE
+
 #include "nscg.h"
+
+#if defined(__USE_FORTIFY_LEVEL) && __USE_FORTIFY_LEVEL > 0
+#error "the child sources must be built without _FORTIFY_SOURCE (see above)"
+#endif
 
 /* File descriptors the child still needs once the fd table is rearranged. */
 struct child_ctx {
@@ -18,7 +36,6 @@ struct child_ctx {
     int scratch_sock; /* mount.c sends the scratch tmpfs here (-1: nowhere) */
     int forked; /* the payload's parent is the sandbox's init */
     int init_gate[2]; /* pid 1's close-on-exec pipe: EOF once it has left our memory */
-    sigset_t oldmask;
 };
 
 /* Report {stage, err, index, syscall} on the error pipe (or in memory) and exit (child.c). */
@@ -31,12 +48,25 @@ __attribute__((noreturn)) static inline void fail(struct child_ctx *c, uint32_t 
     nscg_fail(c, stage, err, index, sc);
 }
 
-/* A test-only fault hook: the parent can ask stage S (op I) to fail with E. */
-static inline int injected(struct child_ctx *c, uint32_t stage, int index)
+/* ---- fault injection (tests only) ----
+ *
+ * The parent can ask a stage (one op of it, or any) to fail with an errno
+ * (plan->fault, set by the tests through _spawn's _fault). A FAULT_POINT is
+ * where such a failure is reported, as if the next step had failed: it is not
+ * a step, makes no system call, and does nothing unless asked. Every STEP has
+ * one; a FAULT_POINT alone marks a stage or an op whose work is not a STEP
+ * (or that a test must be able to stop before its side effects). */
+static inline int fault_wanted(const struct child_ctx *c, uint32_t stage, int index)
 {
-    const struct nscg_plan *p = c->p;
-    return p->fail_stage == (int32_t)stage && (p->fail_index < 0 || p->fail_index == index);
+    const struct nscg_fault *f = &c->p->fault;
+    return f->stage == (int32_t)stage && (f->index < 0 || f->index == index);
 }
+
+#define FAULT_POINT(c, stage, index, name)                                              \
+    do {                                                                                \
+        if (fault_wanted((c), (stage), (index)))                                        \
+            fail((c), (stage), (c)->p->fault.err, (index), (name));                     \
+    } while (0)
 
 /* ---- system calls that never touch errno ----
  *
@@ -77,13 +107,9 @@ static inline long nscg_sys(long n, long a, long b, long c, long d, long e, long
     return x0;
 }
 #else
-/* other architectures: glibc's syscall(), errno read right away (the race
- * described above remains there) */
-static inline long nscg_sys(long n, long a, long b, long c, long d, long e, long f)
-{
-    long r = syscall(n, a, b, c, d, e, f);
-    return r < 0 ? -(long)errno : r;
-}
+/* Other architectures would need glibc's syscall(), and with it the errno
+ * race described above: the build fails instead (nscg.h says so first). */
+#error "nscg: no raw system call path (nscg_sys) for this architecture"
 #endif
 
 #define SYS0(n) nscg_sys((n), 0, 0, 0, 0, 0, 0)
@@ -104,8 +130,7 @@ __attribute__((noreturn)) static inline void nscg_exit(int code)
 /* Run one step: expr is a system call's result (negative: -errno). */
 #define STEP(c, stage, index, name, expr)                                               \
     do {                                                                                \
-        if (injected((c), (stage), (index)))                                            \
-            fail((c), (stage), (c)->p->fail_errno, (index), (name));                    \
+        FAULT_POINT((c), (stage), (index), (name));                                     \
         long step_r_ = (long)(expr);                                                    \
         if (step_r_ < 0)                                                                \
             fail((c), (stage), (int)-step_r_, (index), (name));                         \

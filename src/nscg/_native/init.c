@@ -28,8 +28,22 @@
  *   above): the same program on the C library, linked -static.
  */
 
-/* offsets in struct nscg_shared (abi.h) */
-#define HAS_STATUS_OFFSET 4
+/* Where the report goes in the status page: struct nscg_shared (abi.h, which
+ * needs only <stdint.h>, a header even a freestanding build has). has_status
+ * and payload_status are written together, {1, status}, by one pwrite. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* (the C library build: before its first header) */
+#endif
+#include <stddef.h>
+#include <stdint.h>
+
+#include "abi.h"
+
+#define HAS_STATUS_OFFSET offsetof(struct nscg_shared, has_status)
+_Static_assert(offsetof(struct nscg_shared, payload_status) == HAS_STATUS_OFFSET + 4 &&
+                   sizeof(((struct nscg_shared *)0)->has_status) == 4 &&
+                   sizeof(((struct nscg_shared *)0)->payload_status) == 4,
+               "init.c writes {has_status, payload_status} as two adjacent 32-bit words");
 
 #if defined(NSCG_INIT_NOLIBC) && !defined(__x86_64__) && !defined(__aarch64__)
 #error "nscg-init: no libc-free build for this architecture (setup.py then builds it on the C library)"

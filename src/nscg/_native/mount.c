@@ -58,6 +58,7 @@
  */
 #include "child.h"
 
+#include <linux/limits.h>
 #include <sched.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
@@ -106,7 +107,11 @@ struct nscg_mount_attr {
     uint64_t attr_set, attr_clr, propagation, userns_fd;
 };
 
-#define PATH_BUF 4096
+/* A destination and its parent are copied into buffers of NSCG_MAX_DEST
+ * bytes (abi.h), plus the NUL and the byte split() moves the name by: a
+ * longer dest is refused (ENAMETOOLONG) before any copy. */
+#define PATH_BUF (NSCG_MAX_DEST + 2)
+_Static_assert(NSCG_MAX_DEST + 1 == PATH_MAX, "NSCG_MAX_DEST: the kernel's PATH_MAX less the NUL");
 
 struct mctx {
     struct child_ctx *c;
@@ -166,11 +171,13 @@ static uint64_t attrs_of(uint32_t f)
     return a;
 }
 
-/* Copy rel into buf; split it at its last '/': *name is the last component,
- * buf the parent ("" for the root). */
-static void split(char *buf, const char *rel, const char **name)
+/* Copy rel into buf (PATH_BUF bytes); split it at its last '/': *name is the
+ * last component, buf the parent ("" for the root). 0, or -ENAMETOOLONG. */
+static int split(char *buf, const char *rel, const char **name)
 {
     size_t n = slen(rel), cut = n;
+    if (n > NSCG_MAX_DEST)
+        return -ENAMETOOLONG;
     memcpy(buf, rel, n + 1);
     while (cut > 0 && buf[cut - 1] != '/')
         cut--;
@@ -183,6 +190,7 @@ static void split(char *buf, const char *rel, const char **name)
         buf[0] = 0;
         *name = buf + 1;
     }
+    return 0;
 }
 
 /* Open the directory that will hold rel, creating missing directories on the
@@ -194,6 +202,8 @@ static int ensure_dir(int root, const char *rel)
     if (fd != -ENOENT)
         return fd;
     size_t n = slen(rel);
+    if (n > NSCG_MAX_DEST)
+        return -ENAMETOOLONG;
     memcpy(buf, rel, n + 1);
     for (size_t end = 0;; end++) {
         if (buf[end] != '/' && buf[end] != 0)
@@ -236,10 +246,12 @@ static int open_dest(int root, const char *rel, uint32_t flags)
     if (flags & NSCG_MNT_CREATE_DIR)
         return ensure_dir(root, rel);
     if (flags & NSCG_MNT_CREATE_FILE) {
-        char buf[PATH_BUF + 2];
+        char buf[PATH_BUF];
         const char *name;
-        split(buf, rel, &name);
-        int pfd = ensure_dir(root, buf);
+        int pfd = split(buf, rel, &name);
+        if (pfd < 0)
+            return pfd;
+        pfd = ensure_dir(root, buf);
         if (pfd < 0)
             return pfd;
         long f = SYS4(SYS_openat, pfd, name, O_CREAT | O_EXCL | O_NOFOLLOW | O_WRONLY | O_CLOEXEC,
@@ -308,9 +320,9 @@ static void op_bind(struct mctx *m, int i, const struct nscg_mount_op *op)
             return; /* no source */
         if (tree < 0)
             fail(c, NSCG_STAGE_MOUNTS, EBADF, i, "move_mount");
-        STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount", 0);
+        FAULT_POINT(c, NSCG_STAGE_MOUNTS, i, "move_mount");
     } else {
-        STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree", 0);
+        FAULT_POINT(c, NSCG_STAGE_MOUNTS, i, "open_tree");
         tree = (int)sys_open_tree(AT_FDCWD, op->source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec);
         if (tree < 0) {
             if (tree == -ENOENT && (op->flags & NSCG_MNT_OPTIONAL))
@@ -356,10 +368,10 @@ static void op_fs(struct mctx *m, int i, const struct nscg_mount_op *op)
 static void op_mkdir(struct mctx *m, int i, const struct nscg_mount_op *op)
 {
     struct child_ctx *c = m->c;
-    char buf[PATH_BUF + 2];
+    char buf[PATH_BUF];
     const char *name;
     int pfd;
-    split(buf, op->dest, &name);
+    STEP(c, NSCG_STAGE_MOUNTS, i, "mkdirat", split(buf, op->dest, &name));
     STEP(c, NSCG_STAGE_MOUNTS, i, "mkdirat", pfd = ensure_dir(m->root, buf));
     long r = SYS3(SYS_mkdirat, pfd, name, op->mode);
     if (r < 0 && r != -EEXIST)
@@ -370,10 +382,10 @@ static void op_mkdir(struct mctx *m, int i, const struct nscg_mount_op *op)
 static void op_symlink(struct mctx *m, int i, const struct nscg_mount_op *op)
 {
     struct child_ctx *c = m->c;
-    char buf[PATH_BUF + 2];
+    char buf[PATH_BUF];
     const char *name;
     int pfd;
-    split(buf, op->dest, &name);
+    STEP(c, NSCG_STAGE_MOUNTS, i, "mkdirat", split(buf, op->dest, &name));
     STEP(c, NSCG_STAGE_MOUNTS, i, "mkdirat", pfd = ensure_dir(m->root, buf));
     STEP(c, NSCG_STAGE_MOUNTS, i, "symlinkat", SYS3(SYS_symlinkat, op->source, pfd, name));
     SYS1(SYS_close, pfd);
@@ -382,10 +394,10 @@ static void op_symlink(struct mctx *m, int i, const struct nscg_mount_op *op)
 static void op_file(struct mctx *m, int i, const struct nscg_mount_op *op)
 {
     struct child_ctx *c = m->c;
-    char buf[PATH_BUF + 2];
+    char buf[PATH_BUF];
     const char *name;
     int pfd, fd;
-    split(buf, op->dest, &name);
+    STEP(c, NSCG_STAGE_MOUNTS, i, "mkdirat", split(buf, op->dest, &name));
     STEP(c, NSCG_STAGE_MOUNTS, i, "mkdirat", pfd = ensure_dir(m->root, buf));
     STEP(c, NSCG_STAGE_MOUNTS, i, "openat",
          fd = (int)SYS4(SYS_openat, pfd, name, O_CREAT | O_TRUNC | O_NOFOLLOW | O_WRONLY | O_CLOEXEC,
@@ -415,7 +427,7 @@ static void op_readonly(struct mctx *m, int i, const struct nscg_mount_op *op)
              sys_setattr(m->root, rec, NSCG_ATTR_RDONLY | attrs_of(op->flags)));
         return;
     }
-    STEP(c, NSCG_STAGE_MOUNTS, i, "openat2", 0);
+    FAULT_POINT(c, NSCG_STAGE_MOUNTS, i, "openat2");
     int fd = open_in_root(m->root, op->dest, 0);
     if (fd < 0) {
         if (fd == -ENOENT && (op->flags & NSCG_MNT_OPTIONAL))
@@ -440,7 +452,7 @@ static void op_readonly(struct mctx *m, int i, const struct nscg_mount_op *op)
 static void op_mask(struct mctx *m, int i, const struct nscg_mount_op *op)
 {
     struct child_ctx *c = m->c;
-    STEP(c, NSCG_STAGE_MOUNTS, i, "openat2", 0);
+    FAULT_POINT(c, NSCG_STAGE_MOUNTS, i, "openat2");
     int fd = open_in_root(m->root, op->dest, 0);
     if (fd < 0) {
         /* a path the sandbox's root cannot reach (below a 0700 directory of
@@ -728,7 +740,7 @@ void nscg_open_bind_sources(struct child_ctx *c)
             p->mount_fds[op->fd_index] != NSCG_FD_NOT_OPENED)
             continue;
         unsigned rec = (op->flags & NSCG_MNT_RECURSIVE) ? AT_RECURSIVE : 0;
-        STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree", 0);
+        FAULT_POINT(c, NSCG_STAGE_MOUNTS, i, "open_tree");
         int tree = (int)sys_open_tree(AT_FDCWD, op->source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec);
         if (tree < 0) {
             if (tree == -ENOENT && (op->flags & NSCG_MNT_OPTIONAL)) {

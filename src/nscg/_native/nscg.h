@@ -18,6 +18,14 @@
 
 #include "abi.h"
 
+/* The child's system calls are raw (child.h, nscg_sys) and so is the start of
+ * its tasks (trampoline.c): written for these architectures only. Elsewhere
+ * the child would have to go through the C library's errno, which it shares
+ * with the thread that cloned it: the build fails rather than ship that race. */
+#if !defined(__x86_64__) && !defined(__aarch64__)
+#error "nscg supports x86_64 and aarch64 only: its child code makes raw system calls"
+#endif
+
 #ifndef NSCG_BUILD_HASH
 #define NSCG_BUILD_HASH "unknown"
 #endif

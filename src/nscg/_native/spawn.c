@@ -384,8 +384,8 @@ static void do_clone(const struct nscg_plan *plan, struct nscg_spawn_out *out)
         }
         vforked = CLONE_VFORK;
     }
-    if (plan->fail_stage == NSCG_STAGE_CLONE) { /* test-only fault hook */
-        set_out_err(out, plan->fail_errno, NSCG_STAGE_CLONE, "clone3");
+    if (plan->fault.stage == NSCG_STAGE_CLONE) { /* a fault point (tests only: child.h) */
+        set_out_err(out, plan->fault.err, NSCG_STAGE_CLONE, "clone3");
         return;
     }
     void *region = stack_alloc(&size);
