@@ -58,6 +58,8 @@ class IdBind(NamedTuple):
     attrs: int  # MOUNT_ATTR_* to set besides the idmap
     optional: bool
     label: str
+    #: an overlay lower (an SBIND of the scratch) whose tree RootfsRun made
+    lower: bool = False
 
 
 def _identity(maps: Sequence[IdMap]) -> bool:
@@ -77,9 +79,14 @@ def wants_idmap(uid_map: Sequence[IdMap], gid_map: Sequence[IdMap], cap_eff: int
     return bool(cap_eff >> _CAP_SYS_ADMIN & 1) and in_initial_userns()
 
 
+def _lower(pr: Prim) -> bool:
+    return pr.kind == "sbind" and "from_fd" in pr.flags
+
+
 def bind_slots(prims: Sequence[Prim]) -> list[int]:
-    """The primitives that are binds: each gets a slot of ``nscg_plan.mount_fds``."""
-    return [i for i, pr in enumerate(prims) if pr.kind == "bind"]
+    """The primitives that are binds or idmapped overlay lowers: each gets a slot
+    of ``nscg_plan.mount_fds``."""
+    return [i for i, pr in enumerate(prims) if pr.kind == "bind" or _lower(pr)]
 
 
 def binds_to_idmap(ops: Sequence[Op], prims: Sequence[Prim]) -> list[IdBind]:
@@ -87,6 +94,9 @@ def binds_to_idmap(ops: Sequence[Op], prims: Sequence[Prim]) -> list[IdBind]:
     out = []
     for slot, i in enumerate(bind_slots(prims)):
         pr = prims[i]
+        if _lower(pr):
+            out.append(IdBind(slot, pr.source or b"", False, 0, False, pr.label, lower=True))
+            continue
         if "rdonly" in pr.flags or not 0 <= pr.op_index < len(ops):
             continue
         if not isinstance(ops[pr.op_index], Bind) or pr.source is None:
@@ -191,9 +201,13 @@ def open_trees(
     binds: Sequence[IdBind],
     maps: tuple[Sequence[IdMap], Sequence[IdMap], Any, Any, Any] | None,
     trees: Any,
+    lowers: Sequence[int] = (),
 ) -> None:
     """Give this spawn its ``plan.mount_fds``: the idmapped trees, made now, and
     ``NSCG_FD_NOT_OPENED`` for the other binds (the child opens those).
+
+    ``lowers`` are the idmapped overlay lowers the RootfsRun made, in the
+    order of their ops (taken: from here on ``trees`` owns them).
 
     Each tree's fd is also stored in ``trees`` (an ``int32_t[]`` of one slot per
     bind, all -1, that the child never writes): the parent closes those after
@@ -209,11 +223,17 @@ def open_trees(
     arr = p.array("int32_t[]", [lib.NSCG_FD_NOT_OPENED] * n_slots)
     plan.mount_fds = arr
     plan.n_mount_fds = n_slots
-    if not binds or maps is None:
+    slots = [b.slot for b in binds if b.lower]
+    assert len(slots) == len(lowers), (slots, lowers)
+    for k, fd in zip(slots, lowers, strict=True):
+        trees[k] = arr[k] = fd
+    if len(slots) == len(binds) or maps is None:
         return
     ns = userns_fd(maps[0], maps[1])
     step = ffi.new("int *")
     for b in binds:
+        if b.lower:
+            continue
         k = b.slot
         r = lib.nscg_detached_tree(b.source, int(b.recursive), b.attrs, ns, step, trees + k)
         if r < 0:

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from nscg import _tree
-from nscg._idmap import chown_tree, root_owner
+from nscg._idmap import chown_tree, root_owner, userns_fd
 from nscg._native import ffi, lib
 from nscg.errors import SpecError, SyscallError, UnsupportedError
-from nscg.namespaces import Namespace
+from nscg.namespaces import IdMap, Namespace
 from nscg.process import Stage
 from nscg.rootfs import (
     _MOUNTS,
@@ -70,7 +70,9 @@ _FLAGS = {
     "create_dir": lib.NSCG_MNT_CREATE_DIR,
     "create_file": lib.NSCG_MNT_CREATE_FILE,
     "optional": lib.NSCG_MNT_OPTIONAL,
+    "from_fd": lib.NSCG_MNT_FROM_FD,
 }
+_ATTR_RDONLY = 0x1  # MOUNT_ATTR_RDONLY
 
 
 def kernel_version() -> tuple[int, int]:
@@ -130,6 +132,7 @@ class _Part(NamedTuple):
     in_scratch: bool
     lowers: tuple[str, ...]
     dest: str
+    mapped: bool = False  # the lowers are idmapped (copy-ups shift their owners)
 
 
 class _Top(NamedTuple):
@@ -148,9 +151,16 @@ class RootfsRun:
         c: the Container (its ``rootfs`` is a RootFS).
         etc: files nscg writes for the sandbox (``/etc/hosts``...): (path inside,
             content, a host directory that exists, where the scratch may be attached).
+        maps: the sandbox's (uid map, gid map) when its writable binds and
+            overlay lowers get idmapped mounts (``_idmap.wants_idmap``), else None.
     """
 
-    def __init__(self, c: Container, etc: Sequence[tuple[str, bytes, str]] = ()) -> None:
+    def __init__(
+        self,
+        c: Container,
+        etc: Sequence[tuple[str, bytes, str]] = (),
+        maps: tuple[Sequence[IdMap], Sequence[IdMap]] | None = None,
+    ) -> None:
         root = c.rootfs
         assert isinstance(root, RootFS)
         root = root.with_socket_masks()  # hide_sockets: the host's sockets as of now
@@ -173,6 +183,10 @@ class RootfsRun:
         #: the socket the child sends the scratch tmpfs's fd to (parent's, child's end)
         self.sock: tuple[socket.socket, socket.socket] | None = None
         self.scratch_fd = -1
+        self.maps = maps
+        #: the idmapped lower trees made for this spawn, in plan order (see
+        #: take_lower_trees); closed by cleanup() unless taken
+        self.lower_trees: list[int] = []
         main: list[Prim] = []
         try:
             for i, op in enumerate(root.ops):
@@ -291,6 +305,11 @@ class RootfsRun:
                 feature="overlay.userxattr",
             )
         label = describe(op)
+        j = len(self.parts) + len(self.tops)
+        if self.maps is not None and op.lowers_idmapped():
+            mapped = self._idmapped_lowers(i, op, j)
+            if mapped is not None:
+                return self._mapped_overlay(i, op, j, mapped)
         mounts = _mount_points() if self.userns else []
         split = any(_has_submounts(lo, mounts) for lo in op.lowers)
         if split and len(op.lowers) != 1:
@@ -331,7 +350,6 @@ class RootfsRun:
                 _host_call("mkdir", w, lambda: os.makedirs(w, 0o700, exist_ok=True))
         if persistent is None or split:
             self.size += op.size if op.size is not None else DEFAULT_UPPER_SIZE
-        j = len(self.parts) + len(self.tops)
         if not split:
             if persistent is not None and work is not None:
                 self.parts.append(_Part(persistent, False, op.lowers, op.dest))
@@ -394,6 +412,105 @@ class RootfsRun:
             if d.startswith(base + "/") and name and "/" not in name:
                 mounted.add(name)
         self.tops.append(_Top(top, before, frozenset(mounted), base))
+        return out
+
+    def _idmapped_lowers(self, i: int, op: Overlay, j: int) -> list[int] | None:
+        """The lowers of ``op`` as idmapped trees (read-only, not recursive), made now.
+
+        None when the kernel or a lower's filesystem cannot idmap and the
+        overlay did not ask for it explicitly (``idmap=None``): its lowers then
+        keep their host owners, which hides more, not less. With
+        ``idmap=True`` that is an UnsupportedError.
+        """
+        assert self.maps is not None
+        if kernel_version() < (5, 19):  # overlayfs refuses idmapped layers before
+            if op.idmap is None:
+                return None
+            raise UnsupportedError(
+                f"idmapped overlay lowers need Linux >= 5.19; this is {os.uname().release}: "
+                "pass idmap_lowers=False (the lowers' files keep their host owners)",
+                feature="idmap.overlay",
+            )
+        ns = userns_fd(self.maps[0], self.maps[1])
+        step = ffi.new("int *")
+        out = ffi.new("int32_t *")
+        trees: list[int] = []
+        for lo in op.lowers:
+            r = lib.nscg_detached_tree(lo.encode(), 0, _ATTR_RDONLY, ns, step, out)
+            if r == 0:
+                trees.append(int(out[0]))
+                continue
+            for fd in trees:
+                os.close(fd)
+            err = -r
+            if err == errno.ENOENT and step[0] == 0:
+                raise SpecError(f"the overlay lower {lo!r} does not exist")
+            if op.idmap is None:
+                return None
+            call = ("open_tree", "mount_setattr")[step[0]]
+            raise UnsupportedError(
+                f"the overlay lower {lo!r} cannot be idmapped ({call}: [Errno {err}] "
+                f"{os.strerror(err)}): idmapped overlay layers need Linux >= 5.19 and a "
+                f"filesystem that supports idmapped mounts; pass idmap_lowers=False (the "
+                f"lower's files keep their host owners) or make root host root with "
+                f"with_uid_map(IdMap(0, 0, 1)).with_gid_map(IdMap(0, 0, 1))",
+                feature="idmap.overlay",
+            )
+        return trees
+
+    def _mapped_overlay(self, i: int, op: Overlay, j: int, trees: list[int]) -> list[Prim]:
+        """An overlay whose lowers are the parent's idmapped ``trees``.
+
+        Each tree is attached in the scratch (``l<j>.<q>``, an SBIND from the
+        plan's fds) and the overlay, made there too, takes them by relative
+        paths; the upper is scratch memory or the persistent upper. Not split
+        per top-level entry: a tree has no submounts, so none is locked.
+        """
+        label = describe(op)
+        self.lower_trees += trees
+        names = []
+        for q, lo in enumerate(op.lowers):
+            name = f"l{j}.{q}"
+            self._sdir(name, 0o700, i, label)
+            self.sops.append(
+                Prim("sbind", name, source=lo.encode(), flags=_flags(from_fd=True),
+                     op_index=i, label=f"overlay lower {lo}")
+            )  # fmt: skip
+            names.append(name)
+        if op.upper is not None:
+            up = op.upper
+            _host_call("mkdir", up, lambda: os.makedirs(up, 0o755, exist_ok=True))
+            if op.work is None:
+                w = self._work_beside(up)
+            else:
+                w = op.work
+                _host_call("mkdir", w, lambda: os.makedirs(w, 0o700, exist_ok=True))
+            self.parts.append(_Part(up, False, op.lowers, op.dest, True))
+            slot = self._sfs(i, label, names, up, w)
+        else:
+            self.size += op.size if op.size is not None else DEFAULT_UPPER_SIZE
+            u, w = f"u{j}", f"w{j}"
+            self._sdir(u, 0o755, i, label)
+            self._sdir(w, 0o700, i, label)
+            self.parts.append(_Part(u, True, op.lowers, op.dest, True))
+            slot = self._sfs(i, label, names, u, w)
+        return [Prim("slot", op.dest.lstrip("/"), mode=slot, op_index=i, label=label,
+                     flags=_flags(create_dir=True))]  # fmt: skip
+
+    def _owners(self) -> _tree.Owners:
+        """A lower owner as the upper shows it: through the sandbox's maps."""
+        assert self.maps is not None
+        umap, gmap = self.maps
+
+        def shift(maps: Sequence[IdMap], n: int) -> int:
+            m = next((m for m in maps if m.contains_inside(n)), None)
+            return n if m is None else m.outside + n - m.inside
+
+        return lambda uid, gid: (shift(umap, uid), shift(gmap, gid))
+
+    def take_lower_trees(self) -> list[int]:
+        """The idmapped lower trees, in the order of their SBIND ops; the caller owns them now."""
+        out, self.lower_trees = self.lower_trees, []
         return out
 
     def fill(self, p: Any, plan: Any) -> None:
@@ -512,7 +629,7 @@ class RootfsRun:
                 assert ufd is not None
                 _tree.walk_changes(
                     ufd, fds[1:], pt.dest.rstrip("/"), rep, opaque=opaque,
-                    fix_perms=pt.in_scratch,
+                    fix_perms=pt.in_scratch, owners=self._owners() if pt.mapped else None,
                 )  # fmt: skip
             except OSError as e:  # (a lower that changed meanwhile, say)
                 rep.stop(f"cannot read the changes under {pt.dest}: {e}")
@@ -524,6 +641,8 @@ class RootfsRun:
 
     def cleanup(self) -> None:
         """Release the scratch memory and remove the temp dirs. Idempotent."""
+        while self.lower_trees:
+            os.close(self.lower_trees.pop())
         if self.scratch_fd >= 0:
             os.close(self.scratch_fd)
             self.scratch_fd = -1

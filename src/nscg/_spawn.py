@@ -579,7 +579,8 @@ def spawn(
         # overlays: upper and work directories of this spawn's own
         from nscg._rootfs_run import RootfsRun
 
-        root = RootfsRun(c, prep.etc)
+        maps = (prep.maps[0], prep.maps[1]) if prep.idmap and prep.maps is not None else None
+        root = RootfsRun(c, prep.etc, maps)
     elif prep.prims is not None:
         from nscg._rootfs_run import _current as labels
 
@@ -1004,7 +1005,8 @@ def _spawn(
         if n_slots:
             fds.trees = p.array("int32_t[]", [-1] * n_slots)
             fds.n_trees = n_slots
-            _idmap.open_trees(p, plan, n_slots, idmap_binds, maps, fds.trees)
+            lowers = _root.take_lower_trees() if _root is not None else ()
+            _idmap.open_trees(p, plan, n_slots, idmap_binds, maps, fds.trees, lowers)
 
         if c.cgroup is not None:
             # created (limits written) before anything runs; raises the clear

@@ -30,7 +30,7 @@ import contextlib
 import errno
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 #: Entries (upper and lower) a change report looks at before it gives up (``truncated``).
 MAX_ENTRIES = 200_000
@@ -219,14 +219,23 @@ def _lookup(
     return found, sub
 
 
-def _kind(ust: os.stat_result, before: os.stat_result | None, rep: Report) -> set[str] | None:
+#: how a lower's owner (uid, gid) shows in the upper after a copy-up
+Owners = Callable[[int, int], tuple[int, int]]
+
+
+def _kind(
+    ust: os.stat_result, before: os.stat_result | None, rep: Report, owners: Owners | None = None
+) -> set[str] | None:
     """Which set of ``rep`` an upper entry belongs to (None: an unchanged directory)."""
     if before is None:
         return rep.added
     if not (stat.S_ISDIR(ust.st_mode) and stat.S_ISDIR(before.st_mode)):
         return rep.modified
+    ids = (before.st_uid, before.st_gid)
+    if owners is not None:
+        ids = owners(*ids)
     meta = (ust.st_mode, ust.st_uid, ust.st_gid)
-    return rep.modified if meta != (before.st_mode, before.st_uid, before.st_gid) else None
+    return rep.modified if meta != (before.st_mode, *ids) else None
 
 
 def _lower_names(frame: _Frame, rep: Report) -> set[str] | None:
@@ -259,6 +268,7 @@ def walk_changes(
     opaque: Sequence[str] = (OPAQUE_TRUSTED, OPAQUE_USER),
     fix_perms: bool = False,
     skip_top: frozenset[str] = frozenset(),
+    owners: Owners | None = None,
 ) -> None:
     """Add the changes an overlay upper (``upper_fd``) makes over ``lower_fds`` to ``rep``.
 
@@ -270,6 +280,9 @@ def walk_changes(
         fix_perms: make unreadable directories of the upper readable (only
             for trees that are nscg's own).
         skip_top: names at the top that are not compared (mount points).
+        owners: how a lower directory's owner shows in the upper once copied
+            up (idmapped lowers: their ids shifted to the sandbox's range);
+            None: as it is.
     """
     fds: list[int | None] = [os.dup(upper_fd)]
     for fd in lower_fds:
@@ -306,7 +319,7 @@ def walk_changes(
                     return
                 continue
             is_dir = stat.S_ISDIR(ust.st_mode)
-            which = _kind(ust, before, rep)
+            which = _kind(ust, before, rep, owners)
             if which is not None and not rep.add(which, path):
                 return
             if not is_dir:

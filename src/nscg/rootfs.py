@@ -307,6 +307,20 @@ class Mount:
     noexec: bool = False
 
 
+def _is_bool(_inst: object, attr: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, bool):
+        raise SpecError(f"{attr.name} must be a bool or None, got {value!r}")
+
+
+def is_host_root(path: str) -> bool:
+    """Whether ``path`` is the host's ``/`` (the same directory, by any name)."""
+    try:
+        a, b = os.stat(path), os.stat("/")
+    except OSError:
+        return os.path.realpath(path) == "/"
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 @attrs.frozen
 class Overlay:
     """An overlay filesystem at ``dest``: ``lowers`` (top first), ``upper`` (None: ephemeral)."""
@@ -320,6 +334,22 @@ class Overlay:
     #: the size limit (bytes) of the scratch memory holding an ephemeral upper
     #: (None: DEFAULT_UPPER_SIZE); a persistent upper is limited by its filesystem
     size: int | None = attrs.field(default=None, converter=_size)
+    #: whether the lowers' files belong to the sandbox's ids when a root
+    #: caller's sandbox maps its ids to an unprivileged host range (see
+    #: :meth:`RootFS.overlay`'s ``idmap_lowers``); None: unless a lower is
+    #: the host's ``/``
+    idmap: bool | None = attrs.field(default=None, validator=attrs.validators.optional(_is_bool))
+
+    def lowers_idmapped(self) -> bool:
+        """Whether the lowers are seen through idmapped mounts (when ids are shifted).
+
+        ``idmap`` if given; by default True unless a lower is the host's
+        ``/`` (the host's view keeps its host owners: its root-only files,
+        such as ``/etc/shadow``, stay unreadable).
+        """
+        if self.idmap is not None:
+            return self.idmap
+        return not any(is_host_root(lo) for lo in self.lowers)
 
     def __attrs_post_init__(self) -> None:
         if not self.lowers:
@@ -698,6 +728,7 @@ class RootFS:
         hide_sockets: bool = True,
         upper_size: int | None = None,
         shm_size: int = DEFAULT_SHM_SIZE,
+        idmap_lowers: bool | None = None,
     ) -> RootFS:
         """A copy-on-write root over ``lowers`` (top first; the host's ``/`` by default).
 
@@ -719,12 +750,27 @@ class RootFS:
             run_size, hide_sockets, shm_size: as for :meth:`host`.
             upper_size: the size limit of the scratch memory holding an
                 ephemeral upper (default :data:`DEFAULT_UPPER_SIZE`, 1 GiB).
+            idmap_lowers: for a root caller whose sandbox maps its ids to an
+                unprivileged host range (the default): True: the lowers are
+                the sandbox's own, seen through idmapped mounts, so a lower
+                file of uid N belongs to the sandbox's uid N (its root owns,
+                reads and may modify the lower's root-owned files; the
+                changes go to the upper, the lower is never written); False:
+                the lowers' files keep their host owners (root-only host
+                files stay unreadable, files of other users read-only). None
+                (the default): True unless the host's ``/`` is a lower (an
+                image directory is the sandbox's; the host's view is not).
+                See "Overlay roots and host owners" in docs/security.md.
+                Without effect for a rootless caller and with
+                ``IdMap(0, 0, 1)`` (no ids to shift).
 
         Raises:
-            UnsupportedError (at spawn): inside a user namespace the kernel must be >= 5.11.
+            UnsupportedError (at spawn): inside a user namespace the kernel must be >= 5.11;
+                a lower that must be idmapped is on a filesystem or kernel that cannot
+                (idmapped layers need Linux >= 5.19).
         """
         layers = tuple(os.fspath(x) for x in lowers)
-        ops: list[Op] = [Overlay(layers, upper, size=upper_size)]
+        ops: list[Op] = [Overlay(layers, upper, size=upper_size, idmap=idmap_lowers)]
         if proc:
             ops.append(Proc())
         if dev:

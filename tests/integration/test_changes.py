@@ -215,7 +215,8 @@ def with_submount(lower: Path, code: str, *, nobody: bool = False) -> dict[str, 
 
 def own(tree: Path) -> None:
     """Give the tree to a root caller's sandbox root, an unprivileged host range
-    (docs/security.md), as host root's files were root's inside before."""
+    (docs/security.md): for a lower that keeps its host owners (idmap_lowers=False);
+    an idmapped lower's root-owned files are the sandbox root's already."""
     rr = nscg.namespaces.root_range()
     for p in [tree, *tree.rglob("*")]:
         os.lchown(p, rr.uid, rr.gid)
@@ -224,7 +225,7 @@ def own(tree: Path) -> None:
 SPLIT_RUN = """
 import json, nscg
 r = nscg.Container().with_rootfs(
-    nscg.RootFS.overlay([LOWER], proc=False, dev=False)
+    nscg.RootFS.overlay([LOWER], proc=False, dev=False, idmap_lowers=False)
 ).run(["/bin/sh", "-c", SCRIPT], capture_output=True)
 ch = r.changes
 print(json.dumps({"rc": r.returncode, "err": r.stderr.decode(),
@@ -287,7 +288,6 @@ def _run(c: Container, root: RootFS) -> tuple[nscg.Result, View]:
 def test_report_matches_find_as_root(lower: Path, userns: bool) -> None:
     if userns:
         need_user_xattrs_on_tmpfs()
-        own(lower)
     before = host_view(lower)
     c = Container() if userns else Container().without_namespaces("user")
     r, after = _run(c, RootFS.overlay([str(lower)], proc=False, dev=False))
@@ -298,7 +298,7 @@ def test_report_matches_find_as_root(lower: Path, userns: bool) -> None:
 
 
 def test_top_level_writes_are_reported_in_the_split_root(lower: Path) -> None:
-    own(lower)
+    own(lower)  # (the split root keeps the lower's host owners: idmap_lowers=False)
     need_user_xattrs_on_tmpfs()
     before = host_view(lower)
     out, after = _split(lower, nobody=False)
@@ -345,8 +345,6 @@ def test_an_upper_inside_a_lower_is_refused(lower: Path) -> None:
 
 @pytest.mark.parametrize("userns", [False, True], ids=["no-userns", "userns"])
 def test_devices_fifos_and_sockets_in_the_upper(lower: Path, userns: bool) -> None:
-    if userns:
-        own(lower)
     c = Container() if userns else Container().without_namespaces("user")
     c = c.with_capabilities("inherit")  # (CAP_MKNOD)
     script = "busybox mkfifo /a/p && busybox mknod /a/null c 1 3; busybox mknod /a/wh c 0 0; "
@@ -364,7 +362,6 @@ def test_devices_fifos_and_sockets_in_the_upper(lower: Path, userns: bool) -> No
 
 
 def test_a_chain_deeper_than_path_max_is_reported_truncated_and_cleaned(lower: Path) -> None:
-    own(lower)
     # (built bottom-up with short names: a shell cannot cd deeper than PATH_MAX)
     script = "cd /a && mkdir d && i=1 && while [ $i -lt 5000 ]; do "
     script += "mkdir n && mv d n/d && mv n d && i=$((i+1)); done; echo ok"
@@ -389,7 +386,6 @@ def test_a_chain_deeper_than_path_max_is_reported_truncated_and_cleaned(lower: P
 
 @pytest.mark.slow
 def test_many_files_are_bounded_and_cleaned(lower: Path) -> None:
-    own(lower)
     script = "mkdir /a/many && cd /a/many && busybox seq 1 250000 | busybox xargs touch; echo ok"
     out, left = in_private_shm(
         dedent(f"""
@@ -407,7 +403,6 @@ def test_many_files_are_bounded_and_cleaned(lower: Path) -> None:
 
 
 def test_the_report_is_json_serialisable_with_its_flag(lower: Path) -> None:
-    own(lower)
     r = (
         Container()
         .with_rootfs(RootFS.overlay([str(lower)], proc=False, dev=False))
@@ -420,7 +415,6 @@ def test_the_report_is_json_serialisable_with_its_flag(lower: Path) -> None:
 
 
 def test_a_full_tmp_area_is_a_typed_error_or_not_needed(lower: Path) -> None:
-    own(lower)
     out, _left = in_private_shm(
         dedent(f"""
         import json, os, subprocess, nscg
@@ -459,7 +453,6 @@ def test_a_full_tmp_area_is_a_typed_error_or_not_needed(lower: Path) -> None:
 
 
 def test_a_full_scratch_is_enospc_inside_and_nothing_outside(lower: Path) -> None:
-    own(lower)
     c = Container().with_rootfs(
         RootFS.overlay([str(lower)], proc=False, dev=True, upper_size=1 << 20, shm_size=1 << 20)
     )

@@ -209,7 +209,9 @@ def test_writable_bind_is_idmapped_to_the_caller(tmp_path: Path) -> None:
 
 
 def test_overlay_root_as_root(tmp_path: Path) -> None:
-    """An overlay root modifies its own files; root-only lower files stay unreadable."""
+    """An overlay whose lowers keep their host owners (idmap_lowers=False, the host
+    view's default) modifies its own files; root-only lower files stay unreadable.
+    (Idmapped lowers: tests/integration/test_overlay_owners.py.)"""
     need_root()
     rr = ns_mod.root_range()
     lower = Path(tempfile.mkdtemp(prefix="nscg-lower-", dir="/var/tmp"))
@@ -221,7 +223,7 @@ def test_overlay_root_as_root(tmp_path: Path) -> None:
         (lower / "mine").write_text("m")
         os.chown(lower / "mine", rr.uid, rr.gid)
         c = Container().with_rootfs(
-            RootFS.host().then(nscg.rootfs.Overlay((str(lower),), None, "/mnt"))
+            RootFS.host().then(nscg.rootfs.Overlay((str(lower),), None, "/mnt", idmap=False))
         )
         script = (
             "cd /mnt; cat secret 2>/dev/null || echo secret-refused; echo more >> mine && "

@@ -124,7 +124,8 @@
 #define NSCG_MNT_OPTIONAL 128
 /* a bind whose detached mount the parent made (an idmapped tree: see
  * nscg/_idmap.py): the child moves plan->mount_fds[op->fd_index] into place
- * instead of calling open_tree and mount_setattr itself */
+ * instead of calling open_tree and mount_setattr itself; an SBIND with it
+ * attaches that tree at dest in the scratch (an idmapped overlay lower) */
 #define NSCG_MNT_FROM_FD 256
 /* a slot of nscg_plan.mount_fds whose tree the child opens in op_bind; -1:
  * an optional source that does not exist */

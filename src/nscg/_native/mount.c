@@ -681,10 +681,28 @@ static void op_sfs(struct mctx *m, int i, const struct nscg_mount_op *op)
     SYS1(SYS_close, fs);
 }
 
-/* SBIND: a clone of source (relative to the scratch), kept in a slot. */
+/* SBIND: a clone of source (relative to the scratch), kept in a slot.
+ * With NSCG_MNT_FROM_FD: the parent's detached tree (an idmapped overlay
+ * lower, see nscg/_rootfs_run.py) attached at dest in the scratch, where the
+ * overlay made next finds it by a relative lowerdir: overlayfs clones a lower
+ * only from a mount of the caller's namespace (clone_private_mount), not from
+ * the parent's detached one. It goes when SDONE detaches the scratch; the
+ * overlay keeps its own clone. */
 static void op_sbind(struct mctx *m, int i, const struct nscg_mount_op *op)
 {
     struct child_ctx *c = m->c;
+    if (op->flags & NSCG_MNT_FROM_FD) {
+        const struct nscg_plan *p = c->p;
+        int tree = (op->fd_index >= 0 && op->fd_index < p->n_mount_fds) ? p->mount_fds[op->fd_index]
+                                                                         : -1;
+        if (tree < 0)
+            fail(c, NSCG_STAGE_MOUNTS, EBADF, i, "move_mount");
+        p->mount_fds[op->fd_index] = -1;
+        long r = SYS5(SYS_move_mount, tree, "", m->scratch, op->dest, MOVE_MOUNT_F_EMPTY_PATH);
+        SYS1(SYS_close, tree);
+        STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount", r);
+        return;
+    }
     int k = slot_index(m, i, op);
     STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree",
          m->slots[k] = (int)sys_open_tree(m->scratch, op->source,
