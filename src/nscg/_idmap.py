@@ -52,7 +52,7 @@ _FLAG_ATTRS = {
 class IdBind(NamedTuple):
     """A writable bind of the plan that gets an idmapped tree (one per spawn)."""
 
-    slot: int  # its slot in nscg_plan.mount_fds
+    slot: int  # its slot in nscg_spawn_state.mount_fds
     source: bytes
     recursive: bool
     attrs: int  # MOUNT_ATTR_* to set besides the idmap
@@ -85,7 +85,7 @@ def _lower(pr: Prim) -> bool:
 
 def bind_slots(prims: Sequence[Prim]) -> list[int]:
     """The primitives that are binds or idmapped overlay lowers: each gets a slot
-    of ``nscg_plan.mount_fds``."""
+    of ``nscg_spawn_state.mount_fds``."""
     return [i for i, pr in enumerate(prims) if pr.kind == "bind" or _lower(pr)]
 
 
@@ -203,7 +203,7 @@ def open_trees(
     trees: Any,
     lowers: Sequence[int] = (),
 ) -> None:
-    """Give this spawn its ``plan.mount_fds``: the idmapped trees, made now, and
+    """Give this spawn its ``plan.state.mount_fds``: the idmapped trees, made now, and
     ``NSCG_FD_NOT_OPENED`` for the other binds (the child opens those).
 
     ``lowers`` are the idmapped overlay lowers the RootfsRun made, in the
@@ -221,8 +221,8 @@ def open_trees(
     if not n_slots:
         return
     arr = p.array("int32_t[]", [lib.NSCG_FD_NOT_OPENED] * n_slots)
-    plan.mount_fds = arr
-    plan.n_mount_fds = n_slots
+    plan.state.mount_fds = arr
+    plan.state.n_mount_fds = n_slots
     slots = [b.slot for b in binds if b.lower]
     assert len(slots) == len(lowers), (slots, lowers)
     for k, fd in zip(slots, lowers, strict=True):

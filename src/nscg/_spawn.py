@@ -494,11 +494,17 @@ class _Plan:
         self.plan.parent_pidfd = -1
         self.plan.err_fd = -1
         self.plan.sync_fd = -1
-        self.plan.status_fd = -1
         self.plan.init_fd = -1
+        self._new_state()
         self.plan.scratch_sock = -1
         self.plan.fault.stage = -1
         self.plan.fault.index = -1
+
+    def _new_state(self) -> None:
+        """What this spawn's C writes while it runs (the plan itself is read only)."""
+        self.state = ffi.new("struct nscg_spawn_state *")
+        self.state.status_fd = -1
+        self.plan.state = self.state
 
     def cstr(self, s: str | bytes | None) -> Any:
         if s is None:
@@ -787,6 +793,7 @@ class _Prepared:
         p = _Plan.__new__(_Plan)
         p.keep = [self.tmpl]
         p.plan = ffi.new("struct nscg_plan *", self.tmpl.plan[0])
+        p._new_state()
         return p
 
 
@@ -1001,12 +1008,15 @@ def _spawn(
                 jn[i].fd, jn[i].nstype = r.fileno(), int(r.kind)
             plan.joins = jn
             plan.n_join = len(joins)
-        plan.scratch = p.array("int32_t[]", len(fdmap) + len(joins) + 4)
         if n_slots:
             fds.trees = p.array("int32_t[]", [-1] * n_slots)
             fds.n_trees = n_slots
             lowers = _root.take_lower_trees() if _root is not None else ()
             _idmap.open_trees(p, plan, n_slots, idmap_binds, maps, fds.trees, lowers)
+        # the child's working memory for its fds (abi.h: nscg_spawn_state.scratch)
+        n_scratch = len(fdmap) + 2 * len(joins) + n_slots + lib.NSCG_SCRATCH_CHANNELS
+        p.state.scratch = p.array("int32_t[]", n_scratch)
+        p.state.n_scratch = n_scratch
 
         if c.cgroup is not None:
             # created (limits written) before anything runs; raises the clear

@@ -293,3 +293,31 @@ def test_unidmappable_writable_bind_is_a_clear_error() -> None:
     with pytest.raises(nscg.UnsupportedError, match=r"/proc/sys.*cannot be idmapped"):
         c.run(["true"])
     assert stat.S_ISDIR(os.stat("/proc/sys").st_mode)
+
+
+def test_many_idmapped_binds_all_reach_the_sandbox(tmp_path: Path) -> None:
+    """Every parent-made tree survives the child's fd clean-up, however many.
+
+    The child kept the fds it moves above the payload's in a list of 69 slots
+    and silently dropped what did not fit: past about 60 idmapped binds the
+    last trees were closed before the mount plan used them.
+    """
+    need_root()
+    tmp_path.chmod(0o755)
+    n = 80
+    root = RootFS.host()
+    for i in range(n):
+        d = tmp_path / f"d{i}"
+        d.mkdir()
+        (d / "f").write_text(str(i))
+        root = root.bind(d, f"/tmp/b{i}", readonly=False)
+    r = (
+        Container()
+        .with_rootfs(root)
+        .run(
+            ["sh", "-c", f"for i in $(seq 0 {n - 1}); do cat /tmp/b$i/f; echo; done"],
+            capture_output=True,
+            check=True,
+        )
+    )
+    assert (r.stdout or b"").decode().split() == [str(i) for i in range(n)]

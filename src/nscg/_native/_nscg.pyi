@@ -82,6 +82,7 @@ class _Lib:
     NSCG_MOUNT_SLOT: Final[int]
     NSCG_MAX_SLOTS: Final[int]
     NSCG_MAX_DEST: Final[int]
+    NSCG_SCRATCH_CHANNELS: Final[int]
     NSCG_MNT_RDONLY: Final[int]
     NSCG_MNT_NOSUID: Final[int]
     NSCG_MNT_NODEV: Final[int]

@@ -6,7 +6,7 @@
  * boundary. Bump NSCG_ABI_VERSION whenever a struct or a signature changes.
  */
 
-#define NSCG_ABI_VERSION 9
+#define NSCG_ABI_VERSION 10
 
 /* ---- stages of a spawn (reported in struct nscg_child_error) ----
  * Numbered in the order a spawn with new namespaces runs them, and listed in
@@ -123,11 +123,11 @@
 #define NSCG_MNT_CREATE_FILE 64
 #define NSCG_MNT_OPTIONAL 128
 /* a bind whose detached mount the parent made (an idmapped tree: see
- * nscg/_idmap.py): the child moves plan->mount_fds[op->fd_index] into place
+ * nscg/_idmap.py): the child moves state->mount_fds[op->fd_index] into place
  * instead of calling open_tree and mount_setattr itself; an SBIND with it
  * attaches that tree at dest in the scratch (an idmapped overlay lower) */
 #define NSCG_MNT_FROM_FD 256
-/* a slot of nscg_plan.mount_fds whose tree the child opens in op_bind; -1:
+/* a slot of nscg_spawn_state.mount_fds whose tree the child opens in op_bind; -1:
  * an optional source that does not exist */
 #define NSCG_FD_NOT_OPENED -2
 
@@ -207,7 +207,7 @@ struct nscg_mount_op {
     const char *dest;
     const char *fstype;
     char *const *options;
-    int32_t fd_index; /* a bind: its slot in nscg_plan.mount_fds, or -1 */
+    int32_t fd_index; /* a bind: its slot in nscg_spawn_state.mount_fds, or -1 */
     uint32_t reserved;
 };
 
@@ -218,6 +218,34 @@ struct nscg_fault {
     int32_t err;
     int32_t index;
 };
+
+/* What a spawn writes while it runs: the parent's C (the children's stacks,
+ * the status page) and the child (the fds it moves). The plan is const from
+ * the spawn call on and never written; this struct is the spawn's own (one
+ * per spawn, made zeroed by the caller with status_fd -1, kept as long as the
+ * plan), and the plan points to it. */
+struct nscg_spawn_state {
+    uint64_t aux_stacks;              /* the stack region (see spawn.c) */
+    uint64_t aux_stack_size;
+    struct nscg_child_error *err_mem; /* NSCG_F_VFORK: the report goes here */
+    struct nscg_shared *shared;       /* NSCG_F_MAKE_STATUS: the status page */
+    int32_t status_fd;                /* its memfd, until the clone is done */
+    /* one slot per bind (nscg_mount_op.fd_index): a detached mount made by
+     * the parent (NSCG_MNT_FROM_FD), or NSCG_FD_NOT_OPENED for the child to
+     * open (with NSCG_F_ROOT_EARLY it does so before it becomes root, see
+     * nscg_open_bind_sources). The child moves the parent's fds above
+     * fd_floor (close-on-exec) and writes the new numbers back */
+    int32_t n_mount_fds;
+    int32_t *mount_fds;
+    /* the child's working memory for its fds (n_scratch ints): the moved
+     * fdmap sources and joins, then the list of fds it keeps (its own
+     * channels, the joins, the binds): n_fdmap + 2 * n_join + n_mount_fds +
+     * NSCG_SCRATCH_CHANNELS at least, or the child fails at FDS (EOVERFLOW) */
+    int32_t *scratch;
+    int32_t n_scratch;
+    uint32_t reserved;
+};
+#define NSCG_SCRATCH_CHANNELS 8
 
 struct nscg_plan {
     uint32_t abi;
@@ -232,7 +260,7 @@ struct nscg_plan {
     int32_t n_fdmap;
     int32_t n_join;
     const struct nscg_fdmap *fdmap;
-    int32_t *scratch;
+    struct nscg_spawn_state *state;   /* written during the spawn: see above */
     const struct nscg_join *joins;
     const char *path;
     char *const *argv;
@@ -247,13 +275,10 @@ struct nscg_plan {
     int32_t n_rlimits;
     const uint32_t *groups;
     const struct nscg_rlimit *rlimits;
-    struct nscg_shared *shared;
-    int32_t status_fd;
     int32_t init_fd;
-    uint64_t aux_stacks;
-    uint64_t aux_stack_size;
-    struct nscg_fault fault;
     int32_t cap_last;
+    struct nscg_fault fault;
+    uint32_t reserved0;
     uint64_t cap_bounding;
     uint64_t cap_permitted;
     uint64_t cap_effective;
@@ -265,7 +290,6 @@ struct nscg_plan {
     uint32_t mount_flags;
     uint32_t reserved1;
     const struct nscg_mount_op *mounts;
-    struct nscg_child_error *err_mem; /* set by nscg_spawn with NSCG_F_VFORK */
     const char *uid_map_text;         /* NSCG_F_PARENT_MAPS */
     const char *gid_map_text;
     int32_t sync_w;                   /* the parent's end of sync_fd */
@@ -274,14 +298,6 @@ struct nscg_plan {
     uint32_t reserved2;
     int32_t scratch_sock;             /* the scratch tmpfs's fd is sent here (or -1) */
     uint32_t reserved3;
-    /* one slot per bind (nscg_mount_op.fd_index): a detached mount made by
-     * the parent (NSCG_MNT_FROM_FD), or NSCG_FD_NOT_OPENED for the child to
-     * open (with NSCG_F_ROOT_EARLY it does so before it becomes root, see
-     * nscg_open_bind_sources). The child moves the parent's fds above
-     * fd_floor (close-on-exec) and writes the new numbers back */
-    int32_t *mount_fds;
-    int32_t n_mount_fds;
-    uint32_t reserved4;
 };
 
 struct nscg_spawn_out {

@@ -51,7 +51,7 @@ static void write_record(int fd, uint32_t stage, int err, int index, const char 
 
 void nscg_fail(struct child_ctx *c, uint32_t stage, int err, int index, const char *sc)
 {
-    struct nscg_child_error *m = c->p->err_mem;
+    struct nscg_child_error *m = c->st->err_mem;
     if (c->err_fd < 0 && m) {
         /* vfork-style: the caller is suspended until we _exit, then reads it */
         m->abi = NSCG_ABI_VERSION;
@@ -76,7 +76,7 @@ static int dup_above(int fd, int floor)
     return (int)SYS3(SYS_fcntl, fd, F_DUPFD_CLOEXEC, floor);
 }
 
-static void sort_ints(int *a, int n)
+static void sort_ints(int32_t *a, int n)
 {
     for (int i = 1; i < n; i++) {
         int v = a[i], j = i - 1;
@@ -100,10 +100,14 @@ static int close_gap(int lo, int hi_incl)
 static void setup_fds(struct child_ctx *c)
 {
     const struct nscg_plan *p = c->p;
+    struct nscg_spawn_state *st = c->st;
     int floor = p->fd_floor;
-    int *scratch = p->scratch; /* n_fdmap + n_join + 4 ints, from the parent */
-    int keep[5 + 64];
+    /* the moved fdmap sources and joins, then the list of fds kept (abi.h) */
+    int32_t *scratch = st->scratch, *keep = scratch + p->n_fdmap + p->n_join;
     int nkeep = 0;
+
+    if (st->n_scratch < p->n_fdmap + 2 * p->n_join + st->n_mount_fds + NSCG_SCRATCH_CHANNELS)
+        fail(c, NSCG_STAGE_FDS, EOVERFLOW, -1, "fcntl");
 
     if (c->err_fd >= 0) {
         c->err_fd = dup_above(c->err_fd, floor);
@@ -135,17 +139,15 @@ static void setup_fds(struct child_ctx *c)
     for (int i = 0; i < p->n_fdmap; i++)
         STEP(c, NSCG_STAGE_FDS, i, "fcntl", scratch[i] = dup_above(p->fdmap[i].src, floor));
     for (int i = 0; i < p->n_join; i++) {
-        int *slot = &scratch[p->n_fdmap + i];
+        int32_t *slot = &scratch[p->n_fdmap + i];
         STEP(c, NSCG_STAGE_FDS, i, "fcntl", *slot = dup_above(p->joins[i].fd, floor));
-        if (nkeep < (int)(sizeof keep / sizeof keep[0]))
-            keep[nkeep++] = *slot;
+        keep[nkeep++] = *slot;
     }
-    for (int i = 0; i < p->n_mount_fds; i++) {
-        if (p->mount_fds[i] < 0)
+    for (int i = 0; i < st->n_mount_fds; i++) {
+        if (st->mount_fds[i] < 0)
             continue;
-        STEP(c, NSCG_STAGE_FDS, i, "fcntl", p->mount_fds[i] = dup_above(p->mount_fds[i], floor));
-        if (nkeep < (int)(sizeof keep / sizeof keep[0]))
-            keep[nkeep++] = p->mount_fds[i];
+        STEP(c, NSCG_STAGE_FDS, i, "fcntl", st->mount_fds[i] = dup_above(st->mount_fds[i], floor));
+        keep[nkeep++] = st->mount_fds[i];
     }
     for (int i = 0; i < p->n_fdmap; i++)
         /* (dup3: scratch[i] is above the floor, never equal to dst) */
@@ -247,10 +249,10 @@ static void become_root(struct child_ctx *c)
 /* The extra stacks: the parent mapped them below the first child's own.
  * Stack 0 is for the process forked into the pid namespace, stack 1 for the
  * payload started by the init. */
-static void *aux_stack(const struct nscg_plan *p, int i)
+static void *aux_stack(const struct nscg_spawn_state *st, int i)
 {
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    return (char *)(uintptr_t)p->aux_stacks + page + (size_t)i * (p->aux_stack_size + page);
+    return (char *)(uintptr_t)st->aux_stacks + page + (size_t)i * (st->aux_stack_size + page);
 }
 
 /* How start_on_stack shares memory with the new task. */
@@ -261,7 +263,7 @@ enum start_vm {
 };
 
 /* Start fn on aux stack i, sharing memory or on a copy of it (see start_vm). */
-static long start_on_stack(const struct nscg_plan *p, int i, unsigned long extra,
+static long start_on_stack(const struct nscg_spawn_state *st, int i, unsigned long extra,
                            void (*fn)(void *), void *arg, enum start_vm how)
 {
     struct nscg_clone_args args;
@@ -272,14 +274,14 @@ static long start_on_stack(const struct nscg_plan *p, int i, unsigned long extra
     args.flags = vm | extra;
     /* with CLONE_PARENT the child inherits our exit signal; clone3 wants 0 */
     args.exit_signal = (extra & CLONE_PARENT) ? 0 : SIGCHLD;
-    args.stack = (uint64_t)(uintptr_t)aux_stack(p, i);
-    args.stack_size = p->aux_stack_size;
-    if ((extra & CLONE_PARENT) && p->shared) {
+    args.stack = (uint64_t)(uintptr_t)aux_stack(st, i);
+    args.stack_size = st->aux_stack_size;
+    if ((extra & CLONE_PARENT) && st->shared) {
         /* the caller's abort path finds the new process (a child of the
          * caller) by this pid: the kernel stores it before the process runs,
          * in this same system call, so once we are gone it is final */
         args.flags |= CLONE_PARENT_SETTID;
-        args.parent_tid = (uint64_t)(uintptr_t)&p->shared->init_pid;
+        args.parent_tid = (uint64_t)(uintptr_t)&st->shared->init_pid;
     }
     long pid = nscg_clone3_run(&args, fn, arg);
     if (pid == -ENOSYS) {
@@ -378,7 +380,7 @@ __attribute__((noreturn)) static void finish(struct child_ctx *c)
         long payload;
         FAULT_POINT(c, NSCG_STAGE_FORK, 0, "clone3");
         STEP(c, NSCG_STAGE_FORK, 0, "pipe2", SYS2(SYS_pipe2, c->init_gate, O_CLOEXEC));
-        payload = start_on_stack(c->p, 1, 0, payload_entry, c, START_SHARED);
+        payload = start_on_stack(c->st, 1, 0, payload_entry, c, START_SHARED);
         if (payload < 0)
             fail(c, NSCG_STAGE_FORK, (int)-payload, 0, "clone3");
         SYS1(SYS_close, c->init_gate[0]); /* the write end closes with the exec */
@@ -412,7 +414,8 @@ void nscg_child_main(const struct nscg_plan *p)
     c->err_fd = p->err_fd;
     c->sync_fd = p->sync_fd;
     c->parent_pidfd = p->parent_pidfd;
-    c->status_fd = p->status_fd;
+    c->st = p->state;
+    c->status_fd = c->st->status_fd;
     c->init_fd = p->init_fd;
     c->scratch_sock = p->scratch_sock;
     c->forked = 0;
@@ -438,7 +441,7 @@ void nscg_child_main(const struct nscg_plan *p)
 
     /* join existing namespaces (user first: the parent ordered them) */
     for (int i = 0; i < p->n_join; i++) {
-        int fd = p->scratch[p->n_fdmap + i];
+        int fd = c->st->scratch[p->n_fdmap + i];
         if (p->joins[i].nstype == 0) {
             /* not a namespace: the target's root directory, entered after its
              * mount namespace (setns puts us at that namespace's root mount,
@@ -451,7 +454,7 @@ void nscg_child_main(const struct nscg_plan *p)
         }
     }
     for (int i = 0; i < p->n_join; i++)
-        SYS1(SYS_close, p->scratch[p->n_fdmap + i]);
+        SYS1(SYS_close, c->st->scratch[p->n_fdmap + i]);
     if (p->flags & NSCG_F_UNSHARE_LATE) {
         uint64_t ns = p->ns_new & ~(uint64_t)(NSCG_CLONE_NEWTIME | NSCG_CLONE_NEWPID);
         if (ns)
@@ -479,10 +482,10 @@ void nscg_child_main(const struct nscg_plan *p)
         if (p->ns_new & NSCG_CLONE_NEWPID)
             STEP(c, NSCG_STAGE_UNSHARE, -1, "unshare", SYS1(SYS_unshare, CLONE_NEWPID));
         FAULT_POINT(c, NSCG_STAGE_FORK, -1, "clone3");
-        g = start_on_stack(p, 0, CLONE_PARENT, pidns_entry, c, p->n_join > 0 ? START_COPY : START_VFORK);
+        g = start_on_stack(c->st, 0, CLONE_PARENT, pidns_entry, c, p->n_join > 0 ? START_COPY : START_VFORK);
         if (g < 0)
             fail(c, NSCG_STAGE_FORK, (int)-g, -1, "clone3");
-        __atomic_store_n(&p->shared->init_pid, (int32_t)g, __ATOMIC_RELEASE);
+        __atomic_store_n(&c->st->shared->init_pid, (int32_t)g, __ATOMIC_RELEASE);
         nscg_exit(0);
     }
     finish(c);

@@ -27,7 +27,8 @@
 
 /* File descriptors the child still needs once the fd table is rearranged. */
 struct child_ctx {
-    const struct nscg_plan *p;
+    const struct nscg_plan *p;   /* read only */
+    struct nscg_spawn_state *st; /* p->state: what the spawn writes */
     int err_fd;
     int sync_fd;
     int parent_pidfd;

@@ -303,11 +303,11 @@ static void attach(struct mctx *m, int i, const struct nscg_mount_op *op, uint32
 static void op_bind(struct mctx *m, int i, const struct nscg_mount_op *op)
 {
     struct child_ctx *c = m->c;
-    const struct nscg_plan *p = c->p;
+    struct nscg_spawn_state *st = c->st;
     unsigned rec = (op->flags & NSCG_MNT_RECURSIVE) ? AT_RECURSIVE : 0;
     int tree;
-    int slot = (op->fd_index >= 0 && op->fd_index < p->n_mount_fds) ? p->mount_fds[op->fd_index]
-                                                                     : NSCG_FD_NOT_OPENED;
+    int slot = (op->fd_index >= 0 && op->fd_index < st->n_mount_fds) ? st->mount_fds[op->fd_index]
+                                                                       : NSCG_FD_NOT_OPENED;
     if (slot != NSCG_FD_NOT_OPENED) {
         /* cloned already, with its attributes set: by the parent (an
          * idmapped tree, NSCG_MNT_FROM_FD: mount_setattr with
@@ -315,7 +315,7 @@ static void op_bind(struct mctx *m, int i, const struct nscg_mount_op *op)
          * the filesystem, which this process does not have) or by
          * nscg_open_bind_sources; moving it into place is all that is left */
         tree = slot;
-        p->mount_fds[op->fd_index] = -1; /* consumed (attach closes it) */
+        st->mount_fds[op->fd_index] = -1; /* consumed (attach closes it) */
         if (tree < 0 && (op->flags & NSCG_MNT_OPTIONAL))
             return; /* no source */
         if (tree < 0)
@@ -692,12 +692,12 @@ static void op_sbind(struct mctx *m, int i, const struct nscg_mount_op *op)
 {
     struct child_ctx *c = m->c;
     if (op->flags & NSCG_MNT_FROM_FD) {
-        const struct nscg_plan *p = c->p;
-        int tree = (op->fd_index >= 0 && op->fd_index < p->n_mount_fds) ? p->mount_fds[op->fd_index]
-                                                                         : -1;
+        struct nscg_spawn_state *st = c->st;
+        int tree = (op->fd_index >= 0 && op->fd_index < st->n_mount_fds) ? st->mount_fds[op->fd_index]
+                                                                           : -1;
         if (tree < 0)
             fail(c, NSCG_STAGE_MOUNTS, EBADF, i, "move_mount");
-        p->mount_fds[op->fd_index] = -1;
+        st->mount_fds[op->fd_index] = -1;
         long r = SYS5(SYS_move_mount, tree, "", m->scratch, op->dest, MOVE_MOUNT_F_EMPTY_PATH);
         SYS1(SYS_close, tree);
         STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount", r);
@@ -748,21 +748,22 @@ static void op_slot(struct mctx *m, int i, const struct nscg_mount_op *op)
 void nscg_open_bind_sources(struct child_ctx *c)
 {
     const struct nscg_plan *p = c->p;
+    struct nscg_spawn_state *st = c->st;
     unsigned long prop = (p->mount_flags & NSCG_MOUNTS_SLAVE) ? MS_SLAVE : MS_PRIVATE;
     if (!(p->mount_flags & NSCG_MOUNTS_ACTIVE))
         return;
     STEP(c, NSCG_STAGE_MOUNTS, -1, "mount", SYS5(SYS_mount, NULL, "/", NULL, MS_REC | prop, NULL));
     for (int i = 0; i < p->n_mounts; i++) {
         const struct nscg_mount_op *op = &p->mounts[i];
-        if (op->kind != NSCG_MOUNT_BIND || op->fd_index < 0 || op->fd_index >= p->n_mount_fds ||
-            p->mount_fds[op->fd_index] != NSCG_FD_NOT_OPENED)
+        if (op->kind != NSCG_MOUNT_BIND || op->fd_index < 0 || op->fd_index >= st->n_mount_fds ||
+            st->mount_fds[op->fd_index] != NSCG_FD_NOT_OPENED)
             continue;
         unsigned rec = (op->flags & NSCG_MNT_RECURSIVE) ? AT_RECURSIVE : 0;
         FAULT_POINT(c, NSCG_STAGE_MOUNTS, i, "open_tree");
         int tree = (int)sys_open_tree(AT_FDCWD, op->source, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | rec);
         if (tree < 0) {
             if (tree == -ENOENT && (op->flags & NSCG_MNT_OPTIONAL)) {
-                p->mount_fds[op->fd_index] = -1;
+                st->mount_fds[op->fd_index] = -1;
                 continue;
             }
             fail(c, NSCG_STAGE_MOUNTS, -tree, i, "open_tree");
@@ -770,7 +771,7 @@ void nscg_open_bind_sources(struct child_ctx *c)
         uint64_t a = attrs_of(op->flags);
         if (a)
             STEP(c, NSCG_STAGE_MOUNTS, i, "mount_setattr", sys_setattr(tree, rec, a));
-        p->mount_fds[op->fd_index] = tree;
+        st->mount_fds[op->fd_index] = tree;
     }
 }
 

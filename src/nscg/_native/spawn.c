@@ -269,7 +269,7 @@ static void wait_exec(const struct nscg_plan *plan, struct nscg_spawn_out *out)
          * that exec before its own (child.c, payload_entry). EOF below (the
          * payload holds the pipe until its execve) or the abort releases it. */
         if (out->first_status == 0) {
-            int g = __atomic_load_n(&plan->shared->init_pid, __ATOMIC_ACQUIRE);
+            int g = __atomic_load_n(&plan->state->shared->init_pid, __ATOMIC_ACQUIRE);
             long fd = syscall(SYS_pidfd_open, g, 0);
             out->pid2 = g;
             out->pidfd2 = fd < 0 ? -errno : above_stdio((int)fd);
@@ -396,12 +396,12 @@ static void do_clone(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     out->stack_addr = (uint64_t)(uintptr_t)region;
     out->stack_size = size;
     {
-        /* the plan is the caller's memory, handed to us for this call */
-        struct nscg_plan *wp = (struct nscg_plan *)(uintptr_t)plan;
+        /* (the spawn's own state: the plan itself is never written) */
+        struct nscg_spawn_state *st = plan->state;
         size_t page = (size_t)sysconf(_SC_PAGESIZE);
-        wp->aux_stacks = (uint64_t)(uintptr_t)region;
-        wp->aux_stack_size = NSCG_CHILD_STACK;
-        wp->err_mem = vforked ? &out->child_err : NULL;
+        st->aux_stacks = (uint64_t)(uintptr_t)region;
+        st->aux_stack_size = NSCG_CHILD_STACK;
+        st->err_mem = vforked ? &out->child_err : NULL;
         /* the first child's stack: the last slot */
         region = (char *)region + 2 * (NSCG_CHILD_STACK + page) + page;
         size = NSCG_CHILD_STACK;
@@ -572,7 +572,7 @@ static void finish(const struct nscg_plan *plan, struct nscg_spawn_out *out)
  * nscg-init the payload's wait status (through its own fd, after execve). */
 static int make_status(const struct nscg_plan *plan, struct nscg_spawn_out *out)
 {
-    struct nscg_plan *wp = (struct nscg_plan *)(uintptr_t)plan;
+    struct nscg_spawn_state *st = plan->state;
     int fd = (int)syscall(SYS_memfd_create, "nscg-status", MFD_CLOEXEC);
     if (fd < 0)
         return errno;
@@ -588,20 +588,20 @@ static int make_status(const struct nscg_plan *plan, struct nscg_spawn_out *out)
         return e;
     }
     page->abi = NSCG_ABI_VERSION;
-    wp->shared = page;
-    wp->status_fd = fd;
+    st->shared = page;
+    st->status_fd = fd;
     out->shared = page;
     return 0;
 }
 
 /* After the clone (or its failure): the caller's copy of the memfd goes. The
- * plan is left alone: the child, sharing our memory, may not have read it yet
- * (the fd number stays valid in its own copy of the fd table). */
+ * state's status_fd is left as it is: the child, sharing our memory, may not
+ * have read it yet (the fd number stays valid in its own copy of the fd table). */
 static void drop_status_fd(const struct nscg_plan *plan, struct nscg_spawn_out *out)
 {
-    if (!(plan->flags & NSCG_F_MAKE_STATUS) || plan->status_fd < 0)
+    if (!(plan->flags & NSCG_F_MAKE_STATUS) || plan->state->status_fd < 0)
         return;
-    close(plan->status_fd);
+    close(plan->state->status_fd);
     if (out->err && out->shared) {
         nscg_unmap_shared(out->shared);
         out->shared = NULL;
@@ -615,7 +615,7 @@ int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     out->pid = -1;
     out->pidfd = -1;
     out->pidfd2 = -1;
-    if (plan->abi != NSCG_ABI_VERSION) {
+    if (plan->abi != NSCG_ABI_VERSION || !plan->state) {
         set_out_err(out, EINVAL, NSCG_STAGE_CLONE, "abi");
         return -1;
     }
