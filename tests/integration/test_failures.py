@@ -136,3 +136,24 @@ def test_init_exec_failure_kills_the_started_payload() -> None:
     assert (ei.value.stage, ei.value.op_index, ei.value.syscall) == (Stage.FORK, 1, "execveat")
     assert open_fds() == fds
     assert set(children()) == kids
+
+
+def test_too_little_fd_scratch_fails_at_fds_instead_of_dropping_fds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The child refuses a scratch too small for the fds it keeps (it used to drop some)."""
+    from nscg import _spawn
+    from nscg._native import lib
+
+    class Short:
+        NSCG_SCRATCH_CHANNELS = 0
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(lib, name)
+
+    monkeypatch.setattr(_spawn, "lib", Short())
+    before = (children(), open_fds())
+    with pytest.raises(nscg.SpawnError) as ei:
+        Container().without_rootfs().run(["/bin/true"])
+    assert (ei.value.stage, ei.value.errno) == (Stage.FDS, errno.EOVERFLOW)
+    assert (children(), open_fds()) == before

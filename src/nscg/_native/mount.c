@@ -106,6 +106,9 @@ struct nscg_open_how {
 struct nscg_mount_attr {
     uint64_t attr_set, attr_clr, propagation, userns_fd;
 };
+/* the kernel's OPEN_HOW_SIZE_VER0 and MOUNT_ATTR_SIZE_VER0 */
+_Static_assert(sizeof(struct nscg_open_how) == 24, "struct open_how");
+_Static_assert(sizeof(struct nscg_mount_attr) == 32, "struct mount_attr");
 
 /* A destination and its parent are copied into buffers of NSCG_MAX_DEST
  * bytes (abi.h), plus the NUL and the byte split() moves the name by: a

@@ -10,6 +10,19 @@
 #define P_PIDFD 3
 #endif
 
+/* abi.h spells the kernel's numbers out (cffi's cdef takes no #include):
+ * checked here against the system's headers. */
+_Static_assert(NSCG_CLONE_NEWNS == CLONE_NEWNS && NSCG_CLONE_NEWCGROUP == CLONE_NEWCGROUP &&
+                   NSCG_CLONE_NEWUTS == CLONE_NEWUTS && NSCG_CLONE_NEWIPC == CLONE_NEWIPC &&
+                   NSCG_CLONE_NEWUSER == CLONE_NEWUSER && NSCG_CLONE_NEWPID == CLONE_NEWPID &&
+                   NSCG_CLONE_NEWNET == CLONE_NEWNET,
+               "abi.h: NSCG_CLONE_NEW* are the kernel's CLONE_NEW*");
+#ifdef CLONE_NEWTIME
+_Static_assert(NSCG_CLONE_NEWTIME == CLONE_NEWTIME, "abi.h: NSCG_CLONE_NEWTIME");
+#endif
+/* clone3's struct clone_args, version 2 (with cgroup): CLONE_ARGS_SIZE_VER2 */
+_Static_assert(sizeof(struct nscg_clone_args) == 88, "struct nscg_clone_args: the kernel's");
+
 uint32_t nscg_abi_version(void) { return NSCG_ABI_VERSION; }
 
 const char *nscg_build_hash(void) { return NSCG_BUILD_HASH; }
