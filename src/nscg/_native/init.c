@@ -139,6 +139,17 @@ __asm__(".text\n"
 
 _Static_assert(sizeof(int) == 4 && sizeof(long) == 8, "LP64");
 
+/* The numbers above are the kernel's, written out; where its headers are at
+ * hand (plain #defines, fine in a freestanding build) they are checked. */
+#if __has_include(<asm/unistd.h>)
+#include <asm/unistd.h>
+_Static_assert(NR_pwrite64 == __NR_pwrite64 && NR_rt_sigprocmask == __NR_rt_sigprocmask &&
+                   NR_wait4 == __NR_wait4 && NR_kill == __NR_kill &&
+                   NR_rt_sigtimedwait == __NR_rt_sigtimedwait && NR_prctl == __NR_prctl &&
+                   NR_exit_group == __NR_exit_group && NR_close_range == __NR_close_range,
+               "init.c: system call numbers");
+#endif
+
 __attribute__((noreturn)) static void quit(int code)
 {
     for (;;)
