@@ -1064,11 +1064,16 @@ def _spawn(
         if out.err:
             raise _clone_error(out.err, ffi.string(out.syscall).decode(), c.namespaces)
         flight.check_interrupted()
-        if flags & lib.NSCG_F_WAIT_PARENT:
+        if flags & lib.NSCG_F_PARENT_MAPS:
+            # the maps and the go-ahead were written by the C call: only its
+            # report to read (no step of ours to shield, no thread)
+            _maps_written(flight, c, path, joins)
+            flight.close_sync()
+        elif flags & lib.NSCG_F_WAIT_PARENT:
             # the first child waits for the go-ahead (on its own stack, in our
-            # memory); written by the C call (NSCG_F_PARENT_MAPS) or here
-            # (from the main thread on a thread of their own: no signal
-            # handler cuts a step in two; see process._shielded)
+            # memory), written here after our steps (from the main thread on
+            # a thread of their own: no signal handler cuts a step in two;
+            # see process._shielded)
             _shielded(
                 lambda: _parent_steps(flight, c, path, joins, flags, maps, late, _fault),
                 flight.track_steps,
@@ -1104,6 +1109,18 @@ def _spawn(
     return proc
 
 
+def _maps_written(flight: _Flight, c: Container, path: str, joins: Sequence[Any]) -> None:
+    """Raise the failure of the id maps the C call wrote (NSCG_F_PARENT_MAPS), if any."""
+    out = flight.out
+    if out.maps_err:
+        rec = _read_record(flight.err_r) if _child_exited(out.pidfd) else None
+        if rec is not None:
+            _raise_child_error(rec, c, path, joins)
+        what = ("uid_map", "setgroups", "gid_map", "")[min(out.maps_file, 3)]
+        where = f"/proc/{out.pid}/{what}" if what else "the go-ahead pipe"
+        raise SpawnError(out.maps_err, "write", Stage.ID_MAPS, -1, where)
+
+
 def _parent_steps(
     flight: _Flight,
     c: Container,
@@ -1120,16 +1137,6 @@ def _parent_steps(
         rec = _read_record(flight.err_r)
         if rec is None or rec[1] != lib.NSCG_STAGE_READY:
             _raise_child_error(rec, c, path, joins)
-    if flags & lib.NSCG_F_PARENT_MAPS:
-        # written in C right after the clone, and the child let go
-        if out.maps_err:
-            rec = _read_record(flight.err_r) if _child_exited(out.pidfd) else None
-            if rec is not None:
-                _raise_child_error(rec, c, path, joins)
-            what = ("uid_map", "setgroups", "gid_map", "")[min(out.maps_file, 3)]
-            where = f"/proc/{out.pid}/{what}" if what else "the go-ahead pipe"
-            raise SpawnError(out.maps_err, "write", Stage.ID_MAPS, -1, where)
-        return
     try:
         if _fault is not None and _fault[0] == Stage.ID_MAPS:
             raise SpawnError(_fault[1], "write", Stage.ID_MAPS, -1, f"/proc/{out.pid}/uid_map")

@@ -36,6 +36,10 @@
  * spawn has been aborted). Called with the GIL released; cffi takes it. */
 int nscg_signal_raised(void);
 
+/* util.c: status pages released by nscg_reap are unmapped here (nscg_spawn) */
+void nscg_unmap_pending(void);
+void nscg_unmap_reset_after_fork(void);
+
 /* Exit status of a child that failed during setup (after reporting). */
 #define NSCG_CHILD_FAILED 127
 

@@ -493,6 +493,7 @@ static void reset_after_fork(void)
     memset(spawners, 0, sizeof spawners);
     pthread_mutex_init(&pool_mu, NULL);
     pthread_cond_init(&pool_cv, NULL);
+    nscg_unmap_reset_after_fork();
 }
 
 static void install_atfork(void) { pthread_atfork(NULL, NULL, reset_after_fork); }
@@ -619,6 +620,8 @@ int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
         set_out_err(out, EINVAL, NSCG_STAGE_CLONE, "abi");
         return -1;
     }
+    pthread_once(&atfork_once, install_atfork);
+    nscg_unmap_pending();
     if (plan->flags & NSCG_F_MAKE_STATUS) {
         int e = make_status(plan, out);
         if (e) {
@@ -628,7 +631,6 @@ int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     }
     if (plan->flags & NSCG_F_NO_SPAWNER_THREAD) {
         sigset_t all, old;
-        pthread_once(&atfork_once, install_atfork);
         sigfillset(&all);
         pthread_sigmask(SIG_SETMASK, &all, &old);
         do_clone(plan, out);
@@ -638,7 +640,6 @@ int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     }
     int err = 0;
     struct spawner *s;
-    pthread_once(&atfork_once, install_atfork);
     s = acquire_spawner(&err);
     if (!s) {
         set_out_err(out, err, NSCG_STAGE_CLONE, "pthread_create");

@@ -2,6 +2,7 @@
 #include "nscg.h"
 
 #include <linux/capability.h>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -41,6 +42,48 @@ void nscg_unmap_shared(struct nscg_shared *page)
         munmap(page, (size_t)sysconf(_SC_PAGESIZE));
 }
 
+/* Status pages of reaped sandboxes, unmapped by the next spawn. An munmap
+ * of a page we touched interrupts every CPU that runs one of our threads (a
+ * TLB shootdown): tens of microseconds, long enough for another Python
+ * thread to take the GIL that the reaping call released, and then the reaper
+ * waits for the switch interval (5 ms) to get it back. nscg_spawn releases
+ * the GIL anyway for as long as the clone takes: the unmaps are done there. */
+#define NSCG_UNMAP_LATER 32
+static pthread_mutex_t unmap_mu = PTHREAD_MUTEX_INITIALIZER;
+static void *unmap_later[NSCG_UNMAP_LATER];
+static int n_unmap_later;
+
+static void unmap_later_page(struct nscg_shared *page)
+{
+    pthread_mutex_lock(&unmap_mu);
+    if (n_unmap_later < NSCG_UNMAP_LATER) {
+        unmap_later[n_unmap_later++] = page;
+        page = NULL;
+    }
+    pthread_mutex_unlock(&unmap_mu);
+    nscg_unmap_shared(page);
+}
+
+void nscg_unmap_pending(void)
+{
+    void *todo[NSCG_UNMAP_LATER];
+    int n;
+    pthread_mutex_lock(&unmap_mu);
+    n = n_unmap_later;
+    memcpy(todo, unmap_later, (size_t)n * sizeof todo[0]);
+    n_unmap_later = 0;
+    pthread_mutex_unlock(&unmap_mu);
+    for (int i = 0; i < n; i++)
+        nscg_unmap_shared(todo[i]);
+}
+
+void nscg_unmap_reset_after_fork(void)
+{
+    /* (the pages stay mapped in the child: a few pages, as the pooled stacks) */
+    n_unmap_later = 0;
+    pthread_mutex_init(&unmap_mu, NULL);
+}
+
 int nscg_cap_effective(uint64_t *out)
 {
     /* capget: the calling thread's sets (no /proc/self/status to parse) */
@@ -73,14 +116,15 @@ int nscg_wait(int pidfd, int options, struct nscg_wait_out *out)
 }
 
 /* nscg_wait, and once the process is reaped, the status page's report read
- * and the page unmapped: one call (one release of the GIL) for both. */
+ * and the page released (unmapped by the next spawn: unmap_later_page): one
+ * short call (one release of the GIL) for both. */
 int nscg_reap(int pidfd, int options, struct nscg_wait_out *out, struct nscg_shared *page)
 {
     int r = nscg_wait(pidfd, options, out);
     if (r == 0 && out->pid != 0 && page) {
         out->has_status = (int32_t)__atomic_load_n(&page->has_status, __ATOMIC_ACQUIRE);
         out->payload_status = page->payload_status;
-        nscg_unmap_shared(page);
+        unmap_later_page(page);
     }
     return r;
 }
