@@ -346,7 +346,15 @@ class Process:
         )
         try:
             if self._cgroup is not None or self._cleanups:
-                _shielded(self._end_steps)
+                ends: list[Any] = []
+                try:
+                    _shielded(self._end_steps, ends.append)
+                except BaseException:
+                    # a handler raised while we waited: the steps (on their
+                    # own thread) end before the exception leaves the reap
+                    if ends:
+                        ends[0]()
+                    raise
         finally:
             self.returncode = rc
             if self._waiters:
