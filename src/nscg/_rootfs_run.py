@@ -160,10 +160,12 @@ class RootfsRun:
         c: Container,
         etc: Sequence[tuple[str, bytes, str]] = (),
         maps: tuple[Sequence[IdMap], Sequence[IdMap]] | None = None,
+        masks: Sequence[str] | None = None,
     ) -> None:
         root = c.rootfs
         assert isinstance(root, RootFS)
-        root = root.with_socket_masks()  # hide_sockets: the host's sockets as of now
+        # hide_sockets: the host's sockets as of now (``masks``, if the caller read them)
+        root = root.with_socket_masks(masks)
         self.root = root
         self.userns = bool(c.namespaces & Namespace.USER)
         if kernel_version() < (5, 12):

@@ -271,7 +271,8 @@ class _Fds:
         self.child_side.append(i)
 
     def close(self, i: int) -> None:
-        lib.nscg_close(self.slot + i)  # (closed and forgotten in one call)
+        if self.slot[i] >= 0:  # (an empty slot needs no call, nor a release of the GIL)
+            lib.nscg_close(self.slot + i)  # (closed and forgotten in one call)
 
     def close_child_side(self) -> None:
         for i in self.child_side:
@@ -285,7 +286,8 @@ class _Fds:
 
     def _close_trees(self) -> None:
         for k in range(self.n_trees):
-            lib.nscg_close(self.trees + k)
+            if self.trees[k] >= 0:
+                lib.nscg_close(self.trees + k)
 
 
 def _stdio(
@@ -576,44 +578,60 @@ def spawn(
     ``_extra_flags`` adds NSCG_F_* flags: both are for tests only.
     ``_kill_if_dropped``: the Process is killed if dropped unclosed (run()'s).
     """
-    prep = _prepare(c)
-    if prep.own is not None:
-        c = prep.own
-    root: Any = None
-    labels: Any = None
-    if prep.per_spawn_root:
-        # overlays: upper and work directories of this spawn's own
-        from nscg._rootfs_run import RootfsRun
+    given = c
+    for attempt in range(_STALE_TRIES):
+        # a prepared plan whose assumptions no longer hold (the C call checks
+        # them right before its clone: see _Prepared.checks) is made again
+        prep = _prepare(given, fresh=attempt > 0)
+        c = prep.own if prep.own is not None else given
+        root: Any = None
+        labels: Any = None
+        if prep.per_spawn_root:
+            # overlays: upper and work directories of this spawn's own
+            from nscg._rootfs_run import RootfsRun
 
-        maps = (prep.maps[0], prep.maps[1]) if prep.idmap and prep.maps is not None else None
-        root = RootfsRun(c, prep.etc, maps)
-    elif prep.prims is not None:
-        from nscg._rootfs_run import _current as labels
+            maps = (prep.maps[0], prep.maps[1]) if prep.idmap and prep.maps is not None else None
+            root = RootfsRun(c, prep.etc, maps)
+        elif prep.prims is not None:
+            from nscg._rootfs_run import _current as labels
 
-        labels.run = (c, prep.prims)  # for failure labels, during this spawn
-    try:
-        proc = _spawn(
-            prep,
-            c,
-            argv,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            pass_fds=pass_fds,
-            executable=executable,
-            _fault=_fault,
-            _extra_flags=_extra_flags,
-            _root=root,
-            _kill_if_dropped=_kill_if_dropped,
-        )
-    except BaseException:
-        if root is not None:
-            root.cleanup()
-        raise
-    finally:
-        if labels is not None:
-            labels.run = None
-    return proc
+            labels.run = (c, prep.prims)  # for failure labels, during this spawn
+        try:
+            return _spawn(
+                prep,
+                c,
+                argv,
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=pass_fds,
+                executable=executable,
+                _fault=_fault,
+                _extra_flags=_extra_flags,
+                _root=root,
+                _kill_if_dropped=_kill_if_dropped,
+                # (the last try: the plan as just prepared, as before the checks)
+                _checks=attempt < _STALE_TRIES - 1,
+            )
+        except _Stale:
+            if root is not None:
+                root.cleanup()
+        except BaseException:
+            if root is not None:
+                root.cleanup()
+            raise
+        finally:
+            if labels is not None:
+                labels.run = None
+    raise AssertionError("unreachable: the last try does not check")  # pragma: no cover
+
+
+#: tries of a spawn whose prepared plan turned out stale (host sockets churning)
+_STALE_TRIES = 3
+
+
+class _Stale(Exception):
+    """The C spawn found the prepared plan stale (nothing was cloned): prepare again."""
 
 
 # ------------------------------------------------------------ prepared plans
@@ -629,13 +647,25 @@ class _Prepared:
     path, fds, pipes, cgroup, parent-death pidfd).
     """
 
-    def __init__(self, c: Container, key: tuple[Any, ...], cap_eff: int) -> None:
+    def __init__(
+        self,
+        c: Container,
+        key: tuple[Any, ...],
+        cap_eff: int,
+        masks: tuple[str, ...] | None,
+        listing: bytes | None,
+    ) -> None:
         c.validate()
         #: files the child writes for the sandbox (/etc/hosts...): see _with_etc_files
         self.etc: tuple[tuple[str, bytes, str], ...] = ()
         if c.rootfs is not None:
             self.etc = _with_etc_files(c)
         self.key = key
+        #: what the plan assumes about the caller, checked by the C spawn
+        #: right before each clone (see :meth:`set_checks`)
+        self.cap_eff = cap_eff
+        self.masks = masks
+        self.listing_buf: Any = None
         #: the Container to run when it is not the one given (None: the one given)
         self.own: Container | None = None
         ns = c.namespaces
@@ -665,12 +695,31 @@ class _Prepared:
         if c.rootfs is not None and not self.per_spawn_root:
             from nscg._rootfs_run import RootfsRun
 
-            run = RootfsRun(c, self.etc)  # no overlay: nothing of its own to clean up
+            # no overlay: nothing of its own to clean up
+            run = RootfsRun(c, self.etc, masks=masks)
             run.fill(t, t.plan)
             self.prims = run.prims
             if self.idmap:
                 self.idmap_binds = _idmap.binds_to_idmap(c.rootfs.ops, run.prims)
             self.n_slots = _idmap.mark(t.plan, run.prims, self.idmap_binds)
+        self.set_checks(cap_eff, listing)
+
+    def set_checks(self, cap_eff: int, listing: bytes | None) -> None:
+        """What the C spawn checks before its clone: the caller's effective
+        capabilities, and the host's path sockets as listed when the masks
+        were computed (``listing``: see :func:`nscg.rootfs.host_socket_listing`;
+        None: no masks to keep current). Checked there, these cost no release
+        of the GIL of their own (with another thread busy, each costs up to
+        the 5 ms switch interval)."""
+        plan = self.tmpl.plan
+        checks = lib.NSCG_CHECK_CAPS
+        plan.key_cap_eff = cap_eff
+        if listing is not None:
+            buf = ffi.new("char[]", listing)  # (NUL-terminated)
+            self.listing_buf = buf
+            plan.unix_paths = buf
+            checks |= lib.NSCG_CHECK_SOCKETS
+        plan.checks = checks
 
     def _fill(self, p: _Plan, c: Container, cap_eff: int) -> int:
         """Write the static part of the plan into ``p``; return its flags."""
@@ -791,9 +840,12 @@ class _Prepared:
     def new_plan(self) -> _Plan:
         """A copy of the template for one spawn (it keeps the template's buffers alive)."""
         p = _Plan.__new__(_Plan)
-        p.keep = [self.tmpl]
+        buf = self.listing_buf
+        p.keep = [self.tmpl, buf]
         p.plan = ffi.new("struct nscg_plan *", self.tmpl.plan[0])
         p._new_state()
+        if buf is not None:
+            p.plan.unix_paths = buf  # (kept by p: set_checks may replace it meanwhile)
         return p
 
 
@@ -807,37 +859,43 @@ def _forget(key: int, ref: Any, _cache: dict[int, tuple[Any, _Prepared]] = _prep
         del _cache[key]
 
 
-def _prepare(c: Container) -> _Prepared:
+def _prepare(c: Container, fresh: bool = False) -> _Prepared:
     """The prepared plan of ``c``: made once per Container and caller identity.
 
     Made again when the caller changed: another process (a fork), another
-    euid/egid, other effective capabilities, (for the default environment)
-    another ``TERM``, or (for a root that hides the host's sockets and has no
-    overlay, whose plan is made per spawn anyway) another set of host sockets
-    to mask: ``/proc/net/unix`` is read at every spawn, so a socket that
-    appeared after the first spawn is masked too.
+    euid/egid, (for the default environment) another ``TERM``; and, with
+    ``fresh`` (the C spawn found the plan stale: see :meth:`_Prepared.set_checks`),
+    other effective capabilities or (for a root that hides the host's sockets
+    and has no overlay, whose plan is made per spawn anyway) another set of
+    host sockets to mask. Those two are checked by the C call at every
+    spawn, right before its clone, so a socket that appeared after the first
+    spawn is masked too.
     """
     import weakref
 
-    cap_eff = _cap_eff()
-    root = c.rootfs
-    masks = (
-        root.socket_masks()
-        if root is not None and root.hide_sockets and not root.overlays()
-        else None
-    )
     key = (
         os.getpid(),
         os.geteuid(),
         os.getegid(),
-        cap_eff,
         os.environ.get("TERM") if c.env is None else None,
-        masks,
     )
     ent = _prepared.get(id(c))
-    if ent is not None and ent[0]() is c and ent[1].key == key:
-        return ent[1]
-    prep = _Prepared(c, key, cap_eff)
+    prep = ent[1] if ent is not None and ent[0]() is c and ent[1].key == key else None
+    if prep is not None and not fresh:
+        return prep
+    cap_eff = _cap_eff()
+    root = c.rootfs
+    masks: tuple[str, ...] | None = None
+    listing: bytes | None = None
+    if root is not None and root.hide_sockets and not root.overlays():
+        from nscg.rootfs import host_socket_listing
+
+        listing, listed = host_socket_listing()
+        masks = root.socket_masks(listed)
+    if prep is not None and prep.cap_eff == cap_eff and prep.masks == masks:
+        prep.set_checks(cap_eff, listing)  # (the same plan: only the listing moved)
+        return prep
+    prep = _Prepared(c, key, cap_eff, masks, listing)
     _prepared[id(c)] = (weakref.ref(c, functools.partial(_forget, id(c))), prep)
     return prep
 
@@ -922,6 +980,7 @@ def _spawn(
     _extra_flags: int = 0,
     _root: Any = None,
     _kill_if_dropped: bool = False,
+    _checks: bool = True,
 ) -> Process:
     if isinstance(argv, (str, bytes)) or not argv:
         raise SpecError("argv must be a non-empty sequence of strings")
@@ -960,6 +1019,8 @@ def _spawn(
             idmap_binds = _idmap.binds_to_idmap(c.rootfs.ops, _root.prims)
         n_slots = _idmap.mark(plan, _root.prims, idmap_binds)
 
+    if not _checks:
+        plan.checks = 0
     if _fault is not None:
         plan.fault.stage, plan.fault.err, plan.fault.index = int(_fault[0]), _fault[1], _fault[2]
 
@@ -1061,6 +1122,8 @@ def _spawn(
         if out.err_closed:
             fds.slot[fds.ERR_W] = -1  # closed by the C call
         fds.close_child_side()
+        if out.stale:
+            raise _Stale  # (nothing was cloned)
         if out.err:
             raise _clone_error(out.err, ffi.string(out.syscall).decode(), c.namespaces)
         flight.check_interrupted()

@@ -462,23 +462,33 @@ def host_socket_paths() -> list[str]:
     Raises:
         UnsupportedError: the file exists but cannot be read.
     """
-    out: list[str] = []
+    return host_socket_listing()[1]
+
+
+def host_socket_listing() -> tuple[bytes, list[str]]:
+    """:func:`host_socket_paths`, and the same paths as bytes, each followed by ``\\n``.
+
+    The bytes are what the C spawn compares with the listing of the moment,
+    right before its clone (``_native/spawn.c``, ``sockets_changed``: the same
+    extraction, byte for byte).
+    """
     try:
         with open(PROC_NET_UNIX, "rb") as f:
-            lines = os.fsdecode(f.read()).split("\n")[1:]
+            lines = f.read().split(b"\n")[1:]
     except FileNotFoundError:  # no AF_UNIX in this kernel: no socket to hide
-        return out
+        return b"", []
     except OSError as e:
         raise UnsupportedError(
             f"cannot read {PROC_NET_UNIX} to hide the host's unix sockets ({e.strerror}); "
             "mount procfs, or pass hide_sockets=False to RootFS.host()/overlay()",
             feature="hide_sockets",
         ) from None
+    raw: list[bytes] = []
     for line in lines:  # Num RefCount Protocol Flags Type St Inode [Path]: only Path has "/"
-        i = line.find(" /")
+        i = line.find(b" /")
         if i >= 0:
-            out.append(line[i + 1 :])
-    return out
+            raw.append(line[i + 1 :])
+    return b"".join(r + b"\n" for r in raw), [os.fsdecode(r) for r in raw]
 
 
 def _real(path: str) -> str:
@@ -942,10 +952,11 @@ class RootFS:
             return None
         return None
 
-    def socket_masks(self) -> tuple[str, ...]:
+    def socket_masks(self, listed: Sequence[str] | None = None) -> tuple[str, ...]:
         """The sandbox paths of the host's path sockets that ``hide_sockets`` masks now.
 
-        Reads ``/proc/net/unix`` (each call: sockets come and go). A socket
+        Reads ``/proc/net/unix`` (each call: sockets come and go), unless
+        ``listed`` gives what it listed (:func:`host_socket_paths`). A socket
         is masked when the plan's root op (the last bind or overlay of ``/``)
         shows it and no later mount covers its path: a tmpfs hides it anyway,
         and a later bind (:meth:`bind_socket`, or any bind of a directory
@@ -972,7 +983,8 @@ class RootFS:
             sources = [os.path.realpath(x) for x in top.lowers]
         else:
             return ()
-        listed = host_socket_paths()
+        if listed is None:
+            listed = host_socket_paths()
         if not listed:
             return ()
         exact: set[str] = set()
@@ -1006,13 +1018,15 @@ class RootFS:
                     break
         return tuple(sorted(out))
 
-    def with_socket_masks(self) -> RootFS:
+    def with_socket_masks(self, masks: Sequence[str] | None = None) -> RootFS:
         """This plan with a :class:`Mask` appended for each of :meth:`socket_masks`.
 
         nscg calls it at spawn; the masks come after every op, so they apply
-        to what the whole plan shows.
+        to what the whole plan shows. ``masks``: the result of
+        :meth:`socket_masks` if already known.
         """
-        masks = self.socket_masks()
+        if masks is None:
+            masks = self.socket_masks()
         return self.then(*(Mask(p) for p in masks)) if masks else self
 
     def exec_roots(self) -> list[str]:

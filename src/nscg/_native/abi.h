@@ -6,7 +6,7 @@
  * boundary. Bump NSCG_ABI_VERSION whenever a struct or a signature changes.
  */
 
-#define NSCG_ABI_VERSION 10
+#define NSCG_ABI_VERSION 11
 
 /* ---- stages of a spawn (reported in struct nscg_child_error) ----
  * Numbered in the order a spawn with new namespaces runs them, and listed in
@@ -83,6 +83,10 @@
  * that the mount plan creates files and directories as the sandbox's root
  * (the caller's own ids are not mapped there: EOVERFLOW) */
 #define NSCG_F_ROOT_EARLY 524288
+
+/* ---- nscg_plan.checks: the prepared plan's assumptions nscg_spawn checks ---- */
+#define NSCG_CHECK_CAPS 1
+#define NSCG_CHECK_SOCKETS 2
 
 /* ---- mount plan: kinds of struct nscg_mount_op (see mount.c) ---- */
 #define NSCG_MOUNT_BIND 1
@@ -298,6 +302,17 @@ struct nscg_plan {
     uint32_t reserved2;
     int32_t scratch_sock;             /* the scratch tmpfs's fd is sent here (or -1) */
     uint32_t reserved3;
+    /* What the prepared plan assumed about the caller, checked by nscg_spawn
+     * right before the clone, in the same call (NSCG_CHECK_*): a mismatch
+     * clones nothing and sets nscg_spawn_out.stale; the caller prepares the
+     * plan again and retries. So the per-spawn checks cost no trip of their
+     * own out of Python (nor a wait for the GIL). */
+    uint32_t checks;
+    uint32_t reserved5;
+    uint64_t key_cap_eff;     /* NSCG_CHECK_CAPS: the calling thread's effective set */
+    /* NSCG_CHECK_SOCKETS: the path of every path socket /proc/net/unix
+     * listed, each followed by '\n'; ended by a NUL (paths have none) */
+    const char *unix_paths;
 };
 
 struct nscg_spawn_out {
@@ -326,6 +341,8 @@ struct nscg_spawn_out {
     uint32_t settled;       /* set by the caller: the sandbox was handed over
                              * to a Process, or the spawn aborted */
     struct nscg_shared *shared; /* NSCG_F_MAKE_STATUS: the mapped status page */
+    uint32_t stale;             /* NSCG_CHECK_* bits that failed: nothing was cloned */
+    uint32_t reserved;
 };
 
 struct nscg_wait_out {

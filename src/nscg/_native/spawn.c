@@ -609,6 +609,92 @@ static void drop_status_fd(const struct nscg_plan *plan, struct nscg_spawn_out *
     }
 }
 
+/* ---------------------------------------------- the prepared plan's checks
+ *
+ * A prepared plan (nscg/_spawn.py, _Prepared) holds for one caller: its
+ * effective capabilities, and (for a root that hides the host's sockets) the
+ * path sockets /proc/net/unix listed when the masks were computed. Both are
+ * checked here, in the call that clones, so that the checks cost no release
+ * of the GIL of their own: with another Python thread busy, each release
+ * costs up to the switch interval (5 ms). */
+static int caps_changed(const struct nscg_plan *plan)
+{
+    uint64_t eff = 0;
+    return nscg_cap_effective(&eff) != 0 || eff != plan->key_cap_eff;
+}
+
+/* Whether the path sockets listed now differ from plan->unix_paths: the same
+ * extraction as nscg.rootfs.host_socket_listing (every line after the header;
+ * from its first " /" on, the path; each followed by '\n'). */
+static int sockets_changed(const struct nscg_plan *plan)
+{
+    int fd = open("/proc/net/unix", O_RDONLY | O_CLOEXEC);
+    const char *want = plan->unix_paths ? plan->unix_paths : "";
+    if (fd < 0)
+        return errno == ENOENT ? want[0] != 0 : 1;
+    size_t cap = 65536, len = 0;
+    char *buf = malloc(cap);
+    int changed = 1;
+    while (buf) {
+        if (len == cap) {
+            char *more = realloc(buf, cap * 2);
+            if (!more)
+                break;
+            buf = more;
+            cap *= 2;
+        }
+        ssize_t n = read(fd, buf + len, cap - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            break;
+        if (n == 0) {
+            changed = 0;
+            break;
+        }
+        len += (size_t)n;
+    }
+    close(fd);
+    if (!buf || changed) {
+        free(buf);
+        return 1;
+    }
+    size_t at = 0;
+    char *line = memchr(buf, '\n', len);
+    char *end = buf + len;
+    line = line ? line + 1 : end;
+    while (line < end && !changed) {
+        char *eol = memchr(line, '\n', (size_t)(end - line));
+        if (!eol)
+            eol = end;
+        for (char *q = line; q + 1 < eol; q++) {
+            if (q[0] == ' ' && q[1] == '/') {
+                /* (stops at the first difference: never past want's NUL) */
+                size_t plen = (size_t)(eol - q - 1), k = 0;
+                while (k < plen && want[at + k] == q[1 + k])
+                    k++;
+                if (k < plen || want[at + k] != '\n')
+                    changed = 1;
+                at += plen + 1;
+                break;
+            }
+        }
+        line = eol + 1;
+    }
+    free(buf);
+    return changed || want[at] != 0;
+}
+
+static uint32_t plan_stale(const struct nscg_plan *plan)
+{
+    uint32_t stale = 0;
+    if ((plan->checks & NSCG_CHECK_CAPS) && caps_changed(plan))
+        stale |= NSCG_CHECK_CAPS;
+    if ((plan->checks & NSCG_CHECK_SOCKETS) && sockets_changed(plan))
+        stale |= NSCG_CHECK_SOCKETS;
+    return stale;
+}
+
 int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
 {
     memset(out, 0, sizeof *out);
@@ -622,6 +708,11 @@ int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     }
     pthread_once(&atfork_once, install_atfork);
     nscg_unmap_pending();
+    out->stale = plan_stale(plan);
+    if (out->stale) {
+        set_out_err(out, ESTALE, NSCG_STAGE_CLONE, "recheck");
+        return -1;
+    }
     if (plan->flags & NSCG_F_MAKE_STATUS) {
         int e = make_status(plan, out);
         if (e) {
