@@ -247,7 +247,9 @@ class _Fds:
     are closed right after the clone; the caller's move to their owner.
     """
 
-    ERR_R, ERR_W, SYNC_R, SYNC_W, CGROUP = 0, 1, 2, 3, 10
+    ERR_R, ERR_W = lib.NSCG_SLOT_ERR_R, lib.NSCG_SLOT_ERR_W  # (made by nscg_spawn: plan.make)
+    SYNC_R, SYNC_W = lib.NSCG_SLOT_SYNC_R, lib.NSCG_SLOT_SYNC_W
+    CGROUP = 10
     N = 11
 
     def __init__(self) -> None:
@@ -494,8 +496,6 @@ class _Plan:
         self.plan.abi = lib.NSCG_ABI_VERSION
         self.plan.cgroup_fd = -1
         self.plan.parent_pidfd = -1
-        self.plan.err_fd = -1
-        self.plan.sync_fd = -1
         self.plan.init_fd = -1
         self._new_state()
         self.plan.scratch_sock = -1
@@ -505,7 +505,8 @@ class _Plan:
     def _new_state(self) -> None:
         """What this spawn's C writes while it runs (the plan itself is read only)."""
         self.state = ffi.new("struct nscg_spawn_state *")
-        self.state.status_fd = -1
+        st = self.state
+        st.status_fd = st.err_fd = st.sync_fd = st.err_r = st.sync_w = -1
         self.plan.state = self.state
 
     def cstr(self, s: str | bytes | None) -> Any:
@@ -1094,14 +1095,13 @@ def _spawn(
             _shielded(make_cgroup, flight.track_steps)
             fds.child_side.append(fds.CGROUP)
             plan.cgroup_fd = fds.slot[fds.CGROUP]
-        if not flags & lib.NSCG_F_VFORK:
-            fds.pipe(fds.ERR_R, fds.ERR_W)
-            plan.err_fd = fds.slot[fds.ERR_W]
-            plan.err_r = fds.slot[fds.ERR_R]
+        # the error and go-ahead pipes: made by the C call into our slots,
+        # each end closed there as soon as it is done with
+        make = 0 if flags & lib.NSCG_F_VFORK else lib.NSCG_MAKE_ERR_PIPE
         if flags & lib.NSCG_F_WAIT_PARENT:
-            fds.pipe(fds.SYNC_R, fds.SYNC_R)
-            plan.sync_fd = fds.slot[fds.SYNC_R]
-            plan.sync_w = fds.slot[fds.SYNC_W]
+            make |= lib.NSCG_MAKE_SYNC_PIPE
+        plan.make = make
+        plan.slots = fds.slot
         if c.die_with_parent:
             plan.pdeathsig = signal.SIGKILL
             plan.parent_pidfd = _own_pidfd()

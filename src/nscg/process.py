@@ -291,8 +291,9 @@ class Process:
         signal handler may call them too.
         """
         out = self._wout
-        if block and self.returncode is None and out.pid == 0:
-            self._wait_pidfd(None)  # readable once it has exited: no waitid to try first
+        # (the reap is tried first: one short C call when the sandbox has
+        # ended, as it has when run() gets here; a poll of the pidfd first
+        # would be another release of the GIL)
         while True:
             with self._lock:
                 if self.returncode is not None:

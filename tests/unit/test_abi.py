@@ -27,7 +27,12 @@ DOCS = Path(__file__).resolve().parents[2] / "docs"
 #: The layout of every struct and prototype of abi.h, by ABI version. A recorded
 #: fingerprint never changes: a struct or a signature that changes needs
 #: NSCG_ABI_VERSION bumped (abi.h and _native.EXPECTED_ABI) and a new entry.
-LAYOUTS = {9: "8d433e5357fdf1a2", 10: "5156803155ecc5ac", 11: "e011770d940c24fe"}
+LAYOUTS = {
+    9: "8d433e5357fdf1a2",
+    10: "5156803155ecc5ac",
+    11: "e011770d940c24fe",
+    12: "a5f3aac09d882366",
+}
 
 
 def _abi_text() -> str:

@@ -117,6 +117,12 @@ class _Lib:
     NSCG_F_ROOT_EARLY: Final[int]
     NSCG_CHECK_CAPS: Final[int]
     NSCG_CHECK_SOCKETS: Final[int]
+    NSCG_MAKE_ERR_PIPE: Final[int]
+    NSCG_MAKE_SYNC_PIPE: Final[int]
+    NSCG_SLOT_ERR_R: Final[int]
+    NSCG_SLOT_ERR_W: Final[int]
+    NSCG_SLOT_SYNC_R: Final[int]
+    NSCG_SLOT_SYNC_W: Final[int]
     def nscg_abi_version(self) -> int: ...
     def nscg_build_hash(self) -> Any: ...
     def nscg_clone_features(self) -> int: ...

@@ -6,7 +6,7 @@
  * boundary. Bump NSCG_ABI_VERSION whenever a struct or a signature changes.
  */
 
-#define NSCG_ABI_VERSION 11
+#define NSCG_ABI_VERSION 12
 
 /* ---- stages of a spawn (reported in struct nscg_child_error) ----
  * Numbered in the order a spawn with new namespaces runs them, and listed in
@@ -87,6 +87,15 @@
 /* ---- nscg_plan.checks: the prepared plan's assumptions nscg_spawn checks ---- */
 #define NSCG_CHECK_CAPS 1
 #define NSCG_CHECK_SOCKETS 2
+
+/* ---- nscg_plan.make: the spawn's pipes nscg_spawn makes, into plan->slots ---- */
+#define NSCG_MAKE_ERR_PIPE 1
+#define NSCG_MAKE_SYNC_PIPE 2
+/* the slots (the caller's guard, nscg/_spawn.py _Fds) of their ends */
+#define NSCG_SLOT_ERR_R 0
+#define NSCG_SLOT_ERR_W 1
+#define NSCG_SLOT_SYNC_R 2
+#define NSCG_SLOT_SYNC_W 3
 
 /* ---- mount plan: kinds of struct nscg_mount_op (see mount.c) ---- */
 #define NSCG_MOUNT_BIND 1
@@ -234,6 +243,12 @@ struct nscg_spawn_state {
     struct nscg_child_error *err_mem; /* NSCG_F_VFORK: the report goes here */
     struct nscg_shared *shared;       /* NSCG_F_MAKE_STATUS: the status page */
     int32_t status_fd;                /* its memfd, until the clone is done */
+    /* the pipes nscg_spawn made (plan->make; -1: none): the child's ends
+     * (its failure report; the go-ahead it waits for) and the caller's */
+    int32_t err_fd;
+    int32_t sync_fd;
+    int32_t err_r;
+    int32_t sync_w;
     /* one slot per bind (nscg_mount_op.fd_index): a detached mount made by
      * the parent (NSCG_MNT_FROM_FD), or NSCG_FD_NOT_OPENED for the child to
      * open (with NSCG_F_ROOT_EARLY it does so before it becomes root, see
@@ -257,8 +272,6 @@ struct nscg_plan {
     uint64_t ns_new;
     int32_t cgroup_fd;
     int32_t parent_pidfd;
-    int32_t err_fd;
-    int32_t sync_fd;
     int32_t pdeathsig;
     int32_t fd_floor;
     int32_t n_fdmap;
@@ -296,9 +309,7 @@ struct nscg_plan {
     const struct nscg_mount_op *mounts;
     const char *uid_map_text;         /* NSCG_F_PARENT_MAPS */
     const char *gid_map_text;
-    int32_t sync_w;                   /* the parent's end of sync_fd */
     uint32_t deny_setgroups;
-    int32_t err_r;                    /* NSCG_F_WAIT_EXEC: the read end of err_fd */
     uint32_t reserved2;
     int32_t scratch_sock;             /* the scratch tmpfs's fd is sent here (or -1) */
     uint32_t reserved3;
@@ -313,6 +324,15 @@ struct nscg_plan {
     /* NSCG_CHECK_SOCKETS: the path of every path socket /proc/net/unix
      * listed, each followed by '\n'; ended by a NUL (paths have none) */
     const char *unix_paths;
+    /* The caller's fd slots (memory its guard keeps: an abort closes what is
+     * in them). nscg_spawn makes the pipes of `make` there (their numbers
+     * also go to state), closes the child's ends once the clone is done,
+     * sync_w once the go-ahead is written (NSCG_F_PARENT_MAPS) and err_r at
+     * EOF (the payload exec'd), each slot set to -1 as it is closed: no call
+     * of the caller's own for them (each would be a release of the GIL). */
+    int32_t *slots;
+    uint32_t make;
+    uint32_t reserved6;
 };
 
 struct nscg_spawn_out {

@@ -411,10 +411,10 @@ void nscg_child_main(const struct nscg_plan *p)
 {
     struct child_ctx ctx, *c = &ctx;
     c->p = p;
-    c->err_fd = p->err_fd;
-    c->sync_fd = p->sync_fd;
-    c->parent_pidfd = p->parent_pidfd;
     c->st = p->state;
+    c->err_fd = c->st->err_fd;
+    c->sync_fd = c->st->sync_fd;
+    c->parent_pidfd = p->parent_pidfd;
     c->status_fd = c->st->status_fd;
     c->init_fd = p->init_fd;
     c->scratch_sock = p->scratch_sock;

@@ -125,6 +125,15 @@ static void write_proc(long pid, const char *file, const char *text, int *err)
     close(fd);
 }
 
+/* plan->slots: close slot i (if open) and forget it, as nscg_close does */
+static void close_slot(const struct nscg_plan *plan, int i)
+{
+    if (plan->slots && plan->slots[i] >= 0) {
+        close(plan->slots[i]);
+        plan->slots[i] = -1;
+    }
+}
+
 static void parent_maps(const struct nscg_plan *plan, long pid, struct nscg_spawn_out *out)
 {
     int err = 0;
@@ -140,8 +149,10 @@ static void parent_maps(const struct nscg_plan *plan, long pid, struct nscg_spaw
     if (!err) {
         char go = 1;
         out->maps_file = 3;
-        if (write(plan->sync_w, &go, 1) != 1)
+        if (write(plan->state->sync_w, &go, 1) != 1)
             err = errno ? errno : EIO;
+        else
+            close_slot(plan, NSCG_SLOT_SYNC_W); /* nothing more to say to the child */
     }
     out->maps_err = err;
 }
@@ -278,7 +289,7 @@ static void wait_exec(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     char *buf = (char *)&out->child_err;
     size_t got = 0;
     while (got < sizeof out->child_err) {
-        ssize_t n = read(plan->err_r, buf + got, sizeof out->child_err - got);
+        ssize_t n = read(plan->state->err_r, buf + got, sizeof out->child_err - got);
         if (n < 0 && errno == EINTR) {
             if (on_eintr(plan, out))
                 return;
@@ -292,8 +303,10 @@ static void wait_exec(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     out->exec_waited = 1;
     /* EOF: every copy of the pipe's write end is gone, the first child has
      * exec'd (or exited); after a record it is still on its way out */
-    if (got == 0)
+    if (got == 0) {
         release_stack_of(out);
+        close_slot(plan, NSCG_SLOT_ERR_R);
+    }
 }
 
 /* The caller's fds for a spawn are made here, into memory the caller keeps
@@ -378,7 +391,7 @@ static void do_clone(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     unsigned long vforked = 0;
     if (plan->flags & NSCG_F_VFORK) {
         /* only for a child that execs the payload itself and waits for nobody */
-        if (plan->flags & (NSCG_F_WAIT_PARENT | NSCG_F_FORK_PIDNS) || plan->err_fd >= 0) {
+        if (plan->flags & (NSCG_F_WAIT_PARENT | NSCG_F_FORK_PIDNS) || plan->state->err_fd >= 0) {
             set_out_err(out, EINVAL, NSCG_STAGE_CLONE, "clone3");
             return;
         }
@@ -562,11 +575,37 @@ static void finish(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     drop_status_fd(plan, out);
     if (out->err)
         release_stack_of(out); /* no child */
-    if ((plan->flags & NSCG_F_WAIT_EXEC) && !out->err && !out->maps_err && out->pid > 0) {
-        close(plan->err_fd); /* our copy of the write end: EOF needs every copy gone */
+    /* the child's ends: it has its own copies (or there is no child); our
+     * copy of the error pipe's write end first of all: EOF needs every copy gone */
+    close_slot(plan, NSCG_SLOT_SYNC_R);
+    if (plan->make & NSCG_MAKE_ERR_PIPE) {
+        close_slot(plan, NSCG_SLOT_ERR_W);
         out->err_closed = 1;
-        wait_exec(plan, out);
     }
+    if ((plan->flags & NSCG_F_WAIT_EXEC) && !out->err && !out->maps_err && out->pid > 0)
+        wait_exec(plan, out);
+}
+
+/* plan->make: the pipes, into the caller's slots (an abort closes them) */
+static int make_pipes(const struct nscg_plan *plan)
+{
+    struct nscg_spawn_state *st = plan->state;
+    int r;
+    if (plan->make && !plan->slots)
+        return EINVAL;
+    if (plan->make & NSCG_MAKE_ERR_PIPE) {
+        if ((r = nscg_pipe(plan->slots + NSCG_SLOT_ERR_R)) < 0)
+            return -r;
+        st->err_r = plan->slots[NSCG_SLOT_ERR_R];
+        st->err_fd = plan->slots[NSCG_SLOT_ERR_W];
+    }
+    if (plan->make & NSCG_MAKE_SYNC_PIPE) {
+        if ((r = nscg_pipe(plan->slots + NSCG_SLOT_SYNC_R)) < 0)
+            return -r;
+        st->sync_fd = plan->slots[NSCG_SLOT_SYNC_R];
+        st->sync_w = plan->slots[NSCG_SLOT_SYNC_W];
+    }
+    return 0;
 }
 
 /* NSCG_F_MAKE_STATUS: the page the first child writes the new pid to and
@@ -711,6 +750,11 @@ int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     out->stale = plan_stale(plan);
     if (out->stale) {
         set_out_err(out, ESTALE, NSCG_STAGE_CLONE, "recheck");
+        return -1;
+    }
+    int perr = make_pipes(plan);
+    if (perr) {
+        set_out_err(out, perr, NSCG_STAGE_CLONE, "pipe2");
         return -1;
     }
     if (plan->flags & NSCG_F_MAKE_STATUS) {
