@@ -7,6 +7,7 @@ executes the flat ``struct nscg_plan`` (see ``_native/child.c``).
 from __future__ import annotations
 
 import contextlib
+import enum
 import errno
 import functools
 import os
@@ -14,7 +15,7 @@ import signal
 import threading
 import weakref
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from nscg import _idmap
 from nscg import process as _process_mod
@@ -486,6 +487,83 @@ def _clone_error(err: int, syscall: str, ns: Namespace) -> Exception:
     return SpawnError(err, syscall, Stage.CLONE, -1, detail=detail)
 
 
+# ------------------------------------------------------------------ the modes
+class Mode(enum.Enum):
+    """How a spawn runs after its clone: one straight path each (docs/design.md)."""
+
+    #: no pid namespace, nothing for the parent to do: the payload is the first
+    #: child, cloned vfork-style; the clone returns once it has exec'd or failed
+    VFORK = "vfork"
+    #: everything after the clone in the one C call: the id maps (written by
+    #: C), the go-ahead, the wait for the payload's exec
+    IN_C = "in C"
+    #: Python acts between the clone and the exec: while the first child
+    #: waits for the go-ahead it writes the maps through newuidmap, places the
+    #: child in its cgroup (no clone3), attaches network links, or reads the
+    #: child's "ready" of a late unshare; then ``nscg_spawn_wait``
+    PYTHON_STEPS = "Python steps"
+
+
+class Caller(NamedTuple):
+    """What a spawn's mode depends on besides the Container."""
+
+    #: both id maps can be written to /proc/PID/*_map by this process (no newuidmap)
+    maps_by_write: bool
+
+
+class ModeChoice(NamedTuple):
+    """A spawn's mode and the parts of it that vary within a mode."""
+
+    mode: Mode
+    #: the first child starts pid 1 of a new (or joined) pid namespace
+    pid_ns: bool
+    #: who writes the id maps: "none" (no new user namespace), "c", "python"
+    maps: str
+    #: namespaces joined and then created (the child unshares after its setns)
+    late: bool
+    #: Python has steps while the first child waits (a cgroup, network links)
+    steps: bool
+
+
+def choose_mode(c: Container, caller: Caller) -> ModeChoice:
+    """The mode of a spawn of ``c`` by ``caller``: a pure function (tests/unit/test_modes.py)."""
+    ns = c.namespaces
+    late = bool(c.join) and bool(ns & ~Namespace.TIME)
+    pid_ns = bool(ns & Namespace.PID) or any(r.kind == Namespace.PID for r in c.join)
+    steps = c.cgroup is not None or bool(
+        _parent_hooks(c)
+    )  # (a cgroup: the fallback without clone3)
+    if not ns & Namespace.USER:
+        maps = "none"
+    elif caller.maps_by_write and not (steps or late):
+        maps = "c"
+    else:
+        maps = "python"
+    if not (pid_ns or steps or maps != "none"):
+        mode = Mode.VFORK
+    elif steps or late or maps == "python":
+        mode = Mode.PYTHON_STEPS
+    else:
+        mode = Mode.IN_C
+    return ModeChoice(mode, pid_ns, maps, late, steps)
+
+
+def mode_flags(m: ModeChoice) -> int:
+    """The NSCG_F_* flags of a mode (what spawn.c's path for it reads)."""
+    flags = lib.NSCG_F_UNSHARE_LATE if m.late else 0
+    if m.pid_ns:
+        flags |= lib.NSCG_F_FORK_PIDNS | lib.NSCG_F_MAKE_STATUS
+    if m.mode is Mode.VFORK:
+        return flags | lib.NSCG_F_VFORK
+    if m.maps != "none" or m.steps:
+        flags |= lib.NSCG_F_WAIT_PARENT  # (the first child waits for the go-ahead)
+    if m.mode is Mode.IN_C:
+        flags |= lib.NSCG_F_WAIT_EXEC
+        if m.maps == "c":
+            flags |= lib.NSCG_F_PARENT_MAPS
+    return flags
+
+
 # ---------------------------------------------------------------- the spawn
 class _Plan:
     """A struct nscg_plan and every buffer it points to (kept alive for the call)."""
@@ -679,7 +757,6 @@ class _Prepared:
         )
         self.path_var = self.env.get("PATH", DEFAULT_PATH)
         self.maps = _plan_maps(c, cap_eff) if ns & Namespace.USER else None
-        self.hooks = bool(_parent_hooks(c))
         self.late = bool(self.joins) and bool(ns & ~Namespace.TIME)
         self.pid_ns = bool(ns & Namespace.PID)
         self.per_spawn_root = c.rootfs is not None and bool(c.rootfs.overlays())
@@ -725,59 +802,33 @@ class _Prepared:
     def _fill(self, p: _Plan, c: Container, cap_eff: int) -> int:
         """Write the static part of the plan into ``p``; return its flags."""
         plan = p.plan
-        ns = c.namespaces
-        joins, maps = self.joins, self.maps
-        flags = 0
-        pid_joined = any(r.kind == Namespace.PID for r in joins)
-        if self.late:
-            flags |= lib.NSCG_F_UNSHARE_LATE
-        if maps is not None or self.hooks or c.cgroup is not None:
-            # (with a cgroup: the fallback without clone3 places the child while it waits)
-            flags |= lib.NSCG_F_WAIT_PARENT
-        if (
-            maps is not None
-            and maps[2] == maps[3] == "write"
-            and not (self.hooks or c.cgroup is not None or self.late)
-        ):
-            # only the maps to write before the go: done in C right after the
-            # clone (no trip back to Python, nor for the GIL, in between)
-            flags |= lib.NSCG_F_PARENT_MAPS
-            plan.uid_map_text = p.cstr(_map_text(maps[0]))
-            plan.gid_map_text = p.cstr(_map_text(maps[1]))
-            plan.deny_setgroups = int(maps[4])
-        if pid_joined or ns & Namespace.PID:
-            flags |= lib.NSCG_F_FORK_PIDNS | lib.NSCG_F_MAKE_STATUS
-        if not flags & (lib.NSCG_F_WAIT_PARENT | lib.NSCG_F_FORK_PIDNS):
-            flags |= lib.NSCG_F_VFORK
-        elif not (self.hooks or c.cgroup is not None or self.late) and (
-            maps is None or flags & lib.NSCG_F_PARENT_MAPS
-        ):
-            # nothing for Python to do until the payload runs: the C call
-            # also waits for that (one release of the GIL, not one per step)
-            flags |= lib.NSCG_F_WAIT_EXEC
-        if c.init and ns & Namespace.PID:
-            flags |= lib.NSCG_F_INIT
-        if ns & Namespace.NET:
-            flags |= lib.NSCG_F_LOOPBACK
-        if ns & Namespace.TIME:
-            flags |= lib.NSCG_F_NEWTIME
-            if c.time_offsets is not None:
-                plan.timens_offsets = p.cstr(c.time_offsets.text())
-        if c.new_session:
-            flags |= lib.NSCG_F_SETSID
-        if c.no_new_privs:
-            flags |= lib.NSCG_F_NO_NEW_PRIVS
-        if ns & Namespace.UTS:
-            plan.hostname = p.cstr(c.hostname if c.hostname is not None else "nscg")
-            plan.domainname = p.cstr(c.domainname)
+        maps = self.maps
+        self.mode = choose_mode(
+            c, Caller(maps_by_write=maps is not None and maps[2] == maps[3] == "write")
+        )
+        flags = mode_flags(self.mode)
+        if self.mode.maps == "c":
+            # the maps, written by the C call right after the clone
+            plan.uid_map_text = p.cstr(_map_text(maps[0]))  # type: ignore[index]
+            plan.gid_map_text = p.cstr(_map_text(maps[1]))  # type: ignore[index]
+            plan.deny_setgroups = int(maps[4])  # type: ignore[index]
+        flags |= _fill_namespaces(p, c) | self._fill_identity(p, c, cap_eff)
+        flags |= _fill_confinement(p, c, cap_eff, self.joins)
+        _fill_limits_env(p, c, self.env)
+        err = lib.nscg_check_flags(flags)
+        if err:  # (a bug of ours: a combination no path of spawn.c serves)
+            raise RuntimeError(f"nscg: impossible spawn flags {flags:#x} (mode {self.mode})")
+        return flags
 
-        # who the payload is
-        uid_in = c.user if c.user is not None else 0
+    def _fill_identity(self, p: _Plan, c: Container, cap_eff: int) -> int:
+        """Who the payload is: uid, gid, groups (and whether it becomes root early)."""
+        plan, maps, ns = p.plan, self.maps, c.namespaces
+        flags = 0
         if maps is not None and _root_elsewhere(maps[0], maps[1]):
             flags |= lib.NSCG_F_ROOT_EARLY
         elif (
             maps is None
-            and any(r.kind == Namespace.USER for r in joins)
+            and any(r.kind == Namespace.USER for r in self.joins)
             and os.geteuid() == 0
             and in_initial_userns()
         ):
@@ -786,7 +837,7 @@ class _Prepared:
             flags |= lib.NSCG_F_ROOT_EARLY
         if ns & Namespace.USER:
             flags |= lib.NSCG_F_SETID
-            plan.uid = uid_in
+            plan.uid = c.user if c.user is not None else 0
             plan.gid = c.group if c.group is not None else 0
             if cap_eff >> _CAP_SETGID & 1 and maps is not None and not maps[4]:
                 flags |= lib.NSCG_F_SETGROUPS
@@ -798,44 +849,9 @@ class _Prepared:
                 flags |= lib.NSCG_F_SETGROUPS
         elif c.groups is not None:
             flags |= lib.NSCG_F_SETGROUPS
-        # capabilities and seccomp: applied last, right before execve
-        if c.capabilities != "inherit":
-            caps = _caps_masks(c.capabilities)
-            flags |= lib.NSCG_F_CAPS
-            plan.cap_bounding, plan.cap_permitted, plan.cap_effective = caps[0], caps[1], caps[2]
-            plan.cap_inheritable, plan.cap_ambient, plan.cap_last = caps[3], caps[4], caps[5]
-        joins_user = any(r.kind == Namespace.USER for r in joins)
-        if not flags & lib.NSCG_F_CAPS:
-            pass
-        elif ns & Namespace.USER or joins_user or cap_eff >> _CAP_SETPCAP & 1:
-            flags |= lib.NSCG_F_CAPS_BOUNDING
-        elif not c.no_new_privs:
-            raise UnsupportedError(
-                "dropping capabilities from the bounding set needs CAP_SETPCAP or a user "
-                "namespace; with no_new_privs off the payload could regain them",
-                feature="capabilities",
-            )
-        if c.seccomp != "unconfined":
-            prog = _seccomp_program(c.seccomp, c.capabilities)
-            plan.seccomp_filter = p.array("char[]", prog)
-            plan.seccomp_len = len(prog) // 8
-            flags |= lib.NSCG_F_SECCOMP
-
         groups = list(c.groups or ())
         plan.n_groups = len(groups)
         plan.groups = p.array("uint32_t[]", groups) if groups else ffi.NULL
-
-        if c.rlimits:
-            rl = p.array("struct nscg_rlimit[]", len(c.rlimits))
-            for i, lim in enumerate(c.rlimits):
-                rl[i].resource = lim.resource
-                rl[i].cur = lim.soft
-                rl[i].max = lim.hard
-            plan.rlimits = rl
-            plan.n_rlimits = len(c.rlimits)
-        plan.envp = p.cstr_array([f"{k}={v}" for k, v in self.env.items()])
-        plan.cwd = p.cstr(c.cwd if c.cwd is not None or c.rootfs is None else "/")
-        plan.ns_new = int(ns)
         return flags
 
     def new_plan(self) -> _Plan:
@@ -848,6 +864,68 @@ class _Prepared:
         if buf is not None:
             p.plan.unix_paths = buf  # (kept by p: set_checks may replace it meanwhile)
         return p
+
+
+def _fill_namespaces(p: _Plan, c: Container) -> int:
+    """What the child sets up in its new namespaces (init, loopback, time, names)."""
+    plan, ns = p.plan, c.namespaces
+    flags = 0
+    if c.init and ns & Namespace.PID:
+        flags |= lib.NSCG_F_INIT
+    if ns & Namespace.NET:
+        flags |= lib.NSCG_F_LOOPBACK
+    if ns & Namespace.TIME:
+        flags |= lib.NSCG_F_NEWTIME
+        if c.time_offsets is not None:
+            plan.timens_offsets = p.cstr(c.time_offsets.text())
+    if c.new_session:
+        flags |= lib.NSCG_F_SETSID
+    if ns & Namespace.UTS:
+        plan.hostname = p.cstr(c.hostname if c.hostname is not None else "nscg")
+        plan.domainname = p.cstr(c.domainname)
+    plan.ns_new = int(ns)
+    return flags
+
+
+def _fill_confinement(p: _Plan, c: Container, cap_eff: int, joins: Sequence[Any]) -> int:
+    """Capabilities, no_new_privs and seccomp: applied last, right before execve."""
+    plan, ns = p.plan, c.namespaces
+    flags = lib.NSCG_F_NO_NEW_PRIVS if c.no_new_privs else 0
+    if c.capabilities != "inherit":
+        caps = _caps_masks(c.capabilities)
+        flags |= lib.NSCG_F_CAPS
+        plan.cap_bounding, plan.cap_permitted, plan.cap_effective = caps[0], caps[1], caps[2]
+        plan.cap_inheritable, plan.cap_ambient, plan.cap_last = caps[3], caps[4], caps[5]
+        joins_user = any(r.kind == Namespace.USER for r in joins)
+        if ns & Namespace.USER or joins_user or cap_eff >> _CAP_SETPCAP & 1:
+            flags |= lib.NSCG_F_CAPS_BOUNDING
+        elif not c.no_new_privs:
+            raise UnsupportedError(
+                "dropping capabilities from the bounding set needs CAP_SETPCAP or a user "
+                "namespace; with no_new_privs off the payload could regain them",
+                feature="capabilities",
+            )
+    if c.seccomp != "unconfined":
+        prog = _seccomp_program(c.seccomp, c.capabilities)
+        plan.seccomp_filter = p.array("char[]", prog)
+        plan.seccomp_len = len(prog) // 8
+        flags |= lib.NSCG_F_SECCOMP
+    return flags
+
+
+def _fill_limits_env(p: _Plan, c: Container, env: dict[str, str]) -> None:
+    """rlimits, the environment and the working directory."""
+    plan = p.plan
+    if c.rlimits:
+        rl = p.array("struct nscg_rlimit[]", len(c.rlimits))
+        for i, lim in enumerate(c.rlimits):
+            rl[i].resource = lim.resource
+            rl[i].cur = lim.soft
+            rl[i].max = lim.hard
+        plan.rlimits = rl
+        plan.n_rlimits = len(c.rlimits)
+    plan.envp = p.cstr_array([f"{k}={v}" for k, v in env.items()])
+    plan.cwd = p.cstr(c.cwd if c.cwd is not None or c.rootfs is None else "/")
 
 
 _prepared: dict[int, tuple[Any, _Prepared]] = {}
@@ -967,6 +1045,30 @@ def _resolve_in_rootfs(c: Container, name: str, path_var: str, executable: str |
     )
 
 
+class _Run(NamedTuple):
+    """One spawn's facts its steps after the clone need (for the failure messages too)."""
+
+    c: Container
+    argv: list[str]
+    path: str
+    #: the program was looked up before the clone (else left to execve)
+    checked: bool
+    executable: str | None
+    prep: _Prepared
+    flags: int
+    fault: tuple[Stage, int, int] | None
+
+
+def _checked_argv(argv: Sequence[str]) -> list[str]:
+    if isinstance(argv, (str, bytes)) or not argv:
+        raise SpecError("argv must be a non-empty sequence of strings")
+    out = [os.fsdecode(a) if isinstance(a, bytes) else a for a in argv]
+    for a in out:
+        if not isinstance(a, str) or "\0" in a:
+            raise SpecError(f"invalid argument {a!r}")
+    return out
+
+
 def _spawn(
     prep: _Prepared,
     c: Container,
@@ -983,186 +1085,45 @@ def _spawn(
     _kill_if_dropped: bool = False,
     _checks: bool = True,
 ) -> Process:
-    if isinstance(argv, (str, bytes)) or not argv:
-        raise SpecError("argv must be a non-empty sequence of strings")
-    argv = [os.fsdecode(a) if isinstance(a, bytes) else a for a in argv]
-    for a in argv:
-        if not isinstance(a, str) or "\0" in a:
-            raise SpecError(f"invalid argument {a!r}")
-    joins = prep.joins
-    for r in joins:
-        if r.closed:
-            raise SpecError(f"namespace reference {r!r} is closed")
-    if _abandoned_pending():
-        reap_abandoned()
-    if _in_flight:
-        _sweep_flights()
+    args = _checked_argv(argv)
+    _before_spawn(prep)
     flags = prep.flags | _extra_flags
     if _fault is not None and _fault[0] == Stage.ID_MAPS:
-        # the test hook is on the Python side
+        # the test hook is on the Python side: the Python-steps mode
         flags &= ~(lib.NSCG_F_PARENT_MAPS | lib.NSCG_F_WAIT_EXEC)
-    prog = executable or argv[0]
+    prog = executable or args[0]
     # An absolute path run vfork-style is left to execve: a missing program
     # costs a clone that fails, not namespaces, and is told apart below.
     checked = not (flags & lib.NSCG_F_VFORK and prog.startswith("/") and c.rootfs is None)
-    path = _resolve_in_rootfs(c, argv[0], prep.path_var, executable) if checked else prog
-    maps = prep.maps
-    late = prep.late
+    path = _resolve_in_rootfs(c, args[0], prep.path_var, executable) if checked else prog
 
-    p = prep.new_plan()
+    run = _Run(c, args, path, checked, executable, prep, flags, _fault)
+    p, idmap_binds, n_slots = _spawn_plan(run, _root, _checks)
     plan = p.plan
-    plan.path = p.cstr(path)
-    plan.argv = p.cstr_array(argv)
-    idmap_binds, n_slots = prep.idmap_binds, prep.n_slots
-    if _root is not None:
-        _root.fill(p, plan)
-        if prep.idmap and c.rootfs is not None:
-            idmap_binds = _idmap.binds_to_idmap(c.rootfs.ops, _root.prims)
-        n_slots = _idmap.mark(plan, _root.prims, idmap_binds)
-
-    if not _checks:
-        plan.checks = 0
-    if _fault is not None:
-        plan.fault.stage, plan.fault.err, plan.fault.index = int(_fault[0]), _fault[1], _fault[2]
 
     # From here on one guard owns everything the spawn makes (the lifetime
     # rule: see _Flight); its abort() is the only failure path.
     flight = _Flight(p)
-    fds = flight.fds
     try:
-        # stdio and passed fds
-        fdmap: list[tuple[int, int]] = []
-        out_child: int | None = None
-        for target, spec in ((0, stdin), (1, stdout), (2, stderr)):
-            child_fd, parent = _stdio(spec, target, fds, out_child)
-            if target == 1:
-                out_child = child_fd
-            if child_fd is not None:
-                fdmap.append((child_fd, target))
-            if parent is not None:
-                # (no call between taking the fd and the file owning it: a
-                # handler's exception lands after open(), which then closes it)
-                fd = fds.slot[parent]
-                fds.slot[parent] = -1
-                flight.files[target] = open(fd, "wb" if target == 0 else "rb", buffering=0)  # noqa: SIM115
-        for fd in pass_fds:
-            if not isinstance(fd, int) or fd < 0:
-                raise SpecError(f"invalid fd in pass_fds: {fd!r}")
-            if fd in (0, 1, 2):
-                raise SpecError("pass_fds must not contain 0, 1 or 2 (use stdin/stdout/stderr)")
-            try:
-                os.fstat(fd)
-            except OSError:
-                raise SpecError(f"fd {fd} in pass_fds is not open") from None
-            fdmap.append((fd, fd))
-        plan.n_fdmap = len(fdmap)
-        floor = 3
-        if fdmap:
-            fm = p.array("struct nscg_fdmap[]", fdmap)
-            plan.fdmap = fm
-            for _, dst in fdmap:
-                if dst >= floor:
-                    floor = dst + 1
-        plan.fd_floor = floor
-        if joins:
-            jn = p.array("struct nscg_join[]", len(joins))
-            for i, r in enumerate(joins):
-                jn[i].fd, jn[i].nstype = r.fileno(), int(r.kind)
-            plan.joins = jn
-            plan.n_join = len(joins)
+        n_fds = _fill_stdio(flight, (stdin, stdout, stderr), pass_fds)
         if n_slots:
-            fds.trees = p.array("int32_t[]", [-1] * n_slots)
-            fds.n_trees = n_slots
+            flight.fds.trees = p.array("int32_t[]", [-1] * n_slots)
+            flight.fds.n_trees = n_slots
             lowers = _root.take_lower_trees() if _root is not None else ()
-            _idmap.open_trees(p, plan, n_slots, idmap_binds, maps, fds.trees, lowers)
+            _idmap.open_trees(p, plan, n_slots, idmap_binds, prep.maps, flight.fds.trees, lowers)
         # the child's working memory for its fds (abi.h: nscg_spawn_state.scratch)
-        n_scratch = len(fdmap) + 2 * len(joins) + n_slots + lib.NSCG_SCRATCH_CHANNELS
+        n_scratch = n_fds + 2 * len(prep.joins) + n_slots + lib.NSCG_SCRATCH_CHANNELS
         p.state.scratch = p.array("int32_t[]", n_scratch)
         p.state.n_scratch = n_scratch
+        plan.flags = _fill_spawn(flight, run)
 
-        if c.cgroup is not None:
-            # created (limits written) before anything runs; raises the clear
-            # UnsupportedError on a host that cannot give what was asked
-            from nscg.cgroups import CgroupV2
-
-            cg_spec = c.cgroup
-
-            def make_cgroup() -> None:
-                # (shielded: a handler's exception cannot lose the new cgroup)
-                flight.cgroup = CgroupV2.create(cg_spec.limits, parent=cg_spec.parent)
-                fds.slot[fds.CGROUP] = flight.cgroup.open_fd()
-
-            _shielded(make_cgroup, flight.track_steps)
-            fds.child_side.append(fds.CGROUP)
-            plan.cgroup_fd = fds.slot[fds.CGROUP]
-        # the error and go-ahead pipes: made by the C call into our slots,
-        # each end closed there as soon as it is done with
-        make = 0 if flags & lib.NSCG_F_VFORK else lib.NSCG_MAKE_ERR_PIPE
-        if flags & lib.NSCG_F_WAIT_PARENT:
-            make |= lib.NSCG_MAKE_SYNC_PIPE
-        plan.make = make
-        plan.slots = fds.slot
-        if c.die_with_parent:
-            plan.pdeathsig = signal.SIGKILL
-            plan.parent_pidfd = _own_pidfd()
-        if not c.die_with_parent or threading.get_ident() == threading.main_thread().ident:
-            # The parent-death signal follows the thread that cloned; the main
-            # thread lives as long as the interpreter, so it can clone itself
-            # (no hop to a spawner thread). Other threads hand off to one.
-            flags |= lib.NSCG_F_NO_SPAWNER_THREAD
-        if flags & lib.NSCG_F_INIT:
-            plan.init_fd = _init_fd()
-        plan.flags = flags
-
-        # (with a pid namespace the C call makes the status page: a memfd the
-        # first child writes the new pid to, and nscg-init the payload's wait
-        # status; NSCG_F_MAKE_STATUS)
-        out = flight.out
-        lib.nscg_spawn(plan, out)
-        if out.err_closed:
-            fds.slot[fds.ERR_W] = -1  # closed by the C call
-        fds.close_child_side()
-        if out.stale:
-            raise _Stale  # (nothing was cloned)
-        if out.err:
-            raise _clone_error(out.err, ffi.string(out.syscall).decode(), c.namespaces)
-        flight.check_interrupted()
-        if flags & lib.NSCG_F_PARENT_MAPS:
-            # the maps and the go-ahead were written by the C call: only its
-            # report to read (no step of ours to shield, no thread)
-            _maps_written(flight, c, path, joins)
-            flight.close_sync()
-        elif flags & lib.NSCG_F_WAIT_PARENT:
-            # the first child waits for the go-ahead (on its own stack, in our
-            # memory), written here after our steps (from the main thread on
-            # a thread of their own: no signal handler cuts a step in two;
-            # see process._shielded)
-            _shielded(
-                lambda: _parent_steps(flight, c, path, joins, flags, maps, late, _fault),
-                flight.track_steps,
-            )
-            flight.close_sync()
-        if not flags & lib.NSCG_F_VFORK and not out.exec_waited:
-            lib.nscg_spawn_wait(plan, out)  # aborts the spawn itself if a handler raised
-            flight.check_interrupted()
-        if flags & lib.NSCG_F_VFORK:  # the report (if any) is in memory
-            ce = out.child_err
-            if ce.stage:
-                if ce.stage == Stage.EXEC and not checked:
-                    # ExecutableNotFoundError if that is why (as if checked first)
-                    _resolve_in_rootfs(c, argv[0], prep.path_var, executable)
-                _raise_child_error(_decode_record(ce), c, path, joins)
-        else:
-            if flags & lib.NSCG_F_FORK_PIDNS:
-                if out.first_status != 0:
-                    _raise_child_error(_record_of(out), c, path, joins)
-                if out.pidfd2 < 0:
-                    raise SpawnError(-out.pidfd2, "pidfd_open", Stage.FORK, -1, str(out.pid2))
-            rec = _record_of(out)
-            if rec is not None:
-                _raise_child_error(rec, c, path, joins)
+        # the one C call: the checks, the pipes, the status page (with a pid
+        # namespace), the clone, and in the in-C mode everything up to the exec
+        lib.nscg_spawn(plan, flight.out)
+        _cloned(flight, c)
+        _AFTER_CLONE[_mode_of(flags)](flight, run)
         flight.close_err()
-        proc = flight.process(argv, c, prep.pid_ns, _kill_if_dropped)
+        proc = flight.process(args, c, prep.pid_ns, _kill_if_dropped)
         if _root is not None:
             _root.attach(proc)  # (its temp dirs: removed by spawn() if aborted)
         flight.done()
@@ -1170,6 +1131,191 @@ def _spawn(
         flight.abort()
         raise
     return proc
+
+
+def _before_spawn(prep: _Prepared) -> None:
+    """Checks and chores before a spawn: closed joins; abandoned sandboxes, dropped guards."""
+    for r in prep.joins:
+        if r.closed:
+            raise SpecError(f"namespace reference {r!r} is closed")
+    if _abandoned_pending():
+        reap_abandoned()
+    if _in_flight:
+        _sweep_flights()
+
+
+def _spawn_plan(run: _Run, root: Any, checks: bool) -> tuple[_Plan, list[Any], int]:
+    """This spawn's copy of the prepared plan: (it, its idmapped binds, its bind slots)."""
+    prep, c = run.prep, run.c
+    p = prep.new_plan()
+    plan = p.plan
+    plan.path = p.cstr(run.path)
+    plan.argv = p.cstr_array(run.argv)
+    idmap_binds, n_slots = prep.idmap_binds, prep.n_slots
+    if root is not None:
+        root.fill(p, plan)
+        if prep.idmap and c.rootfs is not None:
+            idmap_binds = _idmap.binds_to_idmap(c.rootfs.ops, root.prims)
+        n_slots = _idmap.mark(plan, root.prims, idmap_binds)
+    if not checks:
+        plan.checks = 0
+    if run.fault is not None:
+        f = run.fault
+        plan.fault.stage, plan.fault.err, plan.fault.index = int(f[0]), f[1], f[2]
+    return p, idmap_binds, n_slots
+
+
+def _cloned(flight: _Flight, c: Container) -> None:
+    """Right after nscg_spawn: the child's fds closed; a stale plan, a failed clone raise."""
+    out = flight.out
+    if out.err_closed:
+        flight.fds.slot[_Fds.ERR_W] = -1  # closed by the C call
+    flight.fds.close_child_side()
+    if out.stale:
+        raise _Stale  # (nothing was cloned)
+    if out.err:
+        raise _clone_error(out.err, ffi.string(out.syscall).decode(), c.namespaces)
+    flight.check_interrupted()
+
+
+def _fill_stdio(flight: _Flight, stdio: tuple[StdioSpec, ...], pass_fds: Sequence[int]) -> int:
+    """The child's fds (stdio, pass_fds) into the plan; return their number."""
+    p, fds = flight.p, flight.fds
+    plan = p.plan
+    fdmap: list[tuple[int, int]] = []
+    out_child: int | None = None
+    for target, spec in enumerate(stdio):
+        child_fd, parent = _stdio(spec, target, fds, out_child)
+        if target == 1:
+            out_child = child_fd
+        if child_fd is not None:
+            fdmap.append((child_fd, target))
+        if parent is not None:
+            # (no call between taking the fd and the file owning it: a
+            # handler's exception lands after open(), which then closes it)
+            fd = fds.slot[parent]
+            fds.slot[parent] = -1
+            flight.files[target] = open(fd, "wb" if target == 0 else "rb", buffering=0)  # noqa: SIM115
+    for fd in pass_fds:
+        if not isinstance(fd, int) or fd < 0:
+            raise SpecError(f"invalid fd in pass_fds: {fd!r}")
+        if fd in (0, 1, 2):
+            raise SpecError("pass_fds must not contain 0, 1 or 2 (use stdin/stdout/stderr)")
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise SpecError(f"fd {fd} in pass_fds is not open") from None
+        fdmap.append((fd, fd))
+    plan.n_fdmap = len(fdmap)
+    if fdmap:
+        plan.fdmap = p.array("struct nscg_fdmap[]", fdmap)
+    plan.fd_floor = max([3] + [dst + 1 for _, dst in fdmap])
+    return len(fdmap)
+
+
+def _fill_spawn(flight: _Flight, run: _Run) -> int:
+    """The rest of this spawn's plan (joins, cgroup, pipes, parent death); its flags."""
+    p, fds, c, flags = flight.p, flight.fds, run.c, run.flags
+    plan = p.plan
+    joins = run.prep.joins
+    if joins:
+        jn = p.array("struct nscg_join[]", len(joins))
+        for i, r in enumerate(joins):
+            jn[i].fd, jn[i].nstype = r.fileno(), int(r.kind)
+        plan.joins = jn
+        plan.n_join = len(joins)
+    if c.cgroup is not None:
+        # created (limits written) before anything runs; raises the clear
+        # UnsupportedError on a host that cannot give what was asked
+        from nscg.cgroups import CgroupV2
+
+        cg_spec = c.cgroup
+
+        def make_cgroup() -> None:
+            # (shielded: a handler's exception cannot lose the new cgroup)
+            flight.cgroup = CgroupV2.create(cg_spec.limits, parent=cg_spec.parent)
+            fds.slot[fds.CGROUP] = flight.cgroup.open_fd()
+
+        _shielded(make_cgroup, flight.track_steps)
+        fds.child_side.append(fds.CGROUP)
+        plan.cgroup_fd = fds.slot[fds.CGROUP]
+    # the error and go-ahead pipes: made by the C call into our slots,
+    # each end closed there as soon as it is done with
+    make = 0 if flags & lib.NSCG_F_VFORK else lib.NSCG_MAKE_ERR_PIPE
+    if flags & lib.NSCG_F_WAIT_PARENT:
+        make |= lib.NSCG_MAKE_SYNC_PIPE
+    plan.make = make
+    plan.slots = fds.slot
+    if c.die_with_parent:
+        plan.pdeathsig = signal.SIGKILL
+        plan.parent_pidfd = _own_pidfd()
+    if not c.die_with_parent or threading.get_ident() == threading.main_thread().ident:
+        # The parent-death signal follows the thread that cloned; the main
+        # thread lives as long as the interpreter, so it can clone itself
+        # (no hop to a spawner thread). Other threads hand off to one.
+        flags |= lib.NSCG_F_NO_SPAWNER_THREAD
+    if flags & lib.NSCG_F_INIT:
+        plan.init_fd = _init_fd()
+    return flags
+
+
+def _mode_of(flags: int) -> Mode:
+    """The mode a spawn's flags select (the prepared mode, or a test hook's)."""
+    if flags & lib.NSCG_F_VFORK:
+        return Mode.VFORK
+    return Mode.IN_C if flags & lib.NSCG_F_WAIT_EXEC else Mode.PYTHON_STEPS
+
+
+# ------------------------------------------------ after the clone, per mode
+def _after_vfork(flight: _Flight, run: _Run) -> None:
+    """VFORK: the clone returned once the payload exec'd; a failure's report is in memory."""
+    ce = flight.out.child_err
+    if ce.stage:
+        if ce.stage == Stage.EXEC and not run.checked:
+            # ExecutableNotFoundError if that is why (as if checked first)
+            _resolve_in_rootfs(run.c, run.argv[0], run.prep.path_var, run.executable)
+        _raise_child_error(_decode_record(ce), run.c, run.path, run.prep.joins)
+
+
+def _after_in_c(flight: _Flight, run: _Run) -> None:
+    """IN_C: the C call wrote the maps and the go-ahead and waited for the exec."""
+    if run.flags & lib.NSCG_F_PARENT_MAPS:
+        _maps_written(flight, run.c, run.path, run.prep.joins)
+    _exec_result(flight, run)
+
+
+def _after_python_steps(flight: _Flight, run: _Run) -> None:
+    """PYTHON_STEPS: our steps while the first child waits, the go-ahead, the wait."""
+    if run.flags & lib.NSCG_F_WAIT_PARENT:
+        # the first child waits for the go-ahead (on its own stack, in our
+        # memory), written here after our steps (from the main thread on a
+        # thread of their own: no signal handler cuts a step in two; see
+        # process._shielded)
+        _shielded(lambda: _parent_steps(flight, run), flight.track_steps)
+        flight.close_sync()
+    lib.nscg_spawn_wait(flight.p.plan, flight.out)  # aborts the spawn itself if a handler raised
+    flight.check_interrupted()
+    _exec_result(flight, run)
+
+
+_AFTER_CLONE: dict[Mode, Callable[[_Flight, _Run], None]] = {
+    Mode.VFORK: _after_vfork,
+    Mode.IN_C: _after_in_c,
+    Mode.PYTHON_STEPS: _after_python_steps,
+}
+
+
+def _exec_result(flight: _Flight, run: _Run) -> None:
+    """Raise the child's failure the C wait read, if any (EOF: the payload exec'd)."""
+    out = flight.out
+    if run.flags & lib.NSCG_F_FORK_PIDNS:
+        if out.first_status != 0:
+            _raise_child_error(_record_of(out), run.c, run.path, run.prep.joins)
+        if out.pidfd2 < 0:
+            raise SpawnError(-out.pidfd2, "pidfd_open", Stage.FORK, -1, str(out.pid2))
+    rec = _record_of(out)
+    if rec is not None:
+        _raise_child_error(rec, run.c, run.path, run.prep.joins)
 
 
 def _maps_written(flight: _Flight, c: Container, path: str, joins: Sequence[Any]) -> None:
@@ -1184,19 +1330,18 @@ def _maps_written(flight: _Flight, c: Container, path: str, joins: Sequence[Any]
         raise SpawnError(out.maps_err, "write", Stage.ID_MAPS, -1, where)
 
 
-def _parent_steps(
-    flight: _Flight,
-    c: Container,
-    path: str,
-    joins: Sequence[Any],
-    flags: int,
-    maps: Any,
-    late: bool,
-    _fault: tuple[Stage, int, int] | None,
-) -> None:
+def _parent_steps(flight: _Flight, run: _Run) -> None:
     """What the caller does while the first child waits for the go-ahead."""
     out = flight.out
-    if late:
+    c, path, joins, flags, maps, _fault = (
+        run.c,
+        run.path,
+        run.prep.joins,
+        run.flags,
+        run.prep.maps,
+        run.fault,
+    )
+    if run.prep.late:
         rec = _read_record(flight.err_r)
         if rec is None or rec[1] != lib.NSCG_STAGE_READY:
             _raise_child_error(rec, c, path, joins)

@@ -524,20 +524,9 @@ class Process:
         ):  # no pipe to serve: no selector (an epoll fd and objects per run)
             return self._wait_output(deadline, timeout)
         sel = selectors.DefaultSelector()
-        names: dict[int, str] = {}
         inbuf = memoryview(input or b"")
         try:
-            if self.stdin is not None and not self.stdin.closed:
-                if inbuf:
-                    os.set_blocking(self.stdin.fileno(), False)
-                    sel.register(self.stdin.fileno(), selectors.EVENT_WRITE)
-                else:
-                    self.stdin.close()
-            for name in ("stdout", "stderr"):
-                s = getattr(self, name)
-                if s is not None and not s.closed:
-                    sel.register(s.fileno(), selectors.EVENT_READ)
-                    names[s.fileno()] = name
+            names = self._register_pipes(sel, bool(inbuf))
             while sel.get_map():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -545,15 +534,7 @@ class Process:
                 for key, _ev in sel.select(left):
                     fd = int(key.fd)
                     if fd not in names:  # stdin
-                        try:
-                            n = os.write(fd, inbuf[:65536])
-                        except BrokenPipeError:
-                            n = len(inbuf)
-                        inbuf = inbuf[n:]
-                        if not inbuf:
-                            sel.unregister(fd)
-                            assert self.stdin is not None
-                            self.stdin.close()
+                        inbuf = self._feed(sel, fd, inbuf)
                         continue
                     data = os.read(fd, 65536)
                     if data:
@@ -564,6 +545,35 @@ class Process:
         finally:
             sel.close()
         return self._wait_output(deadline, timeout)
+
+    def _register_pipes(self, sel: Any, feed: bool) -> dict[int, str]:
+        """Register the open pipes with ``sel``; return {fd: "stdout" or "stderr"}."""
+        names: dict[int, str] = {}
+        if self.stdin is not None and not self.stdin.closed:
+            if feed:
+                os.set_blocking(self.stdin.fileno(), False)
+                sel.register(self.stdin.fileno(), selectors.EVENT_WRITE)
+            else:
+                self.stdin.close()
+        for name in ("stdout", "stderr"):
+            s = getattr(self, name)
+            if s is not None and not s.closed:
+                sel.register(s.fileno(), selectors.EVENT_READ)
+                names[s.fileno()] = name
+        return names
+
+    def _feed(self, sel: Any, fd: int, inbuf: memoryview) -> memoryview:
+        """Write what stdin takes of ``inbuf``; return the rest (stdin closed once all is sent)."""
+        try:
+            n = os.write(fd, inbuf[:65536])
+        except BrokenPipeError:
+            n = len(inbuf)
+        inbuf = inbuf[n:]
+        if not inbuf:
+            sel.unregister(fd)
+            assert self.stdin is not None
+            self.stdin.close()
+        return inbuf
 
     def _wait_output(
         self, deadline: float | None, timeout: float | None

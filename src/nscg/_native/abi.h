@@ -6,7 +6,7 @@
  * boundary. Bump NSCG_ABI_VERSION whenever a struct or a signature changes.
  */
 
-#define NSCG_ABI_VERSION 12
+#define NSCG_ABI_VERSION 13
 
 /* ---- stages of a spawn (reported in struct nscg_child_error) ----
  * Numbered in the order a spawn with new namespaces runs them, and listed in
@@ -381,6 +381,10 @@ uint32_t nscg_abi_version(void);
 const char *nscg_build_hash(void);
 uint32_t nscg_clone_features(void);
 int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out);
+/* 0 if spawn.c has a path for these NSCG_F_* flags (one of the modes of
+ * nscg/_spawn.py, choose_mode), else EINVAL: checked when a plan is prepared,
+ * and again by nscg_spawn */
+int nscg_check_flags(uint32_t flags);
 int nscg_wait(int pidfd, int options, struct nscg_wait_out *out);
 int nscg_reap(int pidfd, int options, struct nscg_wait_out *out, struct nscg_shared *page);
 int nscg_pidfd_open(int pid);

@@ -648,6 +648,35 @@ static void drop_status_fd(const struct nscg_plan *plan, struct nscg_spawn_out *
     }
 }
 
+/* ------------------------------------------------------------- the modes
+ *
+ * Three ways a spawn runs after its clone (nscg/_spawn.py, Mode):
+ *   vfork-style  NSCG_F_VFORK: the payload is the first child; nothing waits
+ *                for the parent, no pid namespace, no error pipe;
+ *   in C         NSCG_F_WAIT_EXEC: this call does everything up to the
+ *                payload's exec (the maps with NSCG_F_PARENT_MAPS);
+ *   Python steps neither: the caller acts while the first child waits for
+ *                the go-ahead (NSCG_F_WAIT_PARENT), then nscg_spawn_wait.
+ * Combinations no path serves are refused here. */
+int nscg_check_flags(uint32_t flags)
+{
+    uint32_t vfork_never = NSCG_F_WAIT_PARENT | NSCG_F_FORK_PIDNS | NSCG_F_WAIT_EXEC |
+                           NSCG_F_PARENT_MAPS | NSCG_F_MAKE_STATUS | NSCG_F_INIT;
+    if ((flags & NSCG_F_VFORK) && (flags & vfork_never))
+        return EINVAL;
+    if ((flags & NSCG_F_PARENT_MAPS) && !(flags & NSCG_F_WAIT_EXEC && flags & NSCG_F_WAIT_PARENT))
+        return EINVAL; /* the maps written in C belong to the in-C mode */
+    if ((flags & NSCG_F_WAIT_EXEC) && (flags & NSCG_F_WAIT_PARENT) && !(flags & NSCG_F_PARENT_MAPS))
+        return EINVAL; /* a go-ahead nobody would write */
+    if ((flags & NSCG_F_WAIT_EXEC) && (flags & NSCG_F_UNSHARE_LATE))
+        return EINVAL; /* the late unshare's "ready" is read by Python */
+    if (!(flags & NSCG_F_FORK_PIDNS) != !(flags & NSCG_F_MAKE_STATUS))
+        return EINVAL; /* the status page is where pid 1's pid is found */
+    if ((flags & NSCG_F_INIT) && !(flags & NSCG_F_FORK_PIDNS))
+        return EINVAL;
+    return 0;
+}
+
 /* ---------------------------------------------- the prepared plan's checks
  *
  * A prepared plan (nscg/_spawn.py, _Prepared) holds for one caller: its
@@ -743,6 +772,10 @@ int nscg_spawn(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     out->pidfd2 = -1;
     if (plan->abi != NSCG_ABI_VERSION || !plan->state) {
         set_out_err(out, EINVAL, NSCG_STAGE_CLONE, "abi");
+        return -1;
+    }
+    if (nscg_check_flags(plan->flags)) {
+        set_out_err(out, EINVAL, NSCG_STAGE_CLONE, "flags");
         return -1;
     }
     pthread_once(&atfork_once, install_atfork);
