@@ -129,3 +129,22 @@ def test_mount_destination_bound_comes_from_abi_h() -> None:
     assert rootfs._dest(longest) == longest
     with pytest.raises(SpecError, match="too long"):
         rootfs._dest(longest + "e")
+
+
+def _c_sources() -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(NATIVE.glob("*.c"))}
+
+
+def test_the_plan_is_never_cast_to_writable() -> None:
+    """What a spawn writes is nscg_spawn_state; no cast turns the const plan writable."""
+    for name, text in _c_sources().items():
+        assert not re.search(r"\(\s*struct\s+nscg_plan\s*\*\s*\)", text), name
+
+
+def test_fault_points_are_not_steps() -> None:
+    """A STEP whose system call is the constant 0 is a fault point: FAULT_POINT says so."""
+    for name in ("child.c", "mount.c"):
+        text = _c_sources()[name]
+        steps = re.findall(r"\bSTEP\((.*?)\);", text, re.S)
+        empty = [s for s in steps if re.fullmatch(r".*,\s*0\s*", " ".join(s.split()))]
+        assert not empty, f"{name}: {empty}"
