@@ -165,7 +165,7 @@ class RootfsRun:
         root = c.rootfs
         assert isinstance(root, RootFS)
         # hide_sockets: the host's sockets as of now (``masks``, if the caller read them)
-        root = root.with_socket_masks(masks)
+        root = root.add_socket_masks(masks)
         self.root = root
         self.userns = bool(c.namespaces & Namespace.USER)
         if kernel_version() < (5, 12):

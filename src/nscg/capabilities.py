@@ -84,6 +84,7 @@ from typing import NamedTuple, TypeAlias
 
 import attrs
 
+from nscg._deprecate import renamed as _renamed
 from nscg.errors import SpecError, SyscallError
 
 __all__ = [
@@ -318,7 +319,7 @@ def _check_subsets(instance: Capabilities, attribute: object, value: object) -> 
             "ambient capabilities must be both permitted and inheritable "
             "(man 7 capabilities: 'Ambient capability set'); missing for: "
             + _names(instance.ambient - both)
-            + " — use Capabilities.with_ambient(), which adds them to both"
+            + " — use Capabilities.add_ambient(), which adds them to both"
         )
 
 
@@ -358,7 +359,7 @@ class Capabilities:
     Prefer the named constructors (:meth:`none`, :meth:`all`,
     :meth:`docker_default`, :meth:`from_keep`) and the methods that return
     changed copies (:meth:`drop`, :meth:`keep`, :meth:`add`,
-    :meth:`with_ambient`).
+    :meth:`add_ambient`).
 
     Attributes:
         bounding: the limit on what ``execve`` can ever grant (``CapBnd``).
@@ -547,7 +548,7 @@ class Capabilities:
         """Return a copy with ``caps`` added to bounding, permitted and effective.
 
         This is Docker's ``--cap-add`` for a payload running as root. For a
-        non-root payload, follow it with :meth:`with_ambient`.
+        non-root payload, follow it with :meth:`add_ambient`.
 
         Args:
             *caps: capabilities to add.
@@ -566,7 +567,7 @@ class Capabilities:
             effective=self.effective | more,
         )
 
-    def with_ambient(self, *caps: CapabilityLike) -> Capabilities:
+    def add_ambient(self, *caps: CapabilityLike) -> Capabilities:
         """Return a copy in which ``caps`` are also inheritable and ambient.
 
         Ambient capabilities are how a process that runs as a non-zero uid keeps
@@ -591,6 +592,11 @@ class Capabilities:
                 + " — add it with Capabilities.add() first"
             )
         return attrs.evolve(self, inheritable=self.inheritable | more, ambient=self.ambient | more)
+
+    def with_ambient(self, *caps: CapabilityLike) -> Capabilities:
+        """Deprecated name of :meth:`add_ambient` (it appends, and ``with_x`` replaces)."""
+        _renamed("Capabilities.with_ambient", "Capabilities.add_ambient")
+        return self.add_ambient(*caps)
 
     def without_ambient(self) -> Capabilities:
         """Return a copy with empty inheritable and ambient sets.

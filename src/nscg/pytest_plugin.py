@@ -112,7 +112,7 @@ def preset(tmp_path: Path, *, extra_ro: tuple[Path, ...] = ()) -> Container:
     want = {d for d in want if not under(d, tmp)}  # tmp_path is bound last, writable
     for d in sorted(want):
         if not any(q != d and under(d, q) for q in want):  # parents only
-            root = root.bind(d, d, readonly=True)
+            root = root.ro_bind(d, d)
     root = root.bind(tmp_path, tmp, readonly=False)
     c = nscg.Container().with_rootfs(root).with_network(nscg.Network.none()).with_cwd(tmp)
     if _limits_allowed():

@@ -25,6 +25,7 @@ from typing import Any, Final, Literal, NamedTuple, TypeAlias
 import attrs
 
 from nscg import _tree
+from nscg._deprecate import renamed as _renamed
 from nscg._native import lib
 from nscg.errors import SpecError, UnsupportedError
 
@@ -694,7 +695,7 @@ class RootFS:
         if hide_home:
             ops += _hidden_homes()
         root = cls(ops, hide_sockets=hide_sockets)
-        return root.with_docker_masks(proc=proc) if mask else root
+        return root.add_docker_masks(proc=proc) if mask else root
 
     @classmethod
     def from_directory(
@@ -802,19 +803,48 @@ class RootFS:
         source: str | os.PathLike[str],
         dest: str | None = None,
         *,
-        readonly: bool = True,
+        readonly: bool = False,
         recursive: bool = True,
         nosuid: bool = False,
         nodev: bool = False,
         noexec: bool = False,
         optional: bool = False,
     ) -> RootFS:
-        """Bind a host path (read-only unless ``readonly=False``) at ``dest`` (default: same)."""
+        """Bind a host path at ``dest`` (default: the same path), writable: bwrap's ``--bind``.
+
+        Writable unless ``readonly=True`` (or use :meth:`ro_bind`). As root, a
+        writable bind is an idmapped mount: the sandbox's ids map to the host
+        owners (see docs/security.md). ``optional=True`` skips a missing
+        ``source`` (bubblewrap's ``--bind-try``).
+        """
         src = os.fspath(source)
         if optional and not os.path.lexists(src):
             return self
         return self.then(
             Bind(src, dest if dest is not None else src, readonly, recursive, nosuid, nodev, noexec)
+        )
+
+    def ro_bind(
+        self,
+        source: str | os.PathLike[str],
+        dest: str | None = None,
+        *,
+        recursive: bool = True,
+        nosuid: bool = False,
+        nodev: bool = False,
+        noexec: bool = False,
+        optional: bool = False,
+    ) -> RootFS:
+        """Bind a host path read-only at ``dest`` (default: the same path): ``--ro-bind``."""
+        return self.bind(
+            source,
+            dest,
+            readonly=True,
+            recursive=recursive,
+            nosuid=nosuid,
+            nodev=nodev,
+            noexec=noexec,
+            optional=optional,
         )
 
     def bind_socket(self, path: str | os.PathLike[str], dest: str | None = None) -> RootFS:
@@ -858,17 +888,32 @@ class RootFS:
         """Mount a fresh tmpfs (nosuid, nodev) at ``dest``."""
         return self.then(Tmpfs(dest, size=size, mode=mode, readonly=readonly, noexec=noexec))
 
-    def with_proc(self, dest: str = "/proc") -> RootFS:
-        """Mount a new procfs (needs a new pid namespace)."""
+    def proc(self, dest: str = "/proc") -> RootFS:
+        """Mount a new procfs at ``dest`` (needs a new pid namespace)."""
         return self.then(Proc(dest))
 
-    def with_dev(self, dest: str = "/dev", *, shm_size: int = DEFAULT_SHM_SIZE) -> RootFS:
-        """Mount a minimal /dev (its /dev/shm limited to ``shm_size`` bytes)."""
+    def dev(self, dest: str = "/dev", *, shm_size: int = DEFAULT_SHM_SIZE) -> RootFS:
+        """Mount a minimal /dev at ``dest`` (its /dev/shm limited to ``shm_size`` bytes)."""
         return self.then(Dev(dest, shm_size))
 
-    def with_mqueue(self, dest: str = "/dev/mqueue") -> RootFS:
-        """Mount an mqueue filesystem (needs a new ipc namespace)."""
+    def mqueue(self, dest: str = "/dev/mqueue") -> RootFS:
+        """Mount an mqueue filesystem at ``dest`` (needs a new ipc namespace)."""
         return self.then(Mqueue(dest))
+
+    def with_proc(self, dest: str = "/proc") -> RootFS:
+        """Deprecated name of :meth:`proc` (it appends: verbs append, ``with_x`` replaces)."""
+        _renamed("RootFS.with_proc", "RootFS.proc")
+        return self.proc(dest)
+
+    def with_dev(self, dest: str = "/dev", *, shm_size: int = DEFAULT_SHM_SIZE) -> RootFS:
+        """Deprecated name of :meth:`dev`."""
+        _renamed("RootFS.with_dev", "RootFS.dev")
+        return self.dev(dest, shm_size=shm_size)
+
+    def with_mqueue(self, dest: str = "/dev/mqueue") -> RootFS:
+        """Deprecated name of :meth:`mqueue`."""
+        _renamed("RootFS.with_mqueue", "RootFS.mqueue")
+        return self.mqueue(dest)
 
     def mount(
         self,
@@ -902,11 +947,16 @@ class RootFS:
         """Hide these paths (missing ones are skipped)."""
         return self.then(*(Mask(d) for d in dests))
 
-    def with_docker_masks(self, *, proc: bool = True) -> RootFS:
-        """Apply the OCI/Docker masked and read-only path lists."""
+    def add_docker_masks(self, *, proc: bool = True) -> RootFS:
+        """Append the OCI/Docker masked and read-only path lists (``proc=False``: not /proc's)."""
         paths = [p for p in DOCKER_MASKED_PATHS if proc or not p.startswith("/proc/")]
         ro = [p for p in DOCKER_READONLY_PATHS if proc or not p.startswith("/proc/")]
         return self.mask(*paths).readonly(*ro)
+
+    def with_docker_masks(self, *, proc: bool = True) -> RootFS:
+        """Deprecated name of :meth:`add_docker_masks`."""
+        _renamed("RootFS.with_docker_masks", "RootFS.add_docker_masks")
+        return self.add_docker_masks(proc=proc)
 
     def with_readonly_root(self, on: bool = True) -> RootFS:
         """Make the root mount itself read-only once the plan has run."""
@@ -1018,7 +1068,7 @@ class RootFS:
                     break
         return tuple(sorted(out))
 
-    def with_socket_masks(self, masks: Sequence[str] | None = None) -> RootFS:
+    def add_socket_masks(self, masks: Sequence[str] | None = None) -> RootFS:
         """This plan with a :class:`Mask` appended for each of :meth:`socket_masks`.
 
         nscg calls it at spawn; the masks come after every op, so they apply
@@ -1028,6 +1078,11 @@ class RootFS:
         if masks is None:
             masks = self.socket_masks()
         return self.then(*(Mask(p) for p in masks)) if masks else self
+
+    def with_socket_masks(self, masks: Sequence[str] | None = None) -> RootFS:
+        """Deprecated name of :meth:`add_socket_masks`."""
+        _renamed("RootFS.with_socket_masks", "RootFS.add_socket_masks")
+        return self.add_socket_masks(masks)
 
     def exec_roots(self) -> list[str]:
         """Host directories holding the root's own content (binds or layers of ``/``)."""

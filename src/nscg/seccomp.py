@@ -53,6 +53,7 @@ from typing import ClassVar, Final, NamedTuple
 import attrs
 
 from nscg import _bpf
+from nscg._deprecate import renamed as _renamed
 from nscg.errors import SpecError, SyscallError, UnsupportedError
 
 __all__ = [
@@ -1102,8 +1103,8 @@ class Seccomp:
         """
         return attrs.evolve(self, arches=arches)
 
-    def with_rules(self, *rules: Rule) -> Seccomp:
-        """Return a copy with these rules added (they take precedence over older ones).
+    def add_rules(self, *rules: Rule) -> Seccomp:
+        """Return a copy with these rules appended (they take precedence over older ones).
 
         Args:
             *rules: the rules.
@@ -1112,6 +1113,11 @@ class Seccomp:
             The new spec.
         """
         return attrs.evolve(self, rules=self.rules + rules)
+
+    def with_rules(self, *rules: Rule) -> Seccomp:
+        """Deprecated name of :meth:`add_rules` (it appends: verbs append, ``with_x`` replaces)."""
+        _renamed("Seccomp.with_rules", "Seccomp.add_rules")
+        return self.add_rules(*rules)
 
     def add(
         self,
@@ -1135,7 +1141,7 @@ class Seccomp:
             SpecError: an unknown syscall name or a bad comparison.
         """
         cmps = _to_cmps(when)
-        return self.with_rules(*(Rule(name, action, cmps, optional=optional) for name in syscalls))
+        return self.add_rules(*(Rule(name, action, cmps, optional=optional) for name in syscalls))
 
     def allow(
         self, *syscalls: str | int, when: ArgCmp | Iterable[ArgCmp] = (), optional: bool = False

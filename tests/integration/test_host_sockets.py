@@ -338,7 +338,7 @@ project = os.path.join(home, "project")
 out = {{
     "default": seen(nscg.Container().with_rootfs()),
     "shown": seen(nscg.Container().with_rootfs(nscg.RootFS.host(hide_home=False))),
-    "project": seen(nscg.Container().with_rootfs(nscg.RootFS.host().bind(project))),
+    "project": seen(nscg.Container().with_rootfs(nscg.RootFS.host().ro_bind(project))),
 }}
 r = subprocess.run([sys.executable, "-m", "nscg", "run", "--", *argv], capture_output=True)
 out["cli"] = r.stdout.decode().split()
@@ -399,9 +399,9 @@ def test_socket_masks_keep_only_sockets_the_root_alone_shows(
     fake.write_text("\n".join(rows) + "\n")
     monkeypatch.setattr(rootfs, "PROC_NET_UNIX", str(fake))
     try:
-        root = nscg.RootFS([rootfs.Bind("/", "/")], hide_sockets=True).bind(shown)
+        root = nscg.RootFS([rootfs.Bind("/", "/")], hide_sockets=True).ro_bind(shown)
         assert root.socket_masks() == (str(tmp_path / "a.sock"), str(tmp_path / "x y.sock"))
-        masked = root.with_socket_masks().ops[len(root.ops) :]
+        masked = root.add_socket_masks().ops[len(root.ops) :]
         assert masked == tuple(rootfs.Mask(p) for p in root.socket_masks())
         assert root.with_hidden_sockets(False).socket_masks() == ()
         # a tmpfs over the directory hides them all without a mask

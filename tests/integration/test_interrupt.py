@@ -65,7 +65,7 @@ def slow_root(binds: int = 40) -> RootFS:
     """RootFS.host() and ``binds`` more binds: a mount plan of tens of ms."""
     root = RootFS.host(hide_sockets=False).tmpfs("/mnt")  # (host sockets come and go)
     for i in range(binds):
-        root = root.bind("/usr", f"/mnt/b{i}")
+        root = root.ro_bind("/usr", f"/mnt/b{i}")
     return root
 
 
@@ -327,7 +327,7 @@ def boom(*_):
 
 root = RootFS.host().tmpfs("/mnt")
 for i in range(15):
-    root = root.bind("/usr", f"/mnt/b{i}")
+    root = root.ro_bind("/usr", f"/mnt/b{i}")
 report = {}
 for name, c in (("pidns", Container().with_rootfs(root)),
                 ("nopidns", Container().with_namespaces("user,mount").without_rootfs()),

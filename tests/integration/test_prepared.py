@@ -198,7 +198,7 @@ def test_every_masked_directory_is_empty_and_read_only(tmp_path: Path) -> None:
     (host / "f").write_text("file secret")
     c = Container().with_rootfs(
         RootFS.host()
-        .bind(str(host), "/tmp/h")
+        .ro_bind(str(host), "/tmp/h")
         .mask("/tmp/h/a")
         .mask("/tmp/h/b")
         .mask("/tmp/h/f")

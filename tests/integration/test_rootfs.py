@@ -141,9 +141,9 @@ def test_symlink_in_root_cannot_lead_outside(tmp_path: Path) -> None:
     spec = (
         RootFS.from_directory(root, readonly=False, proc=False, dev=False)
         .tmpfs("/abs")
-        .bind(str(tmp_path), "/rel/bound")
+        .ro_bind(str(tmp_path), "/rel/bound")
     )
-    spec = spec.bind(static_busybox(), "/busybox")
+    spec = spec.ro_bind(static_busybox(), "/busybox")
     c = Container().without_namespaces("pid").with_init(False).with_rootfs(spec)
     r = c.run(
         ["/busybox", "sh", "-c", "/busybox ls /etc; /busybox ls /etc/bound"],

@@ -23,7 +23,7 @@ def _no_leftovers(fds: set[int], kids: set[int]) -> None:
 def test_missing_source_at_spawn(tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
-    c = Container().with_rootfs(RootFS.host().bind(str(src), "/data"))
+    c = Container().with_rootfs(RootFS.host().ro_bind(str(src), "/data"))
     src.rmdir()  # gone after the spec was checked
     fds, kids = open_fds(), set(children())
     with pytest.raises(nscg.SpawnError) as ei:

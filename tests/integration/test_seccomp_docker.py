@@ -116,7 +116,7 @@ def sweep() -> Iterator[tuple[str, str, dict[int, str]]]:
 
 def _box(d: str, seccomp: Seccomp | str = "default") -> Container:
     """A default sandbox (or one with another seccomp) that sees the probe's directory."""
-    return Container().with_rootfs(nscg.RootFS.host().bind(d)).with_seccomp(seccomp)
+    return Container().with_rootfs(nscg.RootFS.host().ro_bind(d)).with_seccomp(seccomp)
 
 
 def _parse(text: str) -> dict[int, str]:
@@ -191,7 +191,7 @@ def test_docker_allowed_syscalls_behave_as_unfiltered_rootless(
         f"""
         import json, nscg
         def box(seccomp="default"):
-            root = nscg.RootFS.host().bind({os.path.dirname(exe)!r})
+            root = nscg.RootFS.host().ro_bind({os.path.dirname(exe)!r})
             return nscg.Container().with_rootfs(root).with_seccomp(seccomp)
         r1 = box().run([{exe!r}, {plan!r}], capture_output=True, timeout=300)
         r2 = box("unconfined").run([{exe!r}, {plan!r}], capture_output=True, timeout=300)
@@ -298,7 +298,7 @@ def test_unknown_x32_numbers_are_still_killed(sweep: tuple[str, str, dict[int, s
     res = run_as_nobody(
         f"""
         import json, nscg
-        box = nscg.Container().with_rootfs(nscg.RootFS.host().bind({d!r}))
+        box = nscg.Container().with_rootfs(nscg.RootFS.host().ro_bind({d!r}))
         r = box.run([{exe!r}, {x32!r}], capture_output=True, timeout=60)
         r2 = box.run([{exe!r}, {unknown!r}], capture_output=True, timeout=60)
         print(json.dumps([r.stdout.decode(), r2.stdout.decode()]))

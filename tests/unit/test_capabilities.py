@@ -199,7 +199,7 @@ def test_unknown_to_kernel_rejected_then_dropped_on_request() -> None:
 
 
 def test_drop_removes_from_every_set() -> None:
-    spec = Capabilities.docker_default().with_ambient("NET_BIND_SERVICE", "KILL")
+    spec = Capabilities.docker_default().add_ambient("NET_BIND_SERVICE", "KILL")
     dropped = spec.drop("CAP_KILL", Capability.MKNOD)
     for name in ("bounding", "permitted", "effective", "inheritable", "ambient"):
         s = getattr(dropped, name)
@@ -215,10 +215,10 @@ def test_keep_intersects() -> None:
 
 
 def test_add_then_ambient() -> None:
-    spec = Capabilities.none().add("NET_ADMIN").with_ambient("NET_ADMIN")
+    spec = Capabilities.none().add("NET_ADMIN").add_ambient("NET_ADMIN")
     assert spec == Capabilities.from_keep(["NET_ADMIN"], ambient=True)
     with pytest.raises(SpecError, match="permitted before"):
-        Capabilities.none().with_ambient("NET_ADMIN")
+        Capabilities.none().add_ambient("NET_ADMIN")
 
 
 def test_methods_return_new_objects() -> None:

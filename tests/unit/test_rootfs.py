@@ -71,7 +71,7 @@ def test_container_cross_field_rules() -> None:
         Container().without_namespaces("pid").with_rootfs().validate()
     Container().without_namespaces("pid").with_rootfs(RootFS.host(proc=False)).validate()
     with pytest.raises(SpecError, match="ipc"):
-        Container().without_namespaces("ipc").with_rootfs(RootFS.host().with_mqueue()).validate()
+        Container().without_namespaces("ipc").with_rootfs(RootFS.host().mqueue()).validate()
     assert Container().with_rootfs().rootfs == RootFS.host()
     assert Namespace.MOUNT in Container().namespaces
 
