@@ -47,6 +47,7 @@ import os
 import secrets
 import socket
 import struct
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -192,6 +193,21 @@ while True:
 """
 
 
+def _interpreter() -> str:
+    """The interpreter that runs the rootless helper: this process's own.
+
+    Raises:
+        UnsupportedError: Python does not know its own executable (embedded).
+    """
+    if not sys.executable:
+        raise UnsupportedError(
+            "the rootless network helper needs sys.executable (this Python does not know "
+            "its own executable: embedded?)",
+            feature="network.rootless",
+        )
+    return sys.executable
+
+
 class _Factory:
     """The parent's end of a rootless socket factory process (see ``_FACTORY``)."""
 
@@ -208,8 +224,11 @@ class _Factory:
                 .with_capabilities("inherit")
                 .with_seccomp("unconfined")
             )
+            # the caller's own interpreter (its view is kept: no root of its own), isolated
+            # from the environment (-I): not whatever "python3" the PATH finds first
             self.proc = spec.spawn(
-                ["python3", "-c", _FACTORY, str(child.fileno())], pass_fds=[child.fileno()]
+                [_interpreter(), "-I", "-c", _FACTORY, str(child.fileno())],
+                pass_fds=[child.fileno()],
             )
         except BaseException:
             parent.close()

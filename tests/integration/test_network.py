@@ -15,10 +15,12 @@ import select
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -570,3 +572,20 @@ def test_sandboxes_spawned_from_many_threads_on_one_bridge() -> None:
         assert not errors, errors
         assert len(out) == 24 == len(set(out))
         assert settle(5) and br.ports() == [] and br.leased == 0
+
+
+@root
+def test_the_rootless_helper_runs_this_interpreter_not_the_first_python3_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = tmp_path / "python3"
+    fake.write_text("#!/bin/sh\nexit 99\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ.get('PATH', '')}")
+    with NetworkHost.create(rootless=True) as h:
+        factory = h._factory
+        assert factory is not None
+        with open(f"/proc/{factory.proc.pid}/cmdline", "rb") as f:
+            argv = f.read().split(b"\0")
+        assert argv[:2] == [os.fsencode(sys.executable), b"-I"]
+        assert os.path.samefile(os.readlink(f"/proc/{factory.proc.pid}/exe"), sys.executable)
