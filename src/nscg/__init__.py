@@ -26,6 +26,7 @@ _EXPORTS: dict[str, str] = {
     "Rlimit": "nscg.container",
     "CalledProcessError": "nscg.errors",
     "ExecutableNotFoundError": "nscg.errors",
+    "ExecutablePermissionError": "nscg.errors",
     "NscgError": "nscg.errors",
     "SpawnError": "nscg.errors",
     "SpecError": "nscg.errors",
@@ -57,6 +58,7 @@ __all__ = [
     "Container",
     "DEVNULL",
     "ExecutableNotFoundError",
+    "ExecutablePermissionError",
     "Features",
     "IdMap",
     "Namespace",
@@ -104,6 +106,7 @@ if TYPE_CHECKING:
     from nscg.errors import (
         CalledProcessError,
         ExecutableNotFoundError,
+        ExecutablePermissionError,
         NscgError,
         SpawnError,
         SpecError,

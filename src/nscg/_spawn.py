@@ -20,9 +20,10 @@ from typing import Any, NamedTuple, Protocol
 from nscg import _idmap
 from nscg import process as _process_mod
 from nscg._native import ffi, lib
-from nscg.container import DEFAULT_PATH, Container, StdioSpec
+from nscg.container import DEFAULT_PATH, Container, StdioSpec, rlimit_name
 from nscg.errors import (
     ExecutableNotFoundError,
+    ExecutablePermissionError,
     SpawnError,
     SpecError,
     TimeoutExpired,
@@ -217,8 +218,13 @@ def resolve_executable(
 ) -> str:
     """Find the program to run, as the kernel will see it, before anything is cloned.
 
+    As ``execvp`` (and so :mod:`subprocess`) does: the first executable file
+    on PATH wins; when there is none but a candidate exists (a file without
+    execute permission, a directory), the error is EACCES, else ENOENT.
+
     Raises:
-        ExecutableNotFoundError: it does not exist or is not an executable file.
+        ExecutableNotFoundError: no candidate exists (ENOENT).
+        ExecutablePermissionError: one exists, but none is an executable file (EACCES).
     """
     cand: list[str]
     target = executable or name
@@ -228,14 +234,28 @@ def resolve_executable(
         cand = [target]
     else:
         cand = [os.path.join(d or ".", target) for d in path_var.split(":")]
+    denied: str | None = None
     for c in cand:
         host = c if root == "/" else os.path.join(root, c.lstrip("/"))
         if os.path.isfile(host) and os.access(host, os.X_OK):
             return c
-    where = (
-        f"on PATH {path_var!r}" if "/" not in (executable or name) else "(not an executable file)"
+        if denied is None and os.path.exists(host):
+            denied = c
+    if denied is not None:
+        raise _not_executable(denied, "")
+    where = f"on PATH {path_var!r}" if "/" not in (executable or name) else ""
+    raise ExecutableNotFoundError(
+        errno.ENOENT, f"executable {target!r} not found {where}".rstrip(), target
     )
-    raise ExecutableNotFoundError(errno.ENOENT, f"executable {target!r} not found {where}", target)
+
+
+def _not_executable(path: str, where: str) -> ExecutablePermissionError:
+    """EACCES for a program that exists (in the sandbox) but cannot be executed."""
+    return ExecutablePermissionError(
+        errno.EACCES,
+        f"{path!r}{where} is not an executable file (a directory, or no execute permission)",
+        path,
+    )
 
 
 class _Fds:
@@ -628,7 +648,7 @@ def _failure_object(
             return "root directory"
         return f"{joins[index].kind.proc_name} namespace"
     if stage == Stage.RLIMITS and 0 <= index < len(c.rlimits):
-        return f"rlimit {c.rlimits[index].resource}"
+        return rlimit_name(c.rlimits[index].resource)
     if stage == Stage.TIMENS:
         return "/proc/self/timens_offsets"
     if stage in (Stage.MOUNTS, Stage.PIVOT_ROOT) and c.rootfs is not None:
@@ -1031,6 +1051,7 @@ def _resolve_in_rootfs(c: Container, name: str, path_var: str, executable: str |
         cand = [target if target.startswith("/") else os.path.join(c.cwd or "/", target)]
     else:
         cand = [os.path.join(d or ".", target) for d in path_var.split(":")]
+    denied: str | None = None
     for sandbox_path in cand:
         hosts = c.rootfs.host_paths(os.path.normpath(sandbox_path))
         if hosts is None:
@@ -1039,9 +1060,13 @@ def _resolve_in_rootfs(c: Container, name: str, path_var: str, executable: str |
             continue
         if any(os.path.isfile(h) and os.access(h, os.X_OK) for h in hosts):
             return sandbox_path
-    where = f"on PATH {path_var!r}" if "/" not in target else "(not an executable file)"
+        if denied is None and any(os.path.exists(h) for h in hosts):
+            denied = sandbox_path
+    if denied is not None:
+        raise _not_executable(denied, " in the sandbox's root")
+    where = f" {'on PATH ' + repr(path_var) if '/' not in target else ''}".rstrip()
     raise ExecutableNotFoundError(
-        errno.ENOENT, f"executable {target!r} not found in the sandbox's root {where}", target
+        errno.ENOENT, f"executable {target!r} not found in the sandbox's root{where}", target
     )
 
 

@@ -3,14 +3,23 @@
 from __future__ import annotations
 
 import os
+import re
 import resource
 from collections.abc import Iterable, Mapping, Sequence
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
 
 import attrs
 
+from nscg._native import ffi, lib
 from nscg.errors import SpecError
-from nscg.namespaces import IdMap, Namespace, NamespaceRef, TimeOffsets, check_id_maps
+from nscg.namespaces import (
+    IdMap,
+    Namespace,
+    NamespaceRef,
+    TimeOffsets,
+    check_id_maps,
+    in_initial_userns,
+)
 from nscg.rootfs import RootFS
 
 if TYPE_CHECKING:
@@ -20,7 +29,7 @@ if TYPE_CHECKING:
     from nscg.process import Process, Result
     from nscg.seccomp import Seccomp
 
-__all__ = ["DEFAULT_PATH", "Container", "Rlimit"]
+__all__ = ["DEFAULT_PATH", "Container", "Rlimit", "rlimit_name"]
 
 #: PATH given to the payload when the caller does not pass an environment.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -35,6 +44,42 @@ _RLIMIT_NAMES: dict[str, int] = {
     if name.startswith("RLIMIT_")
 }
 _RLIM_MAX = 2**64 - 1
+_RLIMIT_BY_NUMBER: dict[int, str] = {}
+for _name, _num in sorted(_RLIMIT_NAMES.items()):
+    _RLIMIT_BY_NUMBER.setdefault(_num, f"RLIMIT_{_name.upper()}")
+_CAP_SYS_RESOURCE = 24
+
+
+def rlimit_name(res: int) -> str:
+    """The name of a ``resource.RLIMIT_*`` number, as errors spell it: ``RLIMIT_NOFILE``."""
+    return _RLIMIT_BY_NUMBER.get(res, f"rlimit {res}")
+
+
+def _nr_open() -> int | None:
+    """``fs.nr_open``: the kernel's ceiling for RLIMIT_NOFILE (None if unreadable)."""
+    try:
+        with open("/proc/sys/fs/nr_open", "rb") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def _can_raise_hard_limits(payload_in_userns: bool) -> bool:
+    """Whether the payload may raise a hard limit above the caller's (``setrlimit(2)``).
+
+    That takes CAP_SYS_RESOURCE in the initial user namespace: never inside a
+    user namespace (a new or a joined one), whoever made it.
+    """
+    if payload_in_userns or not in_initial_userns():
+        return False
+    out = ffi.new("uint64_t *")
+    if lib.nscg_cap_effective(out) != 0:
+        return os.geteuid() == 0
+    return bool(int(out[0]) >> _CAP_SYS_RESOURCE & 1)
+
+
+def _show_limit(v: int) -> str:
+    return "unlimited" if v == _RLIM_MAX else str(v)
 
 
 def _limit_value(v: int | None) -> int:
@@ -82,7 +127,10 @@ class Rlimit:
         s = _limit_value(soft)
         h = s if hard == "same" else _limit_value(hard if not isinstance(hard, str) else None)
         if s > h:
-            raise SpecError(f"rlimit {res}: soft limit {soft} is above the hard limit {hard}")
+            raise SpecError(
+                f"{rlimit_name(num)}: soft limit {_show_limit(s)} is above the hard limit "
+                f"{_show_limit(h)}"
+            )
         return cls(num, s, h)
 
 
@@ -139,6 +187,33 @@ def _text(name: str, maxlen: int) -> Any:
             size = -1
         if size < 0 or "\0" in value or size > maxlen:
             raise SpecError(f"{name} must be a string of at most {maxlen} bytes without NUL")
+
+    return check
+
+
+#: one label of a host name (RFC 1123: letters, digits, '-' inside, at most 63)
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*", re.ASCII)
+#: the kernel's limit for a host or domain name (__NEW_UTS_LEN)
+_UTS_LEN = 64
+
+
+def _host_name(name: str) -> Any:
+    """A validator: an RFC 1123 host name of at most 64 characters (or None)."""
+
+    def check(_inst: object, _attr: object, value: str | None) -> None:
+        if value is None:
+            return
+        if not isinstance(value, str) or not _HOST_NAME.fullmatch(value):
+            raise SpecError(
+                f"{name} must be an RFC 1123 host name: labels of letters, digits and '-' "
+                f"(not first or last), separated by dots; got {value!r}"
+            )
+        if len(value) > _UTS_LEN:
+            raise SpecError(
+                f"{name} must be at most {_UTS_LEN} characters (the kernel's limit), "
+                f"got {len(value)}: {value!r}"
+            )
 
     return check
 
@@ -222,8 +297,8 @@ class Container:
     namespaces: Namespace = attrs.field(default=Namespace.ALL, converter=_ns_conv)
     uid_map: tuple[IdMap, ...] | None = attrs.field(default=None, converter=_id_maps)
     gid_map: tuple[IdMap, ...] | None = attrs.field(default=None, converter=_id_maps)
-    hostname: str | None = attrs.field(default=None, validator=_text("hostname", 64))
-    domainname: str | None = attrs.field(default=None, validator=_text("domainname", 64))
+    hostname: str | None = attrs.field(default=None, validator=_host_name("hostname"))
+    domainname: str | None = attrs.field(default=None, validator=_host_name("domainname"))
     time_offsets: TimeOffsets | None = None
     join: tuple[NamespaceRef, ...] = attrs.field(default=(), converter=_tuple_refs)
     env: tuple[tuple[str, str], ...] | None = attrs.field(default=None, converter=_env_conv)
@@ -585,11 +660,8 @@ class Container:
                     "supplementary groups inside a user namespace made by an unprivileged "
                     "caller are not allowed (setgroups is denied there)"
                 )
-        seen: set[int] = set()
-        for lim in self.rlimits:
-            if lim.resource in seen:
-                raise SpecError(f"rlimit {lim.resource} given twice")
-            seen.add(lim.resource)
+        self._validate_rlimits(joined)
+        self._validate_cgroup()
         if self.cwd is not None and not self.cwd.startswith("/"):
             raise SpecError(f"cwd must be an absolute path, got {self.cwd!r}")
         if ns & joined:
@@ -624,6 +696,47 @@ class Container:
                 )
             if self.rootfs.needs_ipc() and not ns & Namespace.IPC:
                 raise SpecError("mounting mqueue needs a new ipc namespace (Namespace.IPC)")
+
+    def _validate_rlimits(self, joined: Namespace) -> None:
+        """Each rlimit once; none the kernel will refuse (``fs.nr_open``, raised hard limits)."""
+        seen: set[int] = set()
+        can_raise: bool | None = None
+        for lim in self.rlimits:
+            name = rlimit_name(lim.resource)
+            if lim.resource in seen:
+                raise SpecError(f"{name} given twice")
+            seen.add(lim.resource)
+            if lim.resource == resource.RLIMIT_NOFILE:
+                nr_open = _nr_open()
+                if nr_open is not None and lim.hard > nr_open:
+                    raise SpecError(
+                        f"RLIMIT_NOFILE: hard limit {_show_limit(lim.hard)} is above the "
+                        f"kernel's fs.nr_open ({nr_open}), which setrlimit refuses; "
+                        f"use at most {nr_open}"
+                    )
+            own = resource.getrlimit(lim.resource)[1]
+            own_hard = _RLIM_MAX if own == resource.RLIM_INFINITY else own
+            if lim.hard <= own_hard:
+                continue
+            if can_raise is None:
+                in_userns = bool((self.namespaces | joined) & Namespace.USER)
+                can_raise = _can_raise_hard_limits(in_userns)
+            if not can_raise:
+                raise SpecError(
+                    f"{name}: hard limit {_show_limit(lim.hard)} is above the caller's own "
+                    f"({_show_limit(own_hard)}); raising a hard limit needs CAP_SYS_RESOURCE "
+                    "in the initial user namespace (never inside a user namespace): use at "
+                    f"most {_show_limit(own_hard)}, or raise the caller's hard limit first"
+                )
+
+    def _validate_cgroup(self) -> None:
+        """Limits no sandbox can run under."""
+        if self.cgroup is not None and self.cgroup.limits.pids_max == 0:
+            raise SpecError(
+                "pids_max=0 (pids=0): the sandbox's first process is born in its cgroup "
+                "and counts there, so no sandbox could start; give at least 1 (2 with an "
+                "init: it and the payload)"
+            )
 
     # --------------------------------------------------------------- running
     def spawn(

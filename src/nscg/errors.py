@@ -2,17 +2,26 @@
 
 Every exception derives from :class:`NscgError`, and each also derives from the
 built-in exception a ``subprocess`` user would expect (``ValueError`` for a bad
-spec, ``OSError`` for a failed system call), so existing ``except`` clauses keep
-working.
+spec, ``OSError`` for a failed system call, ``PermissionError`` for a program
+that is not executable), and :class:`CalledProcessError` and
+:class:`TimeoutExpired` from :mod:`subprocess`'s own, so existing ``except``
+clauses keep working.
 """
 
 from __future__ import annotations
 
 import errno as _errno
 import os
+import subprocess
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # (process.py imports this module: no import at run time)
+    from nscg.process import Stage
 
 __all__ = [
     "ExecutableNotFoundError",
+    "ExecutablePermissionError",
     "NscgError",
     "SpawnError",
     "SpecError",
@@ -79,6 +88,11 @@ class SyscallError(NscgError, OSError):
             super().__init__(err, text, filename)
         self.syscall = syscall
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # (OSError's would call __init__ with (errno, strerror[, filename]))
+        args = self.args if self.filename is None else (*self.args[:2], self.filename)
+        return (_rebuild_oserror, (type(self), args, self.__dict__))
+
     def __str__(self) -> str:
         base = super().__str__()
         return f"{self.syscall}: {base}" if self.syscall else base
@@ -99,18 +113,18 @@ class SpawnError(SyscallError):
         self,
         err: int,
         syscall: str,
-        stage: object,
+        stage: Stage,
         op_index: int = -1,
         filename: str | None = None,
         *,
         detail: str = "",
     ) -> None:
         super().__init__(err, syscall, filename, detail=detail)
-        self.stage = stage
+        self.stage: Stage = stage
         self.op_index = op_index
 
     def __str__(self) -> str:
-        name = getattr(self.stage, "name", str(self.stage))
+        name = self.stage.name
         where = f" (op #{self.op_index}" if self.op_index >= 0 else ""
         if where:
             where += f" {self.filename!r})" if self.filename else ")"
@@ -124,18 +138,38 @@ class SpawnError(SyscallError):
 
 
 class ExecutableNotFoundError(NscgError, FileNotFoundError):
-    """The program to run does not exist (or is not executable) in the sandbox."""
+    """The program to run does not exist in the sandbox (``ENOENT``), found before ``clone``.
+
+    Raised as :mod:`subprocess` raises ``FileNotFoundError``: nothing found on
+    the sandbox's ``PATH``, or an explicit path that does not exist.
+    """
 
     __module__ = "nscg"
 
 
-class TimeoutExpired(NscgError, TimeoutError):
-    """A timeout expired; the whole sandbox was killed.
+class ExecutablePermissionError(NscgError, PermissionError):
+    """The program exists in the sandbox but cannot be executed (``EACCES``).
+
+    Raised before ``clone``, as :mod:`subprocess` raises ``PermissionError``:
+    the file has no execute permission for the caller, or it is a directory.
+    (An ``execve`` refused by the kernel inside the sandbox, for example on a
+    ``noexec`` mount, is a :class:`SpawnError` at stage ``EXEC``.)
+    """
+
+    __module__ = "nscg"
+
+
+class TimeoutExpired(NscgError, subprocess.TimeoutExpired, TimeoutError):
+    """A timeout expired; after :meth:`nscg.Container.run` the whole sandbox was killed.
+
+    A :class:`subprocess.TimeoutExpired` (``except subprocess.TimeoutExpired``
+    catches it) and a :class:`TimeoutError`.
 
     Attributes:
         cmd: the argv.
         timeout: the timeout in seconds.
-        output / stdout: the partial standard output captured so far (or None).
+        output / stdout: the partial standard output captured so far (or None;
+            ``str`` in text mode).
         stderr: the partial standard error captured so far (or None).
     """
 
@@ -143,30 +177,28 @@ class TimeoutExpired(NscgError, TimeoutError):
 
     def __init__(
         self,
-        cmd: object,
+        cmd: str | Sequence[str],
         timeout: float,
-        output: bytes | None = None,
-        stderr: bytes | None = None,
+        output: str | bytes | None = None,
+        stderr: str | bytes | None = None,
     ) -> None:
-        super().__init__(f"Command {cmd!r} timed out after {timeout} seconds")
-        self.cmd = cmd
-        self.timeout = timeout
-        self.output = output
-        self.stderr = stderr
+        subprocess.TimeoutExpired.__init__(self, cmd, timeout, output, stderr)
 
-    @property
-    def stdout(self) -> bytes | None:
-        """Alias of ``output``, as in :class:`subprocess.TimeoutExpired`."""
-        return self.output
+    def __reduce__(self) -> tuple[object, ...]:
+        # (OSError's would call __init__ with OSError's arguments)
+        return (type(self), (self.cmd, self.timeout, self.output, self.stderr))
 
 
-class CalledProcessError(NscgError):
+class CalledProcessError(NscgError, subprocess.CalledProcessError):
     """``check=True`` was given and the process did not exit with status 0.
+
+    A :class:`subprocess.CalledProcessError`: ``except
+    subprocess.CalledProcessError`` catches it.
 
     Attributes:
         returncode: the exit status (negative for a signal).
         cmd: the argv.
-        output / stdout, stderr: captured output, if any.
+        output / stdout, stderr: captured output, if any (``str`` in text mode).
     """
 
     __module__ = "nscg"
@@ -174,17 +206,18 @@ class CalledProcessError(NscgError):
     def __init__(
         self,
         returncode: int,
-        cmd: object,
-        output: bytes | None = None,
-        stderr: bytes | None = None,
+        cmd: str | Sequence[str],
+        output: str | bytes | None = None,
+        stderr: str | bytes | None = None,
     ) -> None:
-        super().__init__(f"Command {cmd!r} returned non-zero exit status {returncode}")
-        self.returncode = returncode
-        self.cmd = cmd
-        self.output = output
-        self.stderr = stderr
+        subprocess.CalledProcessError.__init__(self, returncode, cmd, output, stderr)
 
-    @property
-    def stdout(self) -> bytes | None:
-        """Alias of ``output``, as in :class:`subprocess.CalledProcessError`."""
-        return self.output
+
+def _rebuild_oserror(
+    cls: type[SyscallError], args: tuple[object, ...], state: dict[str, object]
+) -> SyscallError:
+    """Unpickle a :class:`SyscallError` or :class:`SpawnError` as it was pickled."""
+    e = cls.__new__(cls, *args)
+    OSError.__init__(e, *args)
+    e.__dict__.update(state)
+    return e

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import sys
 
 import pytest
@@ -60,6 +61,8 @@ def test_injected_failure_at_each_stage(stage: Stage) -> None:
     assert e.errno == errno.EACCES
     assert e.syscall == REACHABLE[stage]
     assert stage.name in str(e)
+    if stage == Stage.RLIMITS:  # named, not numbered
+        assert e.filename == "RLIMIT_NOFILE"
     assert open_fds() == fds
     assert set(children()) == kids  # reaped: no process, no zombie
 
@@ -100,12 +103,16 @@ def test_real_failures() -> None:
         assert "interpreter" in str(ei.value)
     finally:
         os.unlink(script)
-    # an rlimit above the hard limit for an unprivileged process: raising the
-    # hard limit is refused without CAP_SYS_RESOURCE in the initial namespace
+    # an rlimit the kernel would refuse (above fs.nr_open; above the caller's
+    # hard limit inside a user namespace) is refused before anything runs;
+    # the RLIMITS stage itself is failed on purpose in the tests above
     hard = 1 << 40
-    with pytest.raises(nscg.SpawnError) as ei:
+    with pytest.raises(nscg.SpecError, match=r"RLIMIT_NOFILE.*nr_open"):
         Container().with_rlimit("nofile", hard).run(["true"])
-    assert ei.value.stage == Stage.RLIMITS
+    own = resource.getrlimit(resource.RLIMIT_NPROC)[1]
+    if own != resource.RLIM_INFINITY:
+        with pytest.raises(nscg.SpecError, match=r"RLIMIT_NPROC.*CAP_SYS_RESOURCE"):
+            Container().with_rlimit("nproc", own, own + 1).run(["true"])
 
 
 def test_bad_pass_fd_is_spec_error() -> None:

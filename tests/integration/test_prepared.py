@@ -68,12 +68,16 @@ def test_vfork_style_failure_at_each_stage(stage: Stage) -> None:
 def test_vfork_style_real_failures(tmp_path: Path) -> None:
     fds, kids = open_fds(), set(children())
     # an absolute path that is missing, a directory, not executable: the
-    # same ExecutableNotFoundError as when it is looked up first
+    # same errors as when it is looked up first (ENOENT; EACCES, as subprocess)
     plain_file = tmp_path / "data"
     plain_file.write_text("x")
-    for prog in ("/nonexistent/prog", str(tmp_path), str(plain_file)):
-        with pytest.raises(nscg.ExecutableNotFoundError):
+    with pytest.raises(nscg.ExecutableNotFoundError):
+        PLAIN.run(["/nonexistent/prog"])
+    for prog in (str(tmp_path), str(plain_file)):
+        with pytest.raises(nscg.ExecutablePermissionError) as pe:
             PLAIN.run([prog])
+        assert isinstance(pe.value, PermissionError) and pe.value.errno == errno.EACCES
+        assert pe.value.filename == prog
     # a script whose interpreter is missing: the exec stage, with the hint
     script = tmp_path / "s.sh"
     script.write_text("#!/nonexistent/interpreter\n")

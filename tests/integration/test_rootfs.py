@@ -308,16 +308,19 @@ def test_rootless_entering_a_sandbox_with_its_own_root() -> None:
     assert out == [0, "mine\n"]
 
 
-def test_undecodable_hostname_reaches_etc_hosts_as_bytes() -> None:
-    """A hostname with an undecodable byte (a surrogate escape) is written as that byte.
+def test_undecodable_hostname_is_a_spec_error() -> None:
+    """A hostname with an undecodable byte (a surrogate escape) is refused as a SpecError.
 
     With a root filesystem by default, the hostname goes into the sandbox's
     /etc/hosts; encoding it strictly raised UnicodeEncodeError (found by the
-    hypothesis suite).
+    hypothesis suite). Host names are RFC 1123 names now (issue 15): refused
+    when the spec is built, and a valid one reaches /etc/hosts.
     """
+    with pytest.raises(nscg.SpecError, match="RFC 1123"):
+        Container().with_hostname("h\udcff")
     r = (
         Container()
-        .with_hostname("h\udcff")
+        .with_hostname("h-1.example")
         .run(["sh", "-c", "hostname; tail -n 1 /etc/hosts"], capture_output=True, check=True)
     )
-    assert (r.stdout or b"").split(b"\n")[:2] == [b"h\xff", b"127.0.1.1\th\xff"]
+    assert (r.stdout or b"").split(b"\n")[:2] == [b"h-1.example", b"127.0.1.1\th-1.example"]

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import pickle
 import re
+import resource
+import subprocess
 from pathlib import Path
 
 import attrs
@@ -10,7 +14,7 @@ import pytest
 
 import nscg
 from nscg import Container, IdMap, Namespace, TimeOffsets
-from nscg.container import Rlimit
+from nscg.container import Rlimit, rlimit_name
 
 NATIVE = Path(nscg.__file__).parent / "_native"
 
@@ -108,6 +112,7 @@ def test_errors_are_in_the_nscg_namespace() -> None:
         "SpawnError",
         "UnsupportedError",
         "ExecutableNotFoundError",
+        "ExecutablePermissionError",
         "TimeoutExpired",
         "CalledProcessError",
     ):
@@ -115,6 +120,7 @@ def test_errors_are_in_the_nscg_namespace() -> None:
     assert issubclass(nscg.SpecError, ValueError)
     assert issubclass(nscg.SpawnError, OSError)
     assert issubclass(nscg.ExecutableNotFoundError, FileNotFoundError)
+    assert issubclass(nscg.ExecutablePermissionError, PermissionError)
     e = nscg.SpawnError(22, "pivot_root", nscg.Stage.PIVOT_ROOT, 3, "/proc")
     assert (
         str(e) == "pivot_root failed at stage PIVOT_ROOT (op #3 '/proc'): "
@@ -152,3 +158,108 @@ def test_lazy_exports_are_complete() -> None:
         assert getattr(nscg, name) is not None
     with pytest.raises(AttributeError):
         _ = nscg.NoSuchThing
+
+
+# ------------------------------------------------------------------ issue 15, item 8
+@pytest.mark.parametrize(
+    "name", ["box", "box-7", "a.b.c", "A1", "x" * 63, "a." * 31 + "bc", "0", "ci-box.example"]
+)
+def test_hostnames_rfc1123_accepted(name: str) -> None:
+    assert Container().with_hostname(name).hostname == name
+    assert Container().with_domainname(name).domainname == name
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["", "-a", "a-", "a..b", ".a", "a.", "a b", "a/b", "a\nb", "a_b", "h\udcff", "é", "x" * 64],
+)
+def test_hostnames_not_rfc1123_refused(name: str) -> None:
+    with pytest.raises(nscg.SpecError, match="RFC 1123"):
+        Container().with_hostname(name)
+    with pytest.raises(nscg.SpecError, match="domainname"):
+        Container().with_domainname(name)
+
+
+def test_hostname_longer_than_the_kernels_limit() -> None:
+    name = ".".join(["a" * 20] * 4)  # labels fine, 83 characters
+    with pytest.raises(nscg.SpecError, match="at most 64 characters"):
+        Container().with_hostname(name)
+
+
+def test_rlimit_errors_name_the_limit() -> None:
+    with pytest.raises(nscg.SpecError, match="RLIMIT_NOFILE: soft limit 10 is above"):
+        Container().with_rlimit("nofile", 10, 5)
+    with pytest.raises(nscg.SpecError, match="RLIMIT_NPROC: soft limit unlimited"):
+        Container().with_rlimit(resource.RLIMIT_NPROC, None, 5)
+    dup = Container(rlimits=[Rlimit.of("nofile", 5), Rlimit.of("nofile", 6)])
+    with pytest.raises(nscg.SpecError, match="RLIMIT_NOFILE given twice"):
+        dup.validate()
+    assert rlimit_name(resource.RLIMIT_NOFILE) == "RLIMIT_NOFILE"
+    assert rlimit_name(resource.RLIMIT_AS) == "RLIMIT_AS"
+
+
+def test_nofile_above_nr_open_refused() -> None:
+    nr_open = int(Path("/proc/sys/fs/nr_open").read_text())
+    for hard in (nr_open + 1, None):  # None: unlimited, which setrlimit refuses too
+        with pytest.raises(nscg.SpecError, match=rf"fs.nr_open \({nr_open}\)"):
+            Container().with_rlimit("nofile", 64, hard).validate()
+
+
+def test_hard_limit_above_the_callers_refused_in_a_user_namespace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = resource.getrlimit
+
+    def getrlimit(res: int) -> tuple[int, int]:  # the caller's NOFILE hard limit: 100
+        return (64, 100) if res == resource.RLIMIT_NOFILE else real(res)
+
+    monkeypatch.setattr(resource, "getrlimit", getrlimit)
+    c = Container().with_rlimit("nofile", 64, 101)
+    with pytest.raises(nscg.SpecError, match=r"above the caller's own \(100\).*CAP_SYS_RESOURCE"):
+        c.validate()
+    c.with_rlimit("nofile", 64, 100).validate()  # the caller's own is fine
+    # without a user namespace, a caller with CAP_SYS_RESOURCE may raise it
+    plain = c.without_rootfs().without_namespaces("user")
+    status = Path("/proc/self/status").read_text()
+    cap_eff = int(re.search(r"^CapEff:\s*([0-9a-f]+)", status, re.M).group(1), 16)  # type: ignore[union-attr]  # always there
+    if cap_eff >> 24 & 1 and Path("/proc/self/uid_map").read_text().split() == [
+        "0",
+        "0",
+        "4294967295",
+    ]:
+        plain.validate()
+    else:
+        with pytest.raises(nscg.SpecError, match="CAP_SYS_RESOURCE"):
+            plain.validate()
+
+
+def test_pids_zero_refused() -> None:
+    with pytest.raises(nscg.SpecError, match="pids_max=0"):
+        Container().with_limits(pids=0).validate()
+    Container().with_limits(pids=1).validate()
+
+
+def test_errors_are_subprocess_errors_and_pickle() -> None:
+    """``except subprocess.CalledProcessError`` / ``TimeoutExpired`` catch nscg's own."""
+    cpe = nscg.CalledProcessError(3, ["false"], b"out", b"err")
+    assert isinstance(cpe, subprocess.CalledProcessError) and isinstance(cpe, nscg.NscgError)
+    assert str(cpe) == "Command '['false']' returned non-zero exit status 3."
+    assert (cpe.returncode, cpe.cmd, cpe.stdout, cpe.output, cpe.stderr) == (
+        3,
+        ["false"],
+        b"out",
+        b"out",
+        b"err",
+    )
+    assert "died with <Signals.SIGKILL: 9>" in str(nscg.CalledProcessError(-9, ["x"]))
+    te = nscg.TimeoutExpired(["sleep", "9"], 0.5, "partial", None)
+    assert isinstance(te, subprocess.TimeoutExpired) and isinstance(te, TimeoutError)
+    assert str(te) == "Command '['sleep', '9']' timed out after 0.5 seconds"
+    assert te.output == "partial" and te.stderr is None
+    pe = nscg.ExecutablePermissionError(errno.EACCES, "not executable", "/etc")
+    spawn_error = nscg.SpawnError(2, "chdir", nscg.Stage.CHDIR, 3, "/x", detail="hint")
+    for e in (cpe, te, pe, spawn_error, nscg.SyscallError(1, "open", "/f"), nscg.SpecError("x")):
+        back = pickle.loads(pickle.dumps(e))
+        assert type(back) is type(e) and str(back) == str(e)
+        assert back.__dict__ == e.__dict__
+    assert pickle.loads(pickle.dumps(spawn_error)).stage is nscg.Stage.CHDIR
