@@ -13,6 +13,7 @@ import functools
 import os
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
@@ -677,6 +678,7 @@ def spawn(
     ``_extra_flags`` adds NSCG_F_* flags: both are for tests only.
     ``_kill_if_dropped``: the Process is killed if dropped unclosed (run()'s).
     """
+    started = time.monotonic()  # (the Process's wall_time counts from here)
     given = c
     for attempt in range(_STALE_TRIES):
         # a prepared plan whose assumptions no longer hold (the C call checks
@@ -709,6 +711,7 @@ def spawn(
                 _extra_flags=_extra_flags,
                 _root=root,
                 _kill_if_dropped=_kill_if_dropped,
+                _started=started,
                 # (the last try: the plan as just prepared, as before the checks)
                 _checks=attempt < _STALE_TRIES - 1,
             )
@@ -1109,6 +1112,7 @@ def _spawn(
     _root: Any = None,
     _kill_if_dropped: bool = False,
     _checks: bool = True,
+    _started: float | None = None,
 ) -> Process:
     args = _checked_argv(argv)
     _before_spawn(prep)
@@ -1148,7 +1152,7 @@ def _spawn(
         _cloned(flight, c)
         _AFTER_CLONE[_mode_of(flags)](flight, run)
         flight.close_err()
-        proc = flight.process(args, c, prep.pid_ns, _kill_if_dropped)
+        proc = flight.process(args, c, prep.pid_ns, _kill_if_dropped, _started)
         if _root is not None:
             _root.attach(proc)  # (its temp dirs: removed by spawn() if aborted)
         flight.done()
@@ -1460,7 +1464,12 @@ class _Flight:
         self.fds.close(_Fds.ERR_R)
 
     def process(
-        self, argv: list[str], c: Container, pid_ns: bool, kill_if_dropped: bool
+        self,
+        argv: list[str],
+        c: Container,
+        pid_ns: bool,
+        kill_if_dropped: bool,
+        started: float | None = None,
     ) -> Process:
         """Hand the sandbox over to a new :class:`Process` (see :meth:`done`)."""
         out = self.out
@@ -1482,6 +1491,9 @@ class _Flight:
         )
         proc._cleanups.extend(self.cleanups)
         proc._kill_if_dropped = kill_if_dropped
+        proc._rss_floor_kb = int(out.caller_maxrss_kb)
+        if started is not None:
+            proc._started = started
         return proc
 
     def done(self) -> None:

@@ -75,11 +75,22 @@ class Usage:
     With a cgroup, CPU time counts every process of the sandbox (daemons too),
     and the peaks come from the cgroup.
 
+    ``max_rss`` is None when the kernel's figure cannot be told from the
+    caller's own peak. Every process of a sandbox is started from the caller's
+    memory (as ``vfork`` and ``posix_spawn`` start theirs), and at ``execve``
+    Linux keeps the peak RSS of the memory the process leaves as a floor of its
+    ``ru_maxrss`` (``exec_mmap``). So a reaped ``ru_maxrss`` above the caller's
+    own peak when the payload exec'd is the sandbox's; one at or below it may
+    be the caller's: ``true`` run from a program holding 300 MB would report
+    300 MB. With a cgroup, ``memory_peak`` is the sandbox's own.
+
     Attributes:
         cpu_user: user CPU time in seconds (the payload and every descendant reaped
             inside the sandbox; the cgroup's ``cpu.stat`` when there is one).
         cpu_system: system CPU time in seconds.
-        max_rss: peak resident set size in bytes of the largest process.
+        max_rss: peak resident set size in bytes of the largest process of the
+            sandbox (the payload or a descendant), or None when it cannot be
+            told from the caller's own peak (above).
         memory_peak: the cgroup's ``memory.peak`` in bytes (None without a cgroup,
             or before Linux 5.19).
         pids_peak: the cgroup's ``pids.peak`` (None without a cgroup, or before 6.13).
@@ -89,7 +100,7 @@ class Usage:
 
     cpu_user: float = 0.0
     cpu_system: float = 0.0
-    max_rss: int = 0
+    max_rss: int | None = None
     memory_peak: int | None = None
     pids_peak: int | None = None
     oom_kills: int = 0
@@ -136,6 +147,12 @@ class Result:
         if self.returncode:
             raise CalledProcessError(self.returncode, list(self.args), self.stdout, self.stderr)
 
+
+#: KiB a reaped ru_maxrss must exceed the caller's peak by to be the sandbox's
+#: own (Usage.max_rss): the kernel's RSS counters are per-CPU batched (a few
+#: hundred KiB off), and a task on a copy of our memory (a joined pid
+#: namespace) touches its own stack pages before its execve.
+_RSS_SLACK_KB = 2048
 
 _abandoned: list[Process] = []
 _live: weakref.WeakSet[Process] = weakref.WeakSet()
@@ -255,7 +272,10 @@ class Process:
         self._lock = threading.RLock()  # re-entrant: signal handlers may call kill()
         self._waiters = 0
         self._close_pending = False
-        self._started = time.monotonic()
+        self._started = time.monotonic()  # (spawn() sets the time of its call)
+        # the caller's peak RSS (KiB) once the payload had exec'd: the floor of
+        # the payload's ru_maxrss (abi.h, nscg_spawn_out.caller_maxrss_kb)
+        self._rss_floor_kb = 0
         self._ended: float | None = None
         self._pid1 = whole_sandbox_by_pid1
         self._pgroup = process_group
@@ -340,10 +360,11 @@ class Process:
         if self._shared is not None and out.has_status:
             rc = os.waitstatus_to_exitcode(int(out.payload_status))
         self._shared = None  # unmapped by nscg_reap
+        maxrss_kb = int(out.maxrss_kb)
         self.usage = Usage(
             cpu_user=out.utime_usec / 1e6,
             cpu_system=out.stime_usec / 1e6,
-            max_rss=int(out.maxrss_kb) * 1024,
+            max_rss=maxrss_kb * 1024 if maxrss_kb > self._rss_floor_kb + _RSS_SLACK_KB else None,
         )
         try:
             if self._cgroup is not None or self._cleanups:

@@ -222,7 +222,7 @@ def test_process_api() -> None:
         assert out == b"hello" and err is None
         assert p.returncode == 0 and p.poll() == 0
         assert p.fileno() == -1
-        assert p.usage is not None and p.usage.max_rss > 0
+        assert p.usage is not None and p.usage.cpu_total >= 0
     with Container().spawn(["sleep", "10"]) as p:
         with pytest.raises(nscg.TimeoutExpired):
             p.wait(timeout=0.1)

@@ -6,7 +6,7 @@
  * boundary. Bump NSCG_ABI_VERSION whenever a struct or a signature changes.
  */
 
-#define NSCG_ABI_VERSION 13
+#define NSCG_ABI_VERSION 14
 
 /* ---- stages of a spawn (reported in struct nscg_child_error) ----
  * Numbered in the order a spawn with new namespaces runs them, and listed in
@@ -363,6 +363,14 @@ struct nscg_spawn_out {
     struct nscg_shared *shared; /* NSCG_F_MAKE_STATUS: the mapped status page */
     uint32_t stale;             /* NSCG_CHECK_* bits that failed: nothing was cloned */
     uint32_t reserved;
+    /* The peak RSS of the caller's memory (VmHWM, KiB), read once the
+     * payload has exec'd (spawn.c, note_caller_peak). A task that execs from the caller's memory (every
+     * task of ours does: CLONE_VM, or a copy of it) gets that memory's peak as
+     * a floor of its ru_maxrss: Linux folds the high-water mark of the address
+     * space a task leaves at execve into the process (exec_mmap). A reaped
+     * maxrss above this floor is the payload's own; one at or below it cannot
+     * be told from ours (nscg/process.py, Usage.max_rss). */
+    int64_t caller_maxrss_kb;
 };
 
 struct nscg_wait_out {

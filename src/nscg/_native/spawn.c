@@ -16,6 +16,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 
 #ifndef MFD_CLOEXEC
 #define MFD_CLOEXEC 0x0001U
@@ -184,6 +185,42 @@ static int above_stdio(int fd)
     return moved < 0 ? -errno : moved;
 }
 
+/* The payload has exec'd: the peak RSS of our memory now is at least the
+ * floor its ru_maxrss got at that execve (abi.h, caller_maxrss_kb; the peak
+ * only grows). That is VmHWM, the peak of our memory, not our own ru_maxrss:
+ * that one has a floor of its own, the peak of whoever started us (a test
+ * runner holding 200 MB), and would hide every payload smaller than it. No
+ * system call tells VmHWM but /proc/self/status (a few microseconds, in a
+ * call that has released the GIL anyway); without /proc, ru_maxrss, which is
+ * never below it (a floor too high hides a figure, never makes one up). */
+static void note_caller_peak(struct nscg_spawn_out *out)
+{
+    char buf[4096];
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (n > 0) {
+            buf[n] = 0;
+            const char *at = strstr(buf, "\nVmHWM:");
+            if (at) {
+                long kb = 0;
+                for (at += 7; *at == ' ' || *at == '\t'; at++)
+                    ;
+                for (; *at >= '0' && *at <= '9'; at++)
+                    kb = kb * 10 + (*at - '0');
+                if (kb > 0) {
+                    out->caller_maxrss_kb = kb;
+                    return;
+                }
+            }
+        }
+    }
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) == 0)
+        out->caller_maxrss_kb = ru.ru_maxrss;
+}
+
 static void release_stack_of(struct nscg_spawn_out *out)
 {
     uint64_t addr = out->stack_addr;
@@ -304,6 +341,7 @@ static void wait_exec(const struct nscg_plan *plan, struct nscg_spawn_out *out)
     /* EOF: every copy of the pipe's write end is gone, the first child has
      * exec'd (or exited); after a record it is still on its way out */
     if (got == 0) {
+        note_caller_peak(out);
         release_stack_of(out);
         close_slot(plan, NSCG_SLOT_ERR_R);
     }
@@ -354,6 +392,7 @@ static void cloned(const struct nscg_plan *plan, struct nscg_spawn_out *out, lon
     out->pidfd = above_stdio(pidfd);
     if (vforked) {
         /* the clone returned once the child had exec'd or exited */
+        note_caller_peak(out);
         release_stack_of(out);
         return;
     }
