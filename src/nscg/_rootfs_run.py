@@ -168,6 +168,8 @@ class RootfsRun:
         root = root.add_socket_masks(masks)
         self.root = root
         self.userns = bool(c.namespaces & Namespace.USER)
+        #: no working directory given: keep the caller's if the new root has it
+        self.keep_cwd = c.cwd is None
         if kernel_version() < (5, 12):
             raise UnsupportedError(
                 f"RootFS needs kernel >= 5.12 (new mount API and mount_setattr); "
@@ -551,6 +553,8 @@ class RootfsRun:
             flags |= lib.NSCG_MOUNTS_SLAVE
         if self.root.readonly_root:
             flags |= lib.NSCG_MOUNTS_ROOT_RDONLY
+        if self.keep_cwd:
+            flags |= lib.NSCG_MOUNTS_KEEP_CWD
         plan.mount_flags = flags
         if any(pt.in_scratch for pt in self.parts) or self.tops:
             # the child sends the scratch tmpfs's fd here: the report reads it

@@ -948,7 +948,9 @@ def _fill_limits_env(p: _Plan, c: Container, env: dict[str, str]) -> None:
         plan.rlimits = rl
         plan.n_rlimits = len(c.rlimits)
     plan.envp = p.cstr_array([f"{k}={v}" for k, v in env.items()])
-    plan.cwd = p.cstr(c.cwd if c.cwd is not None or c.rootfs is None else "/")
+    # (None with a root of its own: the mount plan keeps the caller's working
+    # directory if the new root has it, NSCG_MOUNTS_KEEP_CWD, else "/")
+    plan.cwd = p.cstr(c.cwd)
 
 
 _prepared: dict[int, tuple[Any, _Prepared]] = {}
@@ -1042,6 +1044,14 @@ def _with_etc_files(c: Container) -> tuple[tuple[str, bytes, str], ...]:
     return tuple((path, os.fsencode(texts[path]), where) for path, where in targets)
 
 
+def _caller_cwd_join(target: str) -> list[str]:
+    """``target`` under the caller's working directory (none if it has none)."""
+    try:
+        return [os.path.join(os.getcwd(), target)]
+    except OSError:  # (deleted)
+        return []
+
+
 def _resolve_in_rootfs(c: Container, name: str, path_var: str, executable: str | None) -> str:
     """resolve_executable, in the sandbox's root when it has its own (see RootFS.host_paths)."""
     if c.rootfs is None:
@@ -1051,14 +1061,19 @@ def _resolve_in_rootfs(c: Container, name: str, path_var: str, executable: str |
         return resolve_executable(name, path_var, executable, root=where, cwd=c.cwd)
     target = executable or name
     if "/" in target:
-        cand = [target if target.startswith("/") else os.path.join(c.cwd or "/", target)]
+        if target.startswith("/"):
+            cand = [target]
+        elif c.cwd is not None:
+            cand = [os.path.join(c.cwd, target)]
+        else:  # the caller's working directory if the root has it (NSCG_MOUNTS_KEEP_CWD), or /
+            cand = [*_caller_cwd_join(target), os.path.join("/", target)]
     else:
         cand = [os.path.join(d or ".", target) for d in path_var.split(":")]
     denied: str | None = None
     for sandbox_path in cand:
         hosts = c.rootfs.host_paths(os.path.normpath(sandbox_path))
         if hosts is None:
-            if "/" in target:
+            if "/" in target and sandbox_path == cand[-1]:
                 return sandbox_path  # made by the plan: the child's execve will tell
             continue
         if any(os.path.isfile(h) and os.access(h, os.X_OK) for h in hosts):

@@ -268,7 +268,10 @@ class Container:
         time_offsets: offsets of a new time namespace (needs ``Namespace.TIME``).
         join: existing namespaces to enter (entered before new ones are made).
         env: the payload's environment (None: PATH, HOME and TERM only).
-        cwd: the working directory inside (None: unchanged).
+        cwd: the working directory inside; it must exist there (else a
+            :class:`SpawnError` at ``Stage.CHDIR``). None: the caller's own, and with
+            a root of its own the caller's path if it is a directory in that
+            root, else ``/``.
         user, group, groups: ids to switch to inside (None: keep).
         rlimits: resource limits for the payload.
         init: run a minimal init as pid 1 that reaps orphans and forwards
@@ -372,7 +375,7 @@ class Container:
         return attrs.evolve(self, env=merged)
 
     def with_cwd(self, cwd: str | None) -> Container:
-        """Set the working directory inside the sandbox."""
+        """Set the working directory inside the sandbox (None: see ``cwd`` above)."""
         return attrs.evolve(self, cwd=cwd)
 
     def with_user(

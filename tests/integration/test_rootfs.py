@@ -67,10 +67,10 @@ DEV = [
 ]
 
 
-def _check_host_probe(out: dict[str, Any]) -> None:
+def _check_host_probe(out: dict[str, Any], cwd: str = "/") -> None:
     assert out["ls_dev"] == DEV
     assert out["pids"] == [1, 2]  # nscg-init and the probe
-    assert out["cwd"] == "/"
+    assert out["cwd"] == cwd  # the caller's (the root has it: see test_cwd.py)
     w = out["write"]
     assert w["/"] == w["/usr"] == w["/etc"] == w["/var"] == "EROFS"
     assert w["/tmp"] == 0 and w["/dev/shm"] == 0
@@ -79,9 +79,10 @@ def _check_host_probe(out: dict[str, Any]) -> None:
     assert out["proc_sys"] in ("EROFS", "EACCES")
 
 
-def test_host_root_as_root() -> None:
+def test_host_root_as_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir("/usr")
     r = Container().with_rootfs().run(["python3", "-c", PROBE], capture_output=True, check=True)
-    _check_host_probe(json.loads(r.stdout or b""))
+    _check_host_probe(json.loads(r.stdout or b""), cwd="/usr")
 
 
 @pytest.mark.rootless

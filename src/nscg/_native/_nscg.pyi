@@ -96,6 +96,7 @@ class _Lib:
     NSCG_MOUNTS_ACTIVE: Final[int]
     NSCG_MOUNTS_SLAVE: Final[int]
     NSCG_MOUNTS_ROOT_RDONLY: Final[int]
+    NSCG_MOUNTS_KEEP_CWD: Final[int]
     NSCG_CLONE_NEWNS: Final[int]
     NSCG_CLONE_NEWCGROUP: Final[int]
     NSCG_CLONE_NEWUTS: Final[int]

@@ -148,6 +148,11 @@
 #define NSCG_MOUNTS_ACTIVE 1
 #define NSCG_MOUNTS_SLAVE 2
 #define NSCG_MOUNTS_ROOT_RDONLY 4
+/* no working directory given (plan->cwd NULL): after pivot_root, enter the
+ * caller's working directory (its path, read by the child before the mount
+ * plan) if the same path is a directory the new root has, else stay at "/"
+ * (bubblewrap's rule, without its $HOME step) */
+#define NSCG_MOUNTS_KEEP_CWD 8
 
 /* ---- namespace flags (values of the kernel's CLONE_NEW*) ---- */
 #define NSCG_CLONE_NEWNS 131072

@@ -785,6 +785,15 @@ void nscg_setup_mounts(struct child_ctx *c)
     for (int k = 0; k < NSCG_MAX_SLOTS; k++)
         m->slots[k] = -1;
     unsigned long prop = (p->mount_flags & NSCG_MOUNTS_SLAVE) ? MS_SLAVE : MS_PRIVATE;
+    /* NSCG_MOUNTS_KEEP_CWD: the caller's working directory, by path, before
+     * any op moves us (the scratch ops fchdir); entered again after
+     * pivot_root if the new root has it. A cwd the kernel cannot name from
+     * our root ("(unreachable)...") or a longer one: none. */
+    char old_cwd[NSCG_MAX_DEST + 1];
+    old_cwd[0] = 0;
+    if ((p->mount_flags & NSCG_MOUNTS_KEEP_CWD) &&
+        (SYS2(SYS_getcwd, old_cwd, sizeof old_cwd) <= 0 || old_cwd[0] != '/'))
+        old_cwd[0] = 0;
 
     STEP(c, NSCG_STAGE_MOUNTS, -1, "mount", SYS5(SYS_mount, NULL, "/", NULL, MS_REC | prop, NULL));
     /* A first op that mounts the root itself (RootFS.host()'s bind of "/",
@@ -880,6 +889,10 @@ void nscg_setup_mounts(struct child_ctx *c)
     detach_above_root(m);
     STEP(c, NSCG_STAGE_PIVOT_ROOT, -1, "chdir", SYS1(SYS_chdir, "/"));
     SYS1(SYS_close, m->root);
+    /* the same path in the new root, if it is a directory there (resolved
+     * from the new root: nothing outside it can be reached); else "/" */
+    if (old_cwd[0])
+        (void)SYS1(SYS_chdir, old_cwd);
 }
 
 /* Not part of the child: the parent's half of NSCG_MNT_FROM_FD (abi.h). */
