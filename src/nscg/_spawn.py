@@ -15,13 +15,16 @@ import signal
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple, Protocol
+
+import attrs
 
 from nscg import _idmap
 from nscg import process as _process_mod
 from nscg._native import ffi, lib
-from nscg.container import DEFAULT_PATH, Container, StdioSpec, rlimit_name
+from nscg._textmode import checked_input, text_codec
+from nscg.container import DEFAULT_PATH, Container, StdioSpec, _env_conv, rlimit_name
 from nscg.errors import (
     ExecutableNotFoundError,
     ExecutablePermissionError,
@@ -31,7 +34,7 @@ from nscg.errors import (
     UnsupportedError,
 )
 from nscg.namespaces import JOIN_ORDER, IdMap, Namespace, in_initial_userns, root_range
-from nscg.process import Process, Result, Stage, _shielded, reap_abandoned
+from nscg.process import AnyProcess, Process, Result, Stage, _shielded, reap_abandoned
 
 #: The same values as subprocess.PIPE, DEVNULL and STDOUT (not imported: import time).
 PIPE = -1
@@ -668,10 +671,16 @@ def spawn(
     stderr: StdioSpec = None,
     pass_fds: Sequence[int] = (),
     executable: str | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    text: bool | None = None,
+    encoding: str | None = None,
+    errors: str | None = None,
+    universal_newlines: bool | None = None,
     _fault: tuple[Stage, int, int] | None = None,
     _extra_flags: int = 0,
     _kill_if_dropped: bool = False,
-) -> Process:
+) -> AnyProcess:
     """Spawn ``argv`` in the sandbox ``c`` (see :meth:`Container.spawn`).
 
     ``_fault`` (stage, errno, op index) makes that stage fail on purpose and
@@ -679,7 +688,8 @@ def spawn(
     ``_kill_if_dropped``: the Process is killed if dropped unclosed (run()'s).
     """
     started = time.monotonic()  # (the Process's wall_time counts from here)
-    given = c
+    codec = text_codec(text, encoding, errors, universal_newlines)
+    given = with_call(c, env, cwd)
     for attempt in range(_STALE_TRIES):
         # a prepared plan whose assumptions no longer hold (the C call checks
         # them right before its clone: see _Prepared.checks) is made again
@@ -707,6 +717,7 @@ def spawn(
                 stderr=stderr,
                 pass_fds=pass_fds,
                 executable=executable,
+                _codec=codec,
                 _fault=_fault,
                 _extra_flags=_extra_flags,
                 _root=root,
@@ -726,6 +737,44 @@ def spawn(
             if labels is not None:
                 labels.run = None
     raise AssertionError("unreachable: the last try does not check")  # pragma: no cover
+
+
+# ------------------------------------------------------- per-call arguments
+#: Containers made for per-call ``env``/``cwd``: (id of the spec, env, cwd) ->
+#: (weak ref to the spec, the derived spec), so that repeated calls with the
+#: same arguments reuse one derived spec and its prepared plan
+_per_call: dict[tuple[int, Any, str | None], tuple[Any, Container]] = {}
+_PER_CALL_MAX = 32
+
+
+def with_call(c: Container, env: Mapping[str, str] | None, cwd: str | None) -> Container:
+    """``c`` with this call's ``env`` and ``cwd`` (each None: the spec's own).
+
+    A call without them runs ``c`` itself (its prepared plan is cached with
+    it); with them, a derived spec, kept for the next call with the same ones.
+
+    Raises:
+        SpecError: an invalid environment or working directory.
+    """
+    if env is None and cwd is None:
+        return c
+    env_items = _env_conv(env) if env is not None else None
+    key = (id(c), env_items, cwd)
+    ent = _per_call.get(key)
+    if ent is not None and ent[0]() is c:
+        return ent[1]
+    changes: dict[str, Any] = {}
+    if env_items is not None:
+        changes["env"] = env_items
+    if cwd is not None:
+        if not isinstance(cwd, str):
+            raise SpecError(f"cwd must be a str, got {cwd!r}")
+        changes["cwd"] = cwd
+    derived = attrs.evolve(c, **changes)
+    if len(_per_call) >= _PER_CALL_MAX:
+        del _per_call[next(iter(_per_call))]
+    _per_call[key] = (weakref.ref(c), derived)
+    return derived
 
 
 #: tries of a spawn whose prepared plan turned out stale (host sockets churning)
@@ -1122,13 +1171,14 @@ def _spawn(
     stderr: StdioSpec = None,
     pass_fds: Sequence[int] = (),
     executable: str | None = None,
+    _codec: tuple[str, str] | None = None,
     _fault: tuple[Stage, int, int] | None = None,
     _extra_flags: int = 0,
     _root: Any = None,
     _kill_if_dropped: bool = False,
     _checks: bool = True,
     _started: float | None = None,
-) -> Process:
+) -> AnyProcess:
     args = _checked_argv(argv)
     _before_spawn(prep)
     flags = prep.flags | _extra_flags
@@ -1168,6 +1218,8 @@ def _spawn(
         _AFTER_CLONE[_mode_of(flags)](flight, run)
         flight.close_err()
         proc = flight.process(args, c, prep.pid_ns, _kill_if_dropped, _started)
+        if _codec is not None:
+            proc._text_mode(*_codec)
         if _root is not None:
             _root.attach(proc)  # (its temp dirs: removed by spawn() if aborted)
         flight.done()
@@ -1442,7 +1494,7 @@ class _Flight:
         self.cgroup: Any = None
         self.cleanups: list[Callable[[], None]] = []
         self.steps: Callable[[], None] | None = None
-        self.proc: Process | None = None
+        self.proc: AnyProcess | None = None
         self.p = p
         self.pid = os.getpid()  # (a forked copy of this guard owns nothing)
         out = ffi.new("struct nscg_spawn_out *")
@@ -1485,7 +1537,7 @@ class _Flight:
         pid_ns: bool,
         kill_if_dropped: bool,
         started: float | None = None,
-    ) -> Process:
+    ) -> AnyProcess:
         """Hand the sandbox over to a new :class:`Process` (see :meth:`done`)."""
         out = self.out
         main_pid, main_fd = (out.pid2, out.pidfd2) if out.pidfd2 >= 0 else (out.pid, out.pidfd)
@@ -1691,7 +1743,7 @@ def run(
     c: Container,
     argv: Sequence[str],
     *,
-    input: bytes | None = None,
+    input: str | bytes | bytearray | memoryview | None = None,
     capture_output: bool = False,
     stdin: StdioSpec = None,
     stdout: StdioSpec = None,
@@ -1700,9 +1752,17 @@ def run(
     check: bool = False,
     pass_fds: Sequence[int] = (),
     executable: str | None = None,
-) -> Result:
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    text: bool | None = None,
+    encoding: str | None = None,
+    errors: str | None = None,
+    universal_newlines: bool | None = None,
+) -> Result[str | bytes | None]:
     """Run ``argv`` to completion (see :meth:`Container.run`)."""
-    if input is not None:
+    codec = text_codec(text, encoding, errors, universal_newlines)
+    data = checked_input(input, codec)  # (before anything runs)
+    if data is not None:
         if stdin is not None:
             raise SpecError("stdin and input cannot both be given")
         stdin = PIPE
@@ -1720,22 +1780,28 @@ def run(
         stderr=stderr,
         pass_fds=pass_fds,
         executable=executable,
+        env=env,
+        cwd=cwd,
+        encoding=codec[0] if codec is not None else None,
+        errors=codec[1] if codec is not None else None,
         _kill_if_dropped=True,  # (dropped: an exception before the with)
     )
     with proc:
         try:
-            out, err = proc.communicate(input, timeout)
+            raw = proc._communicate(data, timeout)
         except TimeoutExpired as e:
             proc.kill()
             try:
-                out, err = proc.communicate(timeout=2.0)
+                out, err = proc._communicate(None, 2.0)
             except TimeoutExpired as e2:
                 out, err = e2.output, e2.stderr
-            raise TimeoutExpired(list(proc.args), e.timeout, out, err) from None
+            # (decoded as subprocess.run does, unless cut inside a character)
+            text_out = proc._decoded_if_possible(out, err)
+            raise TimeoutExpired(list(proc.args), e.timeout, *text_out) from None
         except BaseException:
             proc.kill()
             raise
-        result = proc._result(out, err)
+        result = proc._result(*proc._decode(*raw))
     if check:
         result.check_returncode()
     return result

@@ -2,7 +2,7 @@
 
 :class:`CgroupV2` manages one cgroup for any process; it is usable on its own, and a
 ``Container`` uses it to place the sandbox (``CLONE_INTO_CGROUP`` with
-:meth:`CgroupV2.open_fd`) and to report :class:`Usage`.
+:meth:`CgroupV2.open_fd`) and to report :class:`CgroupUsage`.
 
 Only cgroup v2 is supported. On a hybrid host (cgroup v1 hierarchies hold cpu,
 memory, pids, io) asking for a limit raises :class:`~nscg.errors.UnsupportedError`
@@ -64,7 +64,7 @@ __all__ = [
     "MemoryEvents",
     "Pressure",
     "PressureLine",
-    "Usage",
+    "CgroupUsage",
     "check_delegation",
     "discover",
     "find_stale",
@@ -807,7 +807,7 @@ class Pressure:
 
 
 @attrs.frozen
-class Usage:
+class CgroupUsage:
     """A snapshot of a cgroup's resource use; values that the kernel lacks are None.
 
     Attributes:
@@ -1459,8 +1459,8 @@ class CgroupV2:
             return None
         return int(text) if text.isdigit() else None
 
-    def usage(self) -> Usage:
-        """Take a :class:`Usage` snapshot.
+    def usage(self) -> CgroupUsage:
+        """Take a :class:`CgroupUsage` snapshot.
 
         Returns:
             CPU time, memory current/peak, pids current/peak, OOM counters, io bytes.
@@ -1471,7 +1471,7 @@ class CgroupV2:
         for sub in self.io_stat().values():
             rb += sub.get("rbytes", 0)
             wb += sub.get("wbytes", 0)
-        return Usage(
+        return CgroupUsage(
             cpu_usage_usec=cpu.get("usage_usec", 0),
             cpu_user_usec=cpu.get("user_usec", 0),
             cpu_system_usec=cpu.get("system_usec", 0),

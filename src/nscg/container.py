@@ -6,7 +6,7 @@ import os
 import re
 import resource
 from collections.abc import Iterable, Mapping, Sequence
-from typing import IO, TYPE_CHECKING, Any, TypeAlias
+from typing import IO, TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict, overload
 
 import attrs
 
@@ -23,13 +23,15 @@ from nscg.namespaces import (
 from nscg.rootfs import RootFS
 
 if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
     from nscg.capabilities import Capabilities
     from nscg.cgroups import CgroupSpec, Limits
     from nscg.network import Network
-    from nscg.process import Process, Result
+    from nscg.process import AnyProcess, Process, Result
     from nscg.seccomp import Seccomp
 
-__all__ = ["DEFAULT_PATH", "Container", "Rlimit", "rlimit_name"]
+__all__ = ["DEFAULT_PATH", "Container", "Rlimit", "RunOptions", "SpawnOptions", "rlimit_name"]
 
 #: PATH given to the payload when the caller does not pass an environment.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -37,6 +39,73 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 #: What spawn accepts for stdin/stdout/stderr: None (inherit), PIPE, DEVNULL,
 #: STDOUT (stderr only), an fd, or an object with ``fileno()``.
 StdioSpec: TypeAlias = int | IO[Any] | None
+
+#: What ``input=`` accepts in binary mode (in text mode: a ``str``).
+BytesLike: TypeAlias = bytes | bytearray | memoryview
+
+
+class _CallOptions(TypedDict, total=False):
+    """The keyword arguments of a spawn besides those choosing text or binary mode."""
+
+    stdin: StdioSpec
+    stdout: StdioSpec
+    stderr: StdioSpec
+    pass_fds: Sequence[int]
+    executable: str | None
+    env: Mapping[str, str] | None
+    cwd: str | None
+
+
+class _RunCallOptions(_CallOptions, total=False):
+    """The keyword arguments of a run besides those choosing text or binary mode."""
+
+    timeout: float | None
+    check: bool
+
+
+class SpawnOptions(_CallOptions, total=False):
+    """The keyword arguments of :meth:`Container.spawn` and :meth:`nscg.Process.exec`.
+
+    One definition (``**options: Unpack[SpawnOptions]``) for every method that
+    starts a sandbox; build a dict of them once and pass it as ``**options``.
+
+    Attributes:
+        stdin, stdout, stderr: None (inherit), ``nscg.PIPE``, ``nscg.DEVNULL``,
+            ``nscg.STDOUT`` (stderr only), an fd or a file object.
+        pass_fds: more fds to keep open in the payload, at the same numbers.
+        executable: run this file instead of looking up ``argv[0]``.
+        env: the payload's whole environment for this call (None: the spec's).
+        cwd: the working directory inside for this call (None: the spec's).
+        text, universal_newlines: text mode (as :mod:`subprocess`): the pipes
+            are text files, output is ``str`` with universal newlines.
+        encoding, errors: text mode with this codec / error handler (default:
+            the locale's encoding, ``"strict"``).
+    """
+
+    text: bool | None
+    encoding: str | None
+    errors: str | None
+    universal_newlines: bool | None
+
+
+class RunOptions(SpawnOptions, total=False):
+    """The keyword arguments of :meth:`Container.run` and :meth:`nscg.Process.run_inside`.
+
+    Those of :class:`SpawnOptions`, and:
+
+    Attributes:
+        input: data for the payload's stdin (``bytes``, or ``str`` in text mode).
+        capture_output: capture stdout and stderr (into the :class:`nscg.Result`).
+        timeout: seconds before the whole sandbox is killed
+            (:class:`nscg.TimeoutExpired`).
+        check: raise :class:`nscg.CalledProcessError` on a non-zero status.
+    """
+
+    input: str | BytesLike | None
+    capture_output: bool
+    timeout: float | None
+    check: bool
+
 
 _RLIMIT_NAMES: dict[str, int] = {
     name[len("RLIMIT_") :].lower(): getattr(resource, name)
@@ -550,7 +619,7 @@ class Container:
 
     def joining(
         self,
-        target: Process | int | NamespaceRef | Iterable[NamespaceRef],
+        target: AnyProcess | int | NamespaceRef | Iterable[NamespaceRef],
         kinds: Namespace | str | None = None,
     ) -> Container:
         """Join existing namespaces: those of a process (or pid), or given references.
@@ -592,7 +661,7 @@ class Container:
         new = self.namespaces & ~joined
         return attrs.evolve(self, join=(*self.join, *refs), namespaces=new)
 
-    def entering(self, target: Process | int) -> Container:
+    def entering(self, target: AnyProcess | int) -> Container:
         """A spec for a new process inside a running sandbox (``docker exec``).
 
         It joins every namespace of ``target`` and creates none; it keeps this
@@ -742,80 +811,252 @@ class Container:
             )
 
     # --------------------------------------------------------------- running
+    @overload
     def spawn(
         self,
         argv: Sequence[str],
         *,
-        stdin: StdioSpec = None,
-        stdout: StdioSpec = None,
-        stderr: StdioSpec = None,
-        pass_fds: Sequence[int] = (),
-        executable: str | None = None,
-    ) -> Process:
+        text: Literal[True],
+        encoding: str | None = None,
+        errors: str | None = None,
+        universal_newlines: bool | None = None,
+        **options: Unpack[_CallOptions],
+    ) -> Process[str]: ...
+    @overload
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        text: bool | None = None,
+        encoding: str,
+        errors: str | None = None,
+        universal_newlines: bool | None = None,
+        **options: Unpack[_CallOptions],
+    ) -> Process[str]: ...
+    @overload
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        text: bool | None = None,
+        encoding: str | None = None,
+        errors: str,
+        universal_newlines: bool | None = None,
+        **options: Unpack[_CallOptions],
+    ) -> Process[str]: ...
+    @overload
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        text: bool | None = None,
+        encoding: str | None = None,
+        errors: str | None = None,
+        universal_newlines: Literal[True],
+        **options: Unpack[_CallOptions],
+    ) -> Process[str]: ...
+    @overload
+    def spawn(
+        self,
+        argv: Sequence[str],
+        *,
+        text: Literal[False] | None = None,
+        encoding: None = None,
+        errors: None = None,
+        universal_newlines: Literal[False] | None = None,
+        **options: Unpack[_CallOptions],
+    ) -> Process[bytes]: ...
+    @overload
+    def spawn(
+        self, argv: Sequence[str], **options: Unpack[SpawnOptions]
+    ) -> Process[str] | Process[bytes]: ...
+    def spawn(
+        self, argv: Sequence[str], **options: Unpack[SpawnOptions]
+    ) -> Process[str] | Process[bytes]:
         """Start ``argv`` in a new sandbox and return its :class:`Process`.
 
         Args:
             argv: the program and its arguments; the program is looked up on the
                 sandbox's PATH unless it contains a slash.
-            stdin, stdout, stderr: None (inherit), ``nscg.PIPE``, ``nscg.DEVNULL``,
-                ``nscg.STDOUT`` (stderr only), an fd or a file object.
-            pass_fds: more fds to keep open, at the same numbers.
-            executable: run this file instead of looking up ``argv[0]``.
+            options: the keyword arguments of :class:`SpawnOptions`: ``stdin``,
+                ``stdout``, ``stderr`` (None: inherit; ``nscg.PIPE``,
+                ``nscg.DEVNULL``, ``nscg.STDOUT``, an fd or a file object),
+                ``pass_fds``, ``executable`` (run this file instead of looking
+                up ``argv[0]``), ``env`` and ``cwd`` (override the spec's for
+                this call), ``text``/``universal_newlines``, ``encoding``,
+                ``errors`` (text mode, as in :mod:`subprocess`: the pipes are
+                text files; a ``Process[str]``).
 
         Raises:
             SpecError: the spec or the arguments are invalid (nothing ran).
             ExecutableNotFoundError: the program does not exist (nothing ran).
+            ExecutablePermissionError: it is not an executable file (nothing ran).
             SpawnError: the child failed while setting up (stage and errno say where).
             UnsupportedError: the host lacks something the spec asks for.
         """
         from nscg._spawn import spawn
 
-        return spawn(
-            self,
-            argv,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            pass_fds=pass_fds,
-            executable=executable,
-        )
+        return spawn(self, argv, **options)
 
+    @overload
     def run(
         self,
         argv: Sequence[str],
         *,
-        input: bytes | None = None,
+        capture_output: Literal[True],
+        text: Literal[True],
+        encoding: str | None = None,
+        errors: str | None = None,
+        universal_newlines: bool | None = None,
+        input: str | None = None,
+        **options: Unpack[_RunCallOptions],
+    ) -> Result[str]: ...
+    @overload
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        capture_output: Literal[True],
+        text: bool | None = None,
+        encoding: str,
+        errors: str | None = None,
+        universal_newlines: bool | None = None,
+        input: str | None = None,
+        **options: Unpack[_RunCallOptions],
+    ) -> Result[str]: ...
+    @overload
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        capture_output: Literal[True],
+        text: bool | None = None,
+        encoding: str | None = None,
+        errors: str,
+        universal_newlines: bool | None = None,
+        input: str | None = None,
+        **options: Unpack[_RunCallOptions],
+    ) -> Result[str]: ...
+    @overload
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        capture_output: Literal[True],
+        text: bool | None = None,
+        encoding: str | None = None,
+        errors: str | None = None,
+        universal_newlines: Literal[True],
+        input: str | None = None,
+        **options: Unpack[_RunCallOptions],
+    ) -> Result[str]: ...
+    @overload
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
         capture_output: bool = False,
-        stdin: StdioSpec = None,
-        stdout: StdioSpec = None,
-        stderr: StdioSpec = None,
-        timeout: float | None = None,
-        check: bool = False,
-        pass_fds: Sequence[int] = (),
-        executable: str | None = None,
-    ) -> Result:
+        text: Literal[True],
+        encoding: str | None = None,
+        errors: str | None = None,
+        universal_newlines: bool | None = None,
+        input: str | None = None,
+        **options: Unpack[_RunCallOptions],
+    ) -> Result[str | None]: ...
+    @overload
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        capture_output: bool = False,
+        text: bool | None = None,
+        encoding: str,
+        errors: str | None = None,
+        universal_newlines: bool | None = None,
+        input: str | None = None,
+        **options: Unpack[_RunCallOptions],
+    ) -> Result[str | None]: ...
+    @overload
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        capture_output: bool = False,
+        text: bool | None = None,
+        encoding: str | None = None,
+        errors: str,
+        universal_newlines: bool | None = None,
+        input: str | None = None,
+        **options: Unpack[_RunCallOptions],
+    ) -> Result[str | None]: ...
+    @overload
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        capture_output: bool = False,
+        text: bool | None = None,
+        encoding: str | None = None,
+        errors: str | None = None,
+        universal_newlines: Literal[True],
+        input: str | None = None,
+        **options: Unpack[_RunCallOptions],
+    ) -> Result[str | None]: ...
+    @overload
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        capture_output: Literal[True],
+        text: Literal[False] | None = None,
+        encoding: None = None,
+        errors: None = None,
+        universal_newlines: Literal[False] | None = None,
+        input: BytesLike | None = None,
+        **options: Unpack[_RunCallOptions],
+    ) -> Result[bytes]: ...
+    @overload
+    def run(
+        self,
+        argv: Sequence[str],
+        *,
+        capture_output: Literal[False] = False,
+        text: Literal[False] | None = None,
+        encoding: None = None,
+        errors: None = None,
+        universal_newlines: Literal[False] | None = None,
+        input: BytesLike | None = None,
+        **options: Unpack[_RunCallOptions],
+    ) -> Result[bytes | None]: ...
+    @overload
+    def run(
+        self, argv: Sequence[str], **options: Unpack[RunOptions]
+    ) -> Result[str | bytes | None]: ...
+    def run(self, argv: Sequence[str], **options: Unpack[RunOptions]) -> Result[str | bytes | None]:
         """Run ``argv`` in a new sandbox to completion; like :func:`subprocess.run`.
+
+        The result's type follows the arguments, as for :func:`subprocess.run`:
+        ``capture_output=True, text=True`` gives a ``Result[str]`` (``stdout``
+        and ``stderr`` are ``str``, never None), ``capture_output=True`` a
+        ``Result[bytes]``, no capture a ``Result[bytes | None]``.
 
         On timeout (or any exception, KeyboardInterrupt included) the whole
         sandbox is killed before the exception propagates.
 
+        Args:
+            argv: as :meth:`spawn`.
+            options: the keyword arguments of :class:`RunOptions`: those of
+                :meth:`spawn`, and ``input`` (``bytes``, or ``str`` in text
+                mode; checked before anything runs), ``capture_output``,
+                ``timeout`` (seconds) and ``check``.
+
         Raises:
             TimeoutExpired: ``timeout`` passed; carries the partial output.
-            CalledProcessError: ``check`` was set and the status is non-zero.
-            SpecError, ExecutableNotFoundError, SpawnError, UnsupportedError: as spawn.
+            CalledProcessError: ``check`` was set and the status is non-zero
+                (its output decoded in text mode).
+            SpecError, ExecutableNotFoundError, ExecutablePermissionError,
+            SpawnError, UnsupportedError: as spawn.
         """
         from nscg._spawn import run
 
-        return run(
-            self,
-            argv,
-            input=input,
-            capture_output=capture_output,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stderr,
-            timeout=timeout,
-            check=check,
-            pass_fds=pass_fds,
-            executable=executable,
-        )
+        return run(self, argv, **options)

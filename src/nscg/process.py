@@ -7,6 +7,7 @@ import atexit
 import contextlib
 import enum
 import errno
+import io
 import os
 import select
 import selectors
@@ -16,17 +17,42 @@ import time
 import warnings
 import weakref
 from collections.abc import Sequence
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Generic, Literal, TypeAlias, cast, overload
 
 import attrs
 
 from nscg._native import ffi, lib
+from nscg._textmode import checked_input
 from nscg.errors import CalledProcessError, SyscallError, TimeoutExpired
 
 if TYPE_CHECKING:
-    from nscg.container import Container
+    from typing_extensions import TypeVar, Unpack
+
+    from nscg.cgroups import CgroupUsage, CgroupV2
+    from nscg.container import (
+        BytesLike,
+        Container,
+        RunOptions,
+        SpawnOptions,
+        _CallOptions,
+        _RunCallOptions,
+    )
+    from nscg.rootfs import Changes
+
+    #: a Result's output: ``bytes | None`` unless text mode or capture say more
+    _Out_co = TypeVar("_Out_co", bound="str | bytes | None", covariant=True, default="bytes | None")
+    #: a Process's pipes: binary unless text mode was asked for
+    _S_co = TypeVar("_S_co", str, bytes, covariant=True, default=bytes)
+else:  # (typing_extensions costs ~3 ms to import; the defaults matter to type checkers only)
+    from typing import TypeVar
+
+    _Out_co = TypeVar("_Out_co", covariant=True)
+    _S_co = TypeVar("_S_co", str, bytes, covariant=True)
 
 __all__ = ["Process", "Result", "Stage", "Usage"]
+
+#: a Process in either mode
+AnyProcess: TypeAlias = "Process[str] | Process[bytes]"
 
 _CLD_EXITED = 1
 _CLD_KILLED = 2
@@ -95,7 +121,7 @@ class Usage:
             or before Linux 5.19).
         pids_peak: the cgroup's ``pids.peak`` (None without a cgroup, or before 6.13).
         oom_kills: processes the OOM killer killed in the sandbox's cgroup.
-        cgroup: the cgroup's full :class:`nscg.cgroups.Usage` snapshot, or None.
+        cgroup: the cgroup's full :class:`nscg.cgroups.CgroupUsage` snapshot, or None.
     """
 
     cpu_user: float = 0.0
@@ -104,7 +130,7 @@ class Usage:
     memory_peak: int | None = None
     pids_peak: int | None = None
     oom_kills: int = 0
-    cgroup: Any = None
+    cgroup: CgroupUsage | None = None
 
     @property
     def cpu_total(self) -> float:
@@ -113,14 +139,18 @@ class Usage:
 
 
 @attrs.frozen
-class Result:
+class Result(Generic[_Out_co]):
     """What :meth:`nscg.Container.run` returns: like :class:`subprocess.CompletedProcess`.
+
+    Generic in its output's type, which follows ``run()``'s arguments:
+    ``Result[str]`` for ``capture_output=True, text=True``, ``Result[bytes]``
+    for ``capture_output=True``, ``Result[bytes | None]`` (the default) else.
 
     Attributes:
         args: the argv that ran.
         returncode: exit status, or ``-N`` when the payload was killed by signal N.
-        stdout: captured standard output (bytes) or None.
-        stderr: captured standard error (bytes) or None.
+        stdout: captured standard output (bytes; str in text mode) or None.
+        stderr: captured standard error (bytes; str in text mode) or None.
         wall_time: seconds from spawn to reaping.
         usage: CPU time and peak memory.
         oom_killed: whether the kernel's OOM killer ended the sandbox (cgroup only).
@@ -130,12 +160,12 @@ class Result:
 
     args: tuple[str, ...]
     returncode: int
-    stdout: bytes | None = None
-    stderr: bytes | None = None
+    stdout: _Out_co = attrs.field(default=None)
+    stderr: _Out_co = attrs.field(default=None)
     wall_time: float = 0.0
     usage: Usage = attrs.field(factory=Usage)
     oom_killed: bool = False
-    changes: Any = None
+    changes: Changes | None = None
 
     @property
     def signal(self) -> int | None:
@@ -154,8 +184,8 @@ class Result:
 #: namespace) touches its own stack pages before its execve.
 _RSS_SLACK_KB = 2048
 
-_abandoned: list[Process] = []
-_live: weakref.WeakSet[Process] = weakref.WeakSet()
+_abandoned: list[AnyProcess] = []
+_live: weakref.WeakSet[AnyProcess] = weakref.WeakSet()
 
 
 @atexit.register
@@ -223,13 +253,18 @@ def _shielded(fn: Any, track: Any = None) -> None:
         raise errors[0]
 
 
-class Process:
+class Process(Generic[_S_co]):
     """A running sandbox: owns the pidfd of its first process.
 
     Created by :meth:`nscg.Container.spawn`. The names follow
     :class:`subprocess.Popen` where the meaning is the same. ``kill()`` and
     timeouts end the *whole* sandbox: with a pid namespace, killing its pid 1
     makes the kernel kill every process in it.
+
+    Generic in its pipes' type: a ``Process[str]`` in text mode (``text``,
+    ``encoding``, ``errors`` or ``universal_newlines`` given to spawn: its
+    pipes are text files and :meth:`communicate` takes and returns ``str``),
+    a ``Process[bytes]`` else.
 
     Use it as a context manager: on exit the sandbox is killed if still running,
     reaped, and every fd closed.
@@ -248,7 +283,7 @@ class Process:
         stderr: IO[bytes] | None,
         whole_sandbox_by_pid1: bool,
         process_group: int | None,
-        cgroup: Any = None,
+        cgroup: CgroupV2 | None = None,
     ) -> None:
         #: The exit status once reaped (negative for a signal), else None.
         self.returncode: int | None = None
@@ -258,10 +293,16 @@ class Process:
         self.pid = pid
         #: The spec this process was spawned from.
         self.container = container
-        #: Pipe ends when PIPE was asked for, else None.
-        self.stdin = stdin
-        self.stdout = stdout
-        self.stderr = stderr
+        #: Pipe ends when PIPE was asked for, else None (text files in text mode).
+        # (binary files here; text files once _text_mode wraps them: the
+        # casts are to Any because mypy checks this body once for each mode)
+        self.stdin: IO[_S_co] | None = cast(Any, stdin)
+        self.stdout: IO[_S_co] | None = cast(Any, stdout)
+        self.stderr: IO[_S_co] | None = cast(Any, stderr)
+        #: Whether the pipes are text (``str``); the codec and error handler then.
+        self.text_mode = False
+        self.encoding: str | None = None
+        self.errors: str | None = None
         #: Resource usage once reaped.
         self.usage: Usage | None = None
         # what the reaping call wrote: kept, so that a reap whose caller was
@@ -280,9 +321,9 @@ class Process:
         self._pid1 = whole_sandbox_by_pid1
         self._pgroup = process_group
         self._cleanups: list[Any] = []
-        self._cgroup = cgroup
+        self._cgroup: CgroupV2 | None = cgroup
         _live.add(self)
-        self._changes: Any = None
+        self._changes: Changes | None = None
         self._chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
         #: killed if dropped unclosed (run()'s own, lost to an exception)
         self._kill_if_dropped = False
@@ -398,6 +439,7 @@ class Process:
     def _finish_cgroup(self) -> None:
         """After the first process is reaped: kill what is left, read usage, remove."""
         cg = self._cgroup
+        assert cg is not None
         try:
             cg.kill()
             cu = cg.usage()
@@ -415,7 +457,7 @@ class Process:
             cg.close()
 
     @property
-    def cgroup(self) -> Any:
+    def cgroup(self) -> CgroupV2 | None:
         """The sandbox's :class:`nscg.cgroups.CgroupV2` (freeze, thaw, usage), or None."""
         return self._cgroup
 
@@ -529,16 +571,71 @@ class Process:
             raise SyscallError(-r, "pidfd_send_signal", str(self.pid))
 
     # ----------------------------------------------------------------- I/O
+    def _text_mode(self, encoding: str, errors: str) -> None:
+        """Make the pipes text files (``encoding``, ``errors``), as subprocess does.
+
+        Called by the spawn, before the Process is handed out.
+        """
+        self.text_mode, self.encoding, self.errors = True, encoding, errors
+        if self.stdin is not None:
+            raw = cast("io.RawIOBase", self.stdin)
+            self.stdin = cast(
+                "IO[_S_co]",
+                io.TextIOWrapper(io.BufferedWriter(raw), encoding, errors, write_through=True),
+            )
+        for name in ("stdout", "stderr"):
+            raw = getattr(self, name)
+            if raw is not None:
+                setattr(self, name, io.TextIOWrapper(io.BufferedReader(raw), encoding, errors))
+
     def communicate(
-        self, input: bytes | None = None, timeout: float | None = None
-    ) -> tuple[bytes | None, bytes | None]:
+        self, input: str | BytesLike | None = None, timeout: float | None = None
+    ) -> tuple[_S_co | None, _S_co | None]:
         """Send ``input``, read stdout/stderr to EOF, wait; like ``Popen.communicate``.
 
+        In text mode ``input`` is a ``str`` and the output is ``str`` (decoded,
+        universal newlines: ``\\r\\n`` and ``\\r`` become ``\\n``); else bytes.
+
         Raises:
+            SpecError: ``input`` of the wrong kind for the mode.
             TimeoutExpired: the timeout passed (the sandbox keeps running; the
-                exception carries the output read so far, and a later call
-                goes on from there).
+                exception carries the output read so far, as bytes, and a later
+                call goes on from there).
         """
+        codec = (self.encoding or "", self.errors or "") if self.text_mode else None
+        out, err = self._communicate(checked_input(input, codec), timeout)
+        return self._decode(out, err)
+
+    def _decode(self, out: bytes | None, err: bytes | None) -> tuple[_S_co | None, _S_co | None]:
+        """The output as the caller gets it: decoded (universal newlines) in text mode."""
+        if not self.text_mode:
+            return cast(Any, out), cast(Any, err)  # (Any: see __init__)
+        enc, errs = self.encoding or "", self.errors or ""
+
+        def text(data: bytes | None) -> _S_co | None:
+            if data is None:
+                return None
+            s: Any = data.decode(enc, errs).replace("\r\n", "\n").replace("\r", "\n")
+            out: _S_co = s  # (a str: text mode; Any: see __init__)
+            return out
+
+        return text(out), text(err)
+
+    def _decoded_if_possible(
+        self, out: str | bytes | None, err: str | bytes | None
+    ) -> tuple[str | bytes | None, str | bytes | None]:
+        """Partial output for a TimeoutExpired: decoded, unless cut inside a character."""
+        if isinstance(out, str) or isinstance(err, str):
+            return out, err
+        try:
+            return self._decode(out, err)
+        except UnicodeDecodeError:
+            return out, err
+
+    def _communicate(
+        self, input: bytes | memoryview | None, timeout: float | None
+    ) -> tuple[bytes | None, bytes | None]:
+        """communicate() on bytes: what the payload wrote, undecoded."""
         deadline = None if timeout is None else time.monotonic() + timeout
         if not input and all(
             s is None or s.closed for s in (self.stdin, self.stdout, self.stderr)
@@ -627,7 +724,7 @@ class Process:
             else:
                 self._close_pidfd()
 
-    def __enter__(self) -> Process:
+    def __enter__(self) -> Process[_S_co]:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -669,30 +766,94 @@ class Process:
             _abandoned.append(self)
 
     # ------------------------------------------------------------- entering
-    def exec(self, argv: Sequence[str], **kwargs: Any) -> Process:
+    @overload
+    def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        text: Literal[True],
+        encoding: str | None = None,
+        errors: str | None = None,
+        universal_newlines: bool | None = None,
+        **options: Unpack[_CallOptions],
+    ) -> Process[str]: ...
+    @overload
+    def exec(
+        self,
+        argv: Sequence[str],
+        *,
+        text: Literal[False] | None = None,
+        encoding: None = None,
+        errors: None = None,
+        universal_newlines: Literal[False] | None = None,
+        **options: Unpack[_CallOptions],
+    ) -> Process[bytes]: ...
+    @overload
+    def exec(
+        self, argv: Sequence[str], **options: Unpack[SpawnOptions]
+    ) -> Process[str] | Process[bytes]: ...
+    def exec(
+        self, argv: Sequence[str], **options: Unpack[SpawnOptions]
+    ) -> Process[str] | Process[bytes]:
         """Start another process inside this running sandbox (like ``docker exec``).
 
         It joins every namespace of the sandbox and keeps the sandbox's user,
-        environment and working directory unless given in ``kwargs`` (the
-        keyword arguments of :meth:`nscg.Container.spawn`).
+        environment and working directory unless ``env``/``cwd`` are given;
+        ``options`` are those of :meth:`nscg.Container.spawn`
+        (:class:`nscg.SpawnOptions`).
         """
         spec = self.container.entering(self)
         try:
-            return spec.spawn(argv, **kwargs)
+            return spec.spawn(argv, **options)
         finally:  # the child has its own copies of the namespace fds
             for ref in spec.join:
                 ref.close()
 
-    def run_inside(self, argv: Sequence[str], **kwargs: Any) -> Result:
-        """Run a command inside this running sandbox and return its :class:`Result`."""
+    @overload
+    def run_inside(
+        self,
+        argv: Sequence[str],
+        *,
+        capture_output: Literal[True],
+        text: Literal[True],
+        encoding: str | None = None,
+        errors: str | None = None,
+        universal_newlines: bool | None = None,
+        input: str | None = None,
+        **options: Unpack[_RunCallOptions],
+    ) -> Result[str]: ...
+    @overload
+    def run_inside(
+        self,
+        argv: Sequence[str],
+        *,
+        capture_output: Literal[True],
+        text: Literal[False] | None = None,
+        encoding: None = None,
+        errors: None = None,
+        universal_newlines: Literal[False] | None = None,
+        input: BytesLike | None = None,
+        **options: Unpack[_RunCallOptions],
+    ) -> Result[bytes]: ...
+    @overload
+    def run_inside(
+        self, argv: Sequence[str], **options: Unpack[RunOptions]
+    ) -> Result[str | bytes | None]: ...
+    def run_inside(
+        self, argv: Sequence[str], **options: Unpack[RunOptions]
+    ) -> Result[str | bytes | None]:
+        """Run a command inside this running sandbox and return its :class:`Result`.
+
+        ``options`` are those of :meth:`nscg.Container.run` (:class:`nscg.RunOptions`).
+        """
         spec = self.container.entering(self)
         try:
-            return spec.run(argv, **kwargs)
+            return spec.run(argv, **options)
         finally:
             for ref in spec.join:
                 ref.close()
 
-    def _result(self, stdout: bytes | None, stderr: bytes | None) -> Result:
+    def _result(self, stdout: _S_co | None, stderr: _S_co | None) -> Result[_S_co | None]:
         assert self.returncode is not None
         return Result(
             args=self.args,

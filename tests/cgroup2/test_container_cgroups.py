@@ -76,6 +76,7 @@ def test_kill_reaches_processes_that_escaped_the_session_without_pid_ns() -> Non
     c = Container().without_namespaces("pid").without_rootfs().with_cgroup()
     marker = f"1000.{os.getpid()}{time.time_ns() % 10**6}"
     with c.spawn(["sh", "-c", f"(setsid sleep {marker} &); sleep {marker}"]) as p:
+        assert p.cgroup is not None
         deadline = time.monotonic() + 5
         while len(p.cgroup.pids()) < 2 and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -96,6 +97,7 @@ def test_born_in_the_cgroup() -> None:
     # first instruction: it never ran outside
     c = Container().without_namespaces("cgroup").with_cgroup()
     with c.spawn(["cat", "/proc/self/cgroup"], stdout=nscg.PIPE) as p:
+        assert p.cgroup is not None
         path = p.cgroup.path
         out, _ = p.communicate(timeout=30)
     mount = discover().mount_point
@@ -123,6 +125,7 @@ def test_placed_through_cgroup_procs_without_clone3() -> None:
         _extra_flags=lib.NSCG_F_FORCE_CLONE_FALLBACK,
     )
     with p:
+        assert p.cgroup is not None
         path = p.cgroup.path
         out, _ = p.communicate(timeout=30)
     mount = discover().mount_point

@@ -36,7 +36,7 @@ VIEWS = [
 
 def _py(c: Container, code: str, **kw: object) -> dict[str, object]:
     """Run Python code in ``c``; it prints one JSON line."""
-    r = c.run(["python3", "-c", code], capture_output=True, **kw)  # type: ignore[arg-type]
+    r = c.run(["python3", "-c", code], capture_output=True, **kw)  # type: ignore[call-overload]  # kw: each caller's RunOptions
     assert r.returncode == 0, r.stderr
     out: dict[str, object] = json.loads((r.stdout or b"").decode().strip().splitlines()[-1])
     return out

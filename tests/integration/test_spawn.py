@@ -238,8 +238,8 @@ def test_run_result_and_check() -> None:
     with pytest.raises(nscg.CalledProcessError) as ei:
         Container().run(["false"], check=True)
     assert ei.value.returncode == 1
-    r = Container().run(["sh", "-c", "echo x >&2"], stdout=nscg.PIPE, stderr=nscg.STDOUT)
-    assert r.stdout == b"x\n"
+    r2 = Container().run(["sh", "-c", "echo x >&2"], stdout=nscg.PIPE, stderr=nscg.STDOUT)
+    assert r2.stdout == b"x\n"
 
 
 def test_timeout_kills_whole_sandbox_with_partial_output() -> None:
