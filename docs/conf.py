@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import doctest
+import os
+import sys
 
 import nscg
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "_ext"))
 
 project = "nscg"
 author = "nscg developers"
@@ -17,11 +21,12 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.napoleon",
     "sphinx.ext.doctest",
+    "nscg_exports",  # docs/_ext: the API page's table of top-level names
 ]
 
 source_suffix = {".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "requirements.txt"]
+exclude_patterns = ["_build", "_ext", "requirements.txt"]
 
 # MyST: ```{doctest} / ```{testcode} fences are Sphinx directives, so samples run
 myst_enable_extensions = ["colon_fence", "deflist"]

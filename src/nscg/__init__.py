@@ -17,75 +17,59 @@ TYPE_CHECKING = False  # not typing.TYPE_CHECKING: importing typing costs ~10 ms
 
 __version__ = "0.1.0"
 
-#: public name -> the module that defines it
+#: The one export list: public name -> the module that defines it. ``__all__``,
+#: the lazy ``__getattr__`` and the API page (docs/api.md, through
+#: docs/_ext/nscg_exports.py) are derived from it; the TYPE_CHECKING block at
+#: the end says the same to type checkers, which cannot read a dict
+#: (tests/unit/test_exports.py checks that the two agree).
 _EXPORTS: dict[str, str] = {
-    "DEVNULL": "nscg._spawn",
-    "PIPE": "nscg._spawn",
-    "STDOUT": "nscg._spawn",
+    # the sandbox spec and running it
     "Container": "nscg.container",
     "Rlimit": "nscg.container",
-    "CalledProcessError": "nscg.errors",
-    "ExecutableNotFoundError": "nscg.errors",
-    "ExecutablePermissionError": "nscg.errors",
-    "NscgError": "nscg.errors",
-    "SpawnError": "nscg.errors",
-    "SpecError": "nscg.errors",
-    "SyscallError": "nscg.errors",
-    "TimeoutExpired": "nscg.errors",
-    "UnsupportedError": "nscg.errors",
-    "Features": "nscg.features",
-    "features": "nscg.features",
-    "IdMap": "nscg.namespaces",
-    "Namespace": "nscg.namespaces",
-    "NamespaceRef": "nscg.namespaces",
-    "TimeOffsets": "nscg.namespaces",
-    "Bridge": "nscg.network",
-    "Network": "nscg.network",
-    "NetworkHost": "nscg.network",
-    "PortForward": "nscg.network",
+    "SpawnOptions": "nscg.container",
+    "RunOptions": "nscg.container",
+    "PIPE": "nscg.container",
+    "DEVNULL": "nscg.container",
+    "STDOUT": "nscg.container",
     "Process": "nscg.process",
     "Result": "nscg.process",
-    "Changes": "nscg.rootfs",
-    "RootFS": "nscg.rootfs",
-    "Stage": "nscg.process",
     "Usage": "nscg.process",
+    "Stage": "nscg.process",
+    # the parts a Container is made of, each usable on its own
+    "Namespace": "nscg.namespaces",
+    "IdMap": "nscg.namespaces",
+    "NamespaceRef": "nscg.namespaces",
+    "TimeOffsets": "nscg.namespaces",
+    "RootFS": "nscg.rootfs",
+    "Changes": "nscg.rootfs",
+    "CgroupV2": "nscg.cgroups",
+    "Limits": "nscg.cgroups",
+    "Capabilities": "nscg.capabilities",
+    "Capability": "nscg.capabilities",
+    "Seccomp": "nscg.seccomp",
+    "Network": "nscg.network",
+    "NetworkHost": "nscg.network",
+    "Bridge": "nscg.network",
+    "PortForward": "nscg.network",
+    # what the host supports
+    "Features": "nscg._features",
+    "features": "nscg._features",
+    # errors
+    "NscgError": "nscg.errors",
+    "SpecError": "nscg.errors",
+    "SyscallError": "nscg.errors",
+    "SpawnError": "nscg.errors",
+    "UnsupportedError": "nscg.errors",
+    "ExecutableNotFoundError": "nscg.errors",
+    "ExecutablePermissionError": "nscg.errors",
+    "TimeoutExpired": "nscg.errors",
+    "CalledProcessError": "nscg.errors",
 }
 
-__all__ = [
-    "Bridge",
-    "CalledProcessError",
-    "Changes",
-    "Container",
-    "DEVNULL",
-    "ExecutableNotFoundError",
-    "ExecutablePermissionError",
-    "Features",
-    "IdMap",
-    "Namespace",
-    "NamespaceRef",
-    "Network",
-    "NetworkHost",
-    "NscgError",
-    "PIPE",
-    "PortForward",
-    "Process",
-    "Result",
-    "Rlimit",
-    "RootFS",
-    "STDOUT",
-    "SpawnError",
-    "SpecError",
-    "Stage",
-    "SyscallError",
-    "TimeOffsets",
-    "TimeoutExpired",
-    "UnsupportedError",
-    "Usage",
-    "features",
-]
+__all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'nscg' has no attribute {name!r}")
@@ -98,24 +82,41 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_EXPORTS])
 
 
-if TYPE_CHECKING:
-    from typing import Any
-
-    from nscg._spawn import DEVNULL, PIPE, STDOUT
-    from nscg.container import Container, Rlimit
-    from nscg.errors import (
-        CalledProcessError,
-        ExecutableNotFoundError,
-        ExecutablePermissionError,
-        NscgError,
-        SpawnError,
-        SpecError,
-        SyscallError,
-        TimeoutExpired,
-        UnsupportedError,
-    )
-    from nscg.features import Features, features
-    from nscg.namespaces import IdMap, Namespace, NamespaceRef, TimeOffsets
-    from nscg.network import Bridge, Network, NetworkHost, PortForward
-    from nscg.process import Process, Result, Stage, Usage
-    from nscg.rootfs import Changes, RootFS
+if TYPE_CHECKING:  # the same names, for type checkers ("X as X": re-exported)
+    from nscg._features import Features as Features
+    from nscg._features import features as features
+    from nscg.capabilities import Capabilities as Capabilities
+    from nscg.capabilities import Capability as Capability
+    from nscg.cgroups import CgroupV2 as CgroupV2
+    from nscg.cgroups import Limits as Limits
+    from nscg.container import DEVNULL as DEVNULL
+    from nscg.container import PIPE as PIPE
+    from nscg.container import STDOUT as STDOUT
+    from nscg.container import Container as Container
+    from nscg.container import Rlimit as Rlimit
+    from nscg.container import RunOptions as RunOptions
+    from nscg.container import SpawnOptions as SpawnOptions
+    from nscg.errors import CalledProcessError as CalledProcessError
+    from nscg.errors import ExecutableNotFoundError as ExecutableNotFoundError
+    from nscg.errors import ExecutablePermissionError as ExecutablePermissionError
+    from nscg.errors import NscgError as NscgError
+    from nscg.errors import SpawnError as SpawnError
+    from nscg.errors import SpecError as SpecError
+    from nscg.errors import SyscallError as SyscallError
+    from nscg.errors import TimeoutExpired as TimeoutExpired
+    from nscg.errors import UnsupportedError as UnsupportedError
+    from nscg.namespaces import IdMap as IdMap
+    from nscg.namespaces import Namespace as Namespace
+    from nscg.namespaces import NamespaceRef as NamespaceRef
+    from nscg.namespaces import TimeOffsets as TimeOffsets
+    from nscg.network import Bridge as Bridge
+    from nscg.network import Network as Network
+    from nscg.network import NetworkHost as NetworkHost
+    from nscg.network import PortForward as PortForward
+    from nscg.process import Process as Process
+    from nscg.process import Result as Result
+    from nscg.process import Stage as Stage
+    from nscg.process import Usage as Usage
+    from nscg.rootfs import Changes as Changes
+    from nscg.rootfs import RootFS as RootFS
+    from nscg.seccomp import Seccomp as Seccomp

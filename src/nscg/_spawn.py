@@ -24,7 +24,16 @@ from nscg import _idmap
 from nscg import process as _process_mod
 from nscg._native import ffi, lib
 from nscg._textmode import checked_input, text_codec
-from nscg.container import DEFAULT_PATH, Container, StdioSpec, _env_conv, rlimit_name
+from nscg.container import (
+    DEFAULT_PATH,
+    DEVNULL,
+    PIPE,
+    STDOUT,
+    Container,
+    StdioSpec,
+    _env_conv,
+    rlimit_name,
+)
 from nscg.errors import (
     ExecutableNotFoundError,
     ExecutablePermissionError,
@@ -35,11 +44,6 @@ from nscg.errors import (
 )
 from nscg.namespaces import JOIN_ORDER, IdMap, Namespace, in_initial_userns, root_range
 from nscg.process import AnyProcess, Process, Result, Stage, _shielded, reap_abandoned
-
-#: The same values as subprocess.PIPE, DEVNULL and STDOUT (not imported: import time).
-PIPE = -1
-DEVNULL = -3
-STDOUT = -2
 
 #: the child's failure report, struct nscg_child_error (abi.h): read as bytes
 #: from the error pipe, decoded with the cffi declaration (_decode_record)

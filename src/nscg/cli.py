@@ -27,7 +27,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Final, NoReturn
+from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 
 import attrs
 
@@ -407,7 +407,7 @@ def _process_options(c: Container, args: argparse.Namespace) -> Container:
                 raise UsageError(f"--rlimit: {v!r} is not a number") from None
 
         c = c.with_rlimit(res, num(soft), num(hard) if hard else "same")
-    caps: Capabilities | str | None
+    caps: Capabilities | Literal["inherit"] | None
     if args.caps == "inherit":
         if args.cap_add or args.cap_drop:
             raise UsageError("--cap-add/--cap-drop cannot be combined with --caps inherit")

@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -114,7 +115,7 @@ def sweep() -> Iterator[tuple[str, str, dict[int, str]]]:
         shutil.rmtree(d)
 
 
-def _box(d: str, seccomp: Seccomp | str = "default") -> Container:
+def _box(d: str, seccomp: Seccomp | Literal["default", "unconfined"] = "default") -> Container:
     """A default sandbox (or one with another seccomp) that sees the probe's directory."""
     return Container().with_rootfs(nscg.RootFS.host().ro_bind(d)).with_seccomp(seccomp)
 

@@ -1,4 +1,10 @@
-"""What this host supports, and why not: :func:`features`."""
+"""What this host supports, and why not: :func:`nscg.features`.
+
+A private module: its two names are public as ``nscg.Features`` and
+``nscg.features`` (a public ``nscg.features`` module would replace the
+function on the package once imported: Python sets a package's attribute to
+each submodule it imports).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ _SYS_CLONE3 = {"x86_64": 435, "aarch64": 435}
 
 @attrs.frozen
 class Features:
-    """A report of the kernel features nscg uses on this host.
+    """A report of the kernel features nscg uses on this host (see :func:`nscg.features`).
 
     Attributes:
         kernel: the running kernel's release.
