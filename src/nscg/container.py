@@ -515,7 +515,7 @@ class Container:
         memory: int | str | None = None,
         cpus: float | None = None,
         pids: int | str | None = None,
-        **more: Any,
+        **more: object,
     ) -> Container:
         """Limit the sandbox through its cgroup: ``with_limits(memory="256M", cpus=0.5, pids=64)``.
 

@@ -61,7 +61,7 @@ from nscg.errors import SpecError, SyscallError, UnsupportedError
 if TYPE_CHECKING:
     from nscg.process import Process
 
-__all__ = ["Bridge", "Network", "NetworkHost", "PortForward", "settle"]
+__all__ = ["Bridge", "Network", "NetworkHost", "PortForward", "WiredNetwork", "settle"]
 
 _CLONE_NEWNET = 0x40000000
 _T = TypeVar("_T")
@@ -674,7 +674,7 @@ class Network:
         mtu: int = 1500,
         name: str = "eth0",
         host: NetworkHost | None = None,
-    ) -> Network:
+    ) -> WiredNetwork:
         """A veth pair between the sandbox and ``host`` (the caller's namespace by default).
 
         Args:
@@ -692,7 +692,7 @@ class Network:
         Raises:
             SpecError: addresses not in one subnet, bad name or MTU.
         """
-        return cls(
+        return WiredNetwork(
             "veth",
             name=name,
             address=address,
@@ -819,6 +819,25 @@ class Network:
         nl.add_route(gateway=self.peer_address.ip, link=self.name)
         if self.peer_address6 is not None:
             nl.add_route(gateway=self.peer_address6.ip, link=self.name)
+
+
+def _iface4_set(value: str | ipaddress.IPv4Interface | None) -> ipaddress.IPv4Interface:
+    out = _iface4(value)
+    if out is None:
+        raise SpecError("a veth or bridge network needs address and peer_address")
+    return out
+
+
+@attrs.frozen
+class WiredNetwork(Network):
+    """A veth or bridge network: what :meth:`Network.veth` and :meth:`Bridge.link` return.
+
+    A :class:`Network` whose IPv4 addresses are always set (typed so:
+    ``Bridge.link().address.ip`` needs no check for None).
+    """
+
+    address: ipaddress.IPv4Interface = attrs.field(kw_only=True, converter=_iface4_set)
+    peer_address: ipaddress.IPv4Interface = attrs.field(kw_only=True, converter=_iface4_set)
 
 
 def _undo(
@@ -1053,7 +1072,7 @@ class Bridge:
 
     def link(
         self, address: str | ipaddress.IPv4Address | None = None, *, name: str = "eth0"
-    ) -> Network:
+    ) -> WiredNetwork:
         """Lease an address and return a network spec for a sandbox on this bridge.
 
         The lease ends when the sandbox spawned with the spec ends (or at
@@ -1073,7 +1092,7 @@ class Bridge:
         """
         want = None if address is None else ipaddress.IPv4Address(address)
         ip = self._pool.lease(want)
-        return Network(
+        return WiredNetwork(
             "bridge",
             name=name,
             address=ipaddress.IPv4Interface(f"{ip}/{self.subnet.prefixlen}"),

@@ -34,6 +34,8 @@ import nscg
 
 #: the typed surface, checked as users would meet it
 KEY_RESULTS = """
+import ipaddress
+
 from typing_extensions import assert_type
 
 from nscg.capabilities import Capabilities
@@ -69,6 +71,11 @@ try:
     box.run(["true"])
 except nscg.SpawnError as e:
     assert_type(e.stage, nscg.Stage)
+assert_type(nscg.Network.veth("10.0.0.2/24", "10.0.0.1/24").address, ipaddress.IPv4Interface)
+
+
+def _on_a_bridge(br: nscg.Bridge) -> None:
+    assert_type(br.link().address.ip, ipaddress.IPv4Address)
 """
 
 

@@ -91,3 +91,15 @@ def test_the_pool_never_hands_out_an_address_twice() -> None:
         pool.lease(got[1])
     with pytest.raises(nscg.SpecError, match="not a host address"):
         pool.lease(ipaddress.IPv4Address("10.0.0.63"))
+
+
+def test_wired_networks_have_their_addresses() -> None:
+    """Network.veth (and Bridge.link) give a WiredNetwork: address and peer never None."""
+    from nscg.network import WiredNetwork
+
+    n = Network.veth("10.0.0.2/24", "10.0.0.1/24")
+    assert isinstance(n, WiredNetwork) and isinstance(n, Network)
+    assert n.address.ip == ipaddress.IPv4Address("10.0.0.2")
+    assert n.peer_address.ip == ipaddress.IPv4Address("10.0.0.1")
+    with pytest.raises(nscg.SpecError, match="needs address and peer_address"):
+        WiredNetwork("veth", address=None, peer_address="10.0.0.1/24")
