@@ -775,8 +775,13 @@ def with_call(c: Container, env: Mapping[str, str] | None, cwd: str | None) -> C
             raise SpecError(f"cwd must be a str, got {cwd!r}")
         changes["cwd"] = cwd
     derived = attrs.evolve(c, **changes)
-    if len(_per_call) >= _PER_CALL_MAX:
-        del _per_call[next(iter(_per_call))]
+    # (no lock, so that a signal handler's spawn cannot deadlock on it: the
+    # oldest entries go; another thread evicting at the same time is harmless)
+    while len(_per_call) >= _PER_CALL_MAX:
+        try:
+            _per_call.pop(next(iter(_per_call)), None)
+        except (StopIteration, RuntimeError):  # emptied, or resized meanwhile
+            break
     _per_call[key] = (weakref.ref(c), derived)
     return derived
 

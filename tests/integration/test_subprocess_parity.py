@@ -239,3 +239,29 @@ def test_prepared_plan_cached_without_per_call_arguments() -> None:
     spec.run(["true"], text=True)
     assert _prepare(spec) is prep
     os.environ.get("TERM")  # (the key of the cache includes it: unchanged here)
+
+
+def test_per_call_cache_is_bounded_and_thread_safe() -> None:
+    """Many threads deriving specs at once: no error, the cache stays bounded."""
+    import threading
+
+    from nscg._spawn import _PER_CALL_MAX, with_call
+
+    spec = Container()
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(300):
+                derived = with_call(spec, None, f"/d{t}-{i % 50}")
+                assert derived.cwd == f"/d{t}-{i % 50}" and derived.env == spec.env
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert len(_per_call) <= _PER_CALL_MAX + len(threads)
