@@ -25,6 +25,7 @@ from nscg.process import Stage
 from nscg.rootfs import (
     _MOUNTS,
     DEFAULT_UPPER_SIZE,
+    FSCONFIG_MAX_STRING,
     Bind,
     Changes,
     Mkdir,
@@ -38,6 +39,7 @@ from nscg.rootfs import (
     describe,
     flatten,
     inodes_for,
+    lowerdir_options,
     visible_in,
 )
 
@@ -263,7 +265,7 @@ class RootfsRun:
     def _sfs(self, i: int, label: str, lowers: Sequence[str], upper: str, work: str) -> int:
         """An overlay made in the scratch group (upper/work may be scratch-relative)."""
         opts: list[tuple[str, str | None]] = [
-            ("lowerdir", ":".join(lowers)),
+            *lowerdir_options(lowers),
             ("upperdir", upper),
             ("workdir", work),
         ]
@@ -307,6 +309,12 @@ class RootfsRun:
             raise UnsupportedError(
                 "an overlay inside a user namespace needs kernel >= 5.11 (userxattr)",
                 feature="overlay.userxattr",
+            )
+        if len(lowerdir_options(op.lowers)) > 1 and kernel_version() < (6, 8):
+            raise UnsupportedError(
+                f"the overlay's lower directories {op.lowers} make a lowerdir option longer "
+                f"than {FSCONFIG_MAX_STRING} bytes: that needs Linux >= 6.8 (lowerdir+)",
+                feature="overlay.lowerdir+",
             )
         label = describe(op)
         j = len(self.parts) + len(self.tops)

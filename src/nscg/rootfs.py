@@ -35,6 +35,7 @@ __all__ = [
     "DEFAULT_UPPER_SIZE",
     "DOCKER_MASKED_PATHS",
     "DOCKER_READONLY_PATHS",
+    "FSCONFIG_MAX_STRING",
     "HOME_SIZE",
     "RUN_SIZE",
     "Bind",
@@ -1131,6 +1132,29 @@ def _flags(**kw: bool) -> frozenset[str]:
     return frozenset(k for k, v in kw.items() if v)
 
 
+#: the longest string value fsconfig(2) takes (``strndup_user(value, 256)``)
+FSCONFIG_MAX_STRING = 255
+
+
+def lowerdir_options(lowers: Sequence[str]) -> tuple[tuple[str, str | None], ...]:
+    """An overlay's lower directories as fsconfig options, top first.
+
+    One ``lowerdir`` while the joined list fits in an fsconfig string
+    (:data:`FSCONFIG_MAX_STRING` bytes); beyond, one ``lowerdir+`` per lower
+    (Linux >= 6.8), as the many layers of an image need.
+    """
+    joined = ":".join(lowers)
+    if len(os.fsencode(joined)) <= FSCONFIG_MAX_STRING:
+        return (("lowerdir", joined),)
+    for lo in lowers:
+        if len(os.fsencode(lo)) > FSCONFIG_MAX_STRING:
+            raise SpecError(
+                f"overlay lower {lo!r} is longer than {FSCONFIG_MAX_STRING} bytes, "
+                "more than fsconfig(2) takes"
+            )
+    return tuple(("lowerdir+", lo) for lo in lowers)
+
+
 def flatten(root: RootFS, userns: bool) -> list[Prim]:
     """Expand the plan into the child's primitives.
 
@@ -1251,7 +1275,7 @@ def flatten(root: RootFS, userns: bool) -> list[Prim]:
         elif isinstance(op, Overlay):
             upper, work = op.upper or "", op.work or ""
             ov: list[tuple[str, str | None]] = [
-                ("lowerdir", ":".join(op.lowers)),
+                *lowerdir_options(op.lowers),
                 ("upperdir", upper),
                 ("workdir", work),
             ]
