@@ -28,7 +28,11 @@ except ImportError:  # pragma: no cover - hypothesis is a test dependency
 
 
 def required(what: str) -> bool:
-    """Whether ``NSCG_REQUIRE`` (comma-separated) names ``what``: a skip becomes a failure."""
+    """Whether ``NSCG_REQUIRE`` (comma-separated) names ``what``: a skip becomes a failure.
+
+    Keys: root, rootless, libseccomp, cgroup2, busybox, cc, images (umoci and
+    skopeo, to build the image tests' images).
+    """
     return what in {w.strip() for w in os.environ.get("NSCG_REQUIRE", "").split(",")}
 
 

@@ -31,6 +31,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 
 import attrs
 
+from nscg.images import cli as images_cli
+
 if TYPE_CHECKING:
     from nscg.container import Container
     from nscg.process import Process, Result
@@ -74,6 +76,7 @@ API_TO_CLI: Final[dict[str, tuple[str, ...] | None]] = {
         "--upper-size",
     ),
     "Container.without_rootfs": ("--root",),
+    "Container.with_command": None,
     "Container.with_network": ("--network", "--share-net"),
     "Container.with_init": ("--no-init",),
     "Container.with_no_new_privs": ("--new-privs",),
@@ -101,6 +104,7 @@ API_TO_CLI: Final[dict[str, tuple[str, ...] | None]] = {
 API_ONLY: Final[dict[str, str]] = {
     "Limits.io": "per-device IoLimit values (major:minor and four rates) need Python objects",
     "Limits.hugetlb": "per-page-size HugetlbLimit values need Python objects",
+    "Container.with_command": "the command is CMD after --; --image takes the image's",
 }
 
 #: ``--limit NAME=VALUE`` names that take an integer / a boolean
@@ -192,6 +196,14 @@ def _parser() -> argparse.ArgumentParser:
         "a directory, or a copy-on-write overlay",
     )  # fmt: skip
     fs.add_argument(
+        "--image", default=None, metavar="PATH[:TAG]",
+        help="run an OCI layout, OCI archive or Docker archive: its layers as the root, "
+        "its Env, WorkingDir, User and (without CMD) Entrypoint + Cmd (see docs/images.md)",
+    )  # fmt: skip
+    fs.add_argument(
+        "--store", default=None, metavar="DIR", help="the image layer store (with --image)"
+    )
+    fs.add_argument(
         "--bind", nargs=2, action="append", default=[], metavar=("SRC", "DST"),
         help="bind SRC at DST, writable",
     )  # fmt: skip
@@ -277,6 +289,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_process_options(e)
     e.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARG...]")
 
+    images_cli.add_parser(sub)
     sub.add_parser("features", help="print what this host supports, as JSON")
     ch = sub.add_parser("check", help="what this host supports for sandboxes, and why not")
     ch.add_argument("--json", action="store_true", help="machine-readable output")
@@ -454,6 +467,11 @@ def build_container(args: argparse.Namespace) -> Container:
     import nscg
 
     c = nscg.Container()
+    if args.image:
+        if args.root is not None or args.keep_upper is not None:
+            raise UsageError("--image makes the root: not with --root or --keep-upper")
+        img = images_cli.open_image(args.image)
+        c = nscg.Container.from_image(img, store=images_cli.store_of(args.store))
     if args.unshare:
         kinds = args.unshare.split(",")
         c = c.with_namespaces(nscg.Namespace.NONE if kinds == ["none"] else kinds)
@@ -483,8 +501,9 @@ def build_container(args: argparse.Namespace) -> Container:
             ) from None
     if args.no_init:
         c = c.with_init(False)
-    root = _rootfs(args, new_mount_ns=bool(c.namespaces & nscg.Namespace.MOUNT))
-    c = c.with_rootfs(root) if root is not None else c.without_rootfs()
+    if not args.image:
+        root = _rootfs(args, new_mount_ns=bool(c.namespaces & nscg.Namespace.MOUNT))
+        c = c.with_rootfs(root) if root is not None else c.without_rootfs()
     limits: dict[str, Any] = {}
     for text in args.limit:
         name, value = _kv(text, "--limit")
@@ -696,13 +715,17 @@ def _execute(c: Container, cmd: list[str], args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     import nscg
 
-    cmd = _command(args)
+    cmd = _command(args) if args.cmd or not args.image else []
     if args.timeout is not None and not args.timeout > 0:
         raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout}")
     try:
         c = build_container(args)
     except nscg.SpecError as e:
         raise UsageError(str(e)) from None
+    if not cmd:  # --image without CMD: the image's Entrypoint + Cmd
+        cmd = list(c.command or ())
+        if not cmd:
+            raise UsageError("the image has no Entrypoint or Cmd: give a command after --")
     return _execute(c, cmd, args)
 
 
@@ -745,6 +768,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "exec":
             return _exec(args)
+        if args.command == "images":
+            return images_cli.main(args)
         return _run(args)
     except (UsageError, nscg.SpecError) as e:
         print(f"nscg: {e}", file=sys.stderr)

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
     from nscg.capabilities import Capabilities
     from nscg.cgroups import CgroupSpec, Limits
+    from nscg.images import Image, Store
     from nscg.network import Network
     from nscg.process import AnyProcess, Process, Result
     from nscg.seccomp import Seccomp
@@ -303,6 +304,10 @@ def _host_name(name: str) -> Any:
     return check
 
 
+def _command(value: Iterable[str] | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
+
+
 def _opt_id(_inst: object, attribute: attrs.Attribute[Any], value: int | None) -> None:
     if value is None:
         return
@@ -380,6 +385,8 @@ class Container:
             loopback only); set with :meth:`with_network`. It is a
             :class:`nscg._spawn.ParentHook`: the parent sets it up while the
             child waits in its new network namespace.
+        command: the argv :meth:`spawn` and :meth:`run` use when given none
+            (an image's ``Entrypoint + Cmd``: :meth:`from_image`).
     """
 
     namespaces: Namespace = attrs.field(default=Namespace.ALL, converter=_ns_conv)
@@ -408,6 +415,7 @@ class Container:
     rootfs: RootFS | None = attrs.field(factory=_default_rootfs)
     cgroup: CgroupSpec | None = None
     network: Network | None = None
+    command: tuple[str, ...] | None = attrs.field(default=None, converter=_command)
 
     # ------------------------------------------------------------ builders
     def with_namespaces(
@@ -553,6 +561,45 @@ class Container:
         if rootfs is None:
             rootfs = _default_rootfs()
         return attrs.evolve(self, rootfs=rootfs)
+
+    @classmethod
+    def from_image(
+        cls,
+        image: Image | str | os.PathLike[str],
+        *,
+        writable: bool = True,
+        upper: str | os.PathLike[str] | None = None,
+        store: Store | None = None,
+    ) -> Container:
+        """A sandbox that runs an OCI or Docker image as its config says.
+
+        The root is :meth:`RootFS.image` (layers as overlay lowers, an
+        ephemeral upper unless ``upper``); the image's ``Env`` (with a default
+        ``PATH``, and ``HOME`` from the image's /etc/passwd), ``WorkingDir``
+        (default ``/``), ``User`` (names resolved in the image's own
+        /etc/passwd and /etc/group) and ``Entrypoint + Cmd`` as
+        :attr:`command`, the argv of :meth:`run` and :meth:`spawn` when they
+        get none. Rootless, the user's supplementary groups are not set (one
+        id is mapped). Everything else is the default Container.
+
+        Raises:
+            nscg.images.ImageError: see :meth:`RootFS.image`.
+            SpecError: the image's ``User`` names a user or group its files lack.
+        """
+        from nscg.images._run import container_for  # tarfile and gzip only when used
+
+        return container_for(image, base=cls(), writable=writable, upper=upper, store=store)
+
+    def with_command(self, argv: Sequence[str] | None) -> Container:
+        """Set the default argv of :meth:`run` and :meth:`spawn` (None: none)."""
+        return attrs.evolve(self, command=None if argv is None else tuple(argv))
+
+    def _argv(self, argv: Sequence[str] | None) -> Sequence[str]:
+        if argv is not None:
+            return argv
+        if not self.command:
+            raise SpecError("no argv given and the Container has no command (with_command)")
+        return self.command
 
     def without_rootfs(self) -> Container:
         """Keep the caller's own filesystem view: no root of the sandbox's own.
@@ -834,7 +881,7 @@ class Container:
     @overload
     def spawn(
         self,
-        argv: Sequence[str],
+        argv: Sequence[str] | None = None,
         *,
         text: Literal[True],
         encoding: str | None = None,
@@ -845,7 +892,7 @@ class Container:
     @overload
     def spawn(
         self,
-        argv: Sequence[str],
+        argv: Sequence[str] | None = None,
         *,
         text: bool | None = None,
         encoding: str,
@@ -856,7 +903,7 @@ class Container:
     @overload
     def spawn(
         self,
-        argv: Sequence[str],
+        argv: Sequence[str] | None = None,
         *,
         text: bool | None = None,
         encoding: str | None = None,
@@ -867,7 +914,7 @@ class Container:
     @overload
     def spawn(
         self,
-        argv: Sequence[str],
+        argv: Sequence[str] | None = None,
         *,
         text: bool | None = None,
         encoding: str | None = None,
@@ -878,7 +925,7 @@ class Container:
     @overload
     def spawn(
         self,
-        argv: Sequence[str],
+        argv: Sequence[str] | None = None,
         *,
         text: Literal[False] | None = None,
         encoding: None = None,
@@ -888,16 +935,16 @@ class Container:
     ) -> Process[bytes]: ...
     @overload
     def spawn(
-        self, argv: Sequence[str], **options: Unpack[SpawnOptions]
+        self, argv: Sequence[str] | None = None, **options: Unpack[SpawnOptions]
     ) -> Process[str] | Process[bytes]: ...
     def spawn(
-        self, argv: Sequence[str], **options: Unpack[SpawnOptions]
+        self, argv: Sequence[str] | None = None, **options: Unpack[SpawnOptions]
     ) -> Process[str] | Process[bytes]:
         """Start ``argv`` in a new sandbox and return its :class:`Process`.
 
         Args:
             argv: the program and its arguments; the program is looked up on the
-                sandbox's PATH unless it contains a slash.
+                sandbox's PATH unless it contains a slash. None: :attr:`command`.
             options: the keyword arguments of :class:`SpawnOptions`: ``stdin``,
                 ``stdout``, ``stderr`` (None: inherit; ``nscg.PIPE``,
                 ``nscg.DEVNULL``, ``nscg.STDOUT``, an fd or a file object),
@@ -916,12 +963,12 @@ class Container:
         """
         from nscg._spawn import spawn
 
-        return spawn(self, argv, **options)
+        return spawn(self, self._argv(argv), **options)
 
     @overload
     def run(
         self,
-        argv: Sequence[str],
+        argv: Sequence[str] | None = None,
         *,
         capture_output: Literal[True],
         text: Literal[True],
@@ -934,7 +981,7 @@ class Container:
     @overload
     def run(
         self,
-        argv: Sequence[str],
+        argv: Sequence[str] | None = None,
         *,
         capture_output: Literal[True],
         text: bool | None = None,
@@ -947,7 +994,7 @@ class Container:
     @overload
     def run(
         self,
-        argv: Sequence[str],
+        argv: Sequence[str] | None = None,
         *,
         capture_output: Literal[True],
         text: bool | None = None,
@@ -960,7 +1007,7 @@ class Container:
     @overload
     def run(
         self,
-        argv: Sequence[str],
+        argv: Sequence[str] | None = None,
         *,
         capture_output: Literal[True],
         text: bool | None = None,
@@ -973,7 +1020,7 @@ class Container:
     @overload
     def run(
         self,
-        argv: Sequence[str],
+        argv: Sequence[str] | None = None,
         *,
         capture_output: bool = False,
         text: Literal[True],
@@ -986,7 +1033,7 @@ class Container:
     @overload
     def run(
         self,
-        argv: Sequence[str],
+        argv: Sequence[str] | None = None,
         *,
         capture_output: bool = False,
         text: bool | None = None,
@@ -999,7 +1046,7 @@ class Container:
     @overload
     def run(
         self,
-        argv: Sequence[str],
+        argv: Sequence[str] | None = None,
         *,
         capture_output: bool = False,
         text: bool | None = None,
@@ -1012,7 +1059,7 @@ class Container:
     @overload
     def run(
         self,
-        argv: Sequence[str],
+        argv: Sequence[str] | None = None,
         *,
         capture_output: bool = False,
         text: bool | None = None,
@@ -1025,7 +1072,7 @@ class Container:
     @overload
     def run(
         self,
-        argv: Sequence[str],
+        argv: Sequence[str] | None = None,
         *,
         capture_output: Literal[True],
         text: Literal[False] | None = None,
@@ -1038,7 +1085,7 @@ class Container:
     @overload
     def run(
         self,
-        argv: Sequence[str],
+        argv: Sequence[str] | None = None,
         *,
         capture_output: Literal[False] = False,
         text: Literal[False] | None = None,
@@ -1050,9 +1097,11 @@ class Container:
     ) -> Result[bytes | None]: ...
     @overload
     def run(
-        self, argv: Sequence[str], **options: Unpack[RunOptions]
+        self, argv: Sequence[str] | None = None, **options: Unpack[RunOptions]
     ) -> Result[str | bytes | None]: ...
-    def run(self, argv: Sequence[str], **options: Unpack[RunOptions]) -> Result[str | bytes | None]:
+    def run(
+        self, argv: Sequence[str] | None = None, **options: Unpack[RunOptions]
+    ) -> Result[str | bytes | None]:
         """Run ``argv`` in a new sandbox to completion; like :func:`subprocess.run`.
 
         The result's type follows the arguments, as for :func:`subprocess.run`:
@@ -1079,4 +1128,4 @@ class Container:
         """
         from nscg._spawn import run
 
-        return run(self, argv, **options)
+        return run(self, self._argv(argv), **options)

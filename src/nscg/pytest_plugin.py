@@ -14,6 +14,8 @@ a fixture, so it costs nothing in a suite that does not use them.
   ``Container.with_<name>(value)`` (a tuple is passed as positional arguments,
   a dict as keyword arguments); positional arguments are callables
   ``Container -> Container``. ``timeout=`` (seconds) is the isolated run's limit.
+  ``image=`` (a path or :class:`nscg.images.Image`) makes the sandbox the
+  image's (:meth:`Container.from_image`), ``tmp_path`` still bound writable.
 * ``@pytest.mark.nscg_isolated``: the test runs in a fresh interpreter inside
   that sandbox (``python -m pytest -p no:cacheprovider NODEID``) and its outcome
   is reported as the test's. The outer process does not fork: fixtures of the
@@ -129,7 +131,11 @@ def _apply_marker(c: Container, item: pytest.Item) -> tuple[Container, float]:
                     f"@pytest.mark.nscg positional args must be callables: {fn!r}"
                 )
             c = fn(c)
+        if "image" in mark.kwargs:  # first: the other options apply to the image's Container
+            c = _with_image(c, mark.kwargs["image"])
         for name, value in mark.kwargs.items():
+            if name == "image":
+                continue
             if name == "timeout":
                 timeout = float(value)
                 continue
@@ -143,6 +149,20 @@ def _apply_marker(c: Container, item: pytest.Item) -> tuple[Container, float]:
             else:
                 c = method(value)
     return c, timeout
+
+
+def _with_image(c: Container, image: Any) -> Container:
+    """``image=``: the image's root and config (:meth:`Container.from_image`), with the
+    writable binds of ``c`` (the test's ``tmp_path``) kept on top."""
+    from nscg.images._run import container_for
+    from nscg.rootfs import Bind
+
+    binds = (
+        [op for op in c.rootfs.ops if isinstance(op, Bind) and not op.readonly] if c.rootfs else []
+    )
+    out = container_for(image, base=c)
+    assert out.rootfs is not None
+    return out.with_rootfs(out.rootfs.then(*binds))
 
 
 # ------------------------------------------------------------------ leak check

@@ -20,7 +20,7 @@ import os
 import pwd
 import stat
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Final, Literal, NamedTuple, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, NamedTuple, TypeAlias
 
 import attrs
 
@@ -28,6 +28,9 @@ from nscg import _tree
 from nscg._deprecate import renamed as _renamed
 from nscg._native import lib
 from nscg.errors import SpecError, UnsupportedError
+
+if TYPE_CHECKING:
+    from nscg.images import Image, Store
 
 __all__ = [
     "DEFAULT_SHM_SIZE",
@@ -793,6 +796,41 @@ class RootFS:
         if hide_home if hide_home is not None else host_root:
             ops += _hidden_homes()
         return cls(ops, hide_sockets=hide_sockets)
+
+    @classmethod
+    def image(
+        cls,
+        image: Image | str | os.PathLike[str],
+        *,
+        writable: bool = True,
+        upper: str | os.PathLike[str] | None = None,
+        store: Store | None = None,
+        upper_size: int | None = None,
+    ) -> RootFS:
+        """The root of an OCI or Docker image: its layers as overlay lowers.
+
+        The layers are unpacked once into ``store`` (default
+        :class:`nscg.images.Store`, see docs/images.md) and stacked read-only,
+        with no copy; the writes go to an ephemeral upper in scratch memory
+        (``upper_size``, default 1 GiB) or to a persistent ``upper``
+        directory; ``Result.changes`` reports them. A new /proc, a minimal
+        /dev and a private /tmp are mounted on top.
+
+        Args:
+            image: an :class:`nscg.images.Image` or the path of one
+                (:meth:`nscg.images.Image.open`).
+            writable: False makes the root read-only.
+            upper, upper_size: as for :meth:`overlay`.
+            store: where layers are unpacked.
+
+        Raises:
+            nscg.images.ImageError: the image cannot be read, a blob does not match
+                its digest, a layer is hostile.
+        """
+        from nscg.images._run import image_rootfs  # tarfile and gzip only when used
+
+        return image_rootfs(image, writable=writable, upper=upper, store=store,
+                            upper_size=upper_size)  # fmt: skip
 
     # ------------------------------------------------------------- builders
     def then(self, *ops: Op) -> RootFS:

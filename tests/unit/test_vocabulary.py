@@ -56,6 +56,7 @@ REPLACES: dict[tuple[type, str], Call] = {
     (nscg.Container, "with_no_new_privs"): lambda c: c.with_no_new_privs(False),
     (nscg.Container, "with_die_with_parent"): lambda c: c.with_die_with_parent(False),
     (nscg.Container, "with_new_session"): lambda c: c.with_new_session(False),
+    (nscg.Container, "with_command"): lambda c: c.with_command(["sh", "-c", "true"]),
     (RootFS, "with_readonly_root"): lambda r: r.with_readonly_root(),
     (RootFS, "with_hidden_sockets"): lambda r: r.with_hidden_sockets(False),
     (RootFS, "with_propagation"): lambda r: r.with_propagation("slave"),
