@@ -185,40 +185,56 @@ static int above_stdio(int fd)
     return moved < 0 ? -errno : moved;
 }
 
-/* The payload has exec'd: the peak RSS of our memory now is at least the
- * floor its ru_maxrss got at that execve (abi.h, caller_maxrss_kb; the peak
- * only grows). That is VmHWM, the peak of our memory, not our own ru_maxrss:
- * that one has a floor of its own, the peak of whoever started us (a test
- * runner holding 200 MB), and would hide every payload smaller than it. No
- * system call tells VmHWM but /proc/self/status (a few microseconds, in a
- * call that has released the GIL anyway); without /proc, ru_maxrss, which is
- * never below it (a floor too high hides a figure, never makes one up). */
-static void note_caller_peak(struct nscg_spawn_out *out)
+/* The peak RSS of our memory (VmHWM, KiB) from /proc/self/status, or -1. */
+static long self_vmhwm_kb(void)
 {
     char buf[4096];
     int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
-    if (fd >= 0) {
-        ssize_t n = read(fd, buf, sizeof buf - 1);
-        close(fd);
-        if (n > 0) {
-            buf[n] = 0;
-            const char *at = strstr(buf, "\nVmHWM:");
-            if (at) {
-                long kb = 0;
-                for (at += 7; *at == ' ' || *at == '\t'; at++)
-                    ;
-                for (; *at >= '0' && *at <= '9'; at++)
-                    kb = kb * 10 + (*at - '0');
-                if (kb > 0) {
-                    out->caller_maxrss_kb = kb;
-                    return;
-                }
-            }
-        }
-    }
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = 0;
+    const char *at = strstr(buf, "\nVmHWM:");
+    if (!at)
+        return -1;
+    long kb = 0;
+    for (at += 7; *at == ' ' || *at == '\t'; at++)
+        ;
+    for (; *at >= '0' && *at <= '9'; at++)
+        kb = kb * 10 + (*at - '0');
+    return kb > 0 ? kb : -1;
+}
+
+/* Once our own ru_maxrss has been seen equal to VmHWM, it stays equal (see
+ * note_caller_peak): the cheap call is enough from then on. */
+static atomic_int rusage_is_hwm;
+
+/* The payload has exec'd: the peak RSS of our memory now is at least the
+ * floor its ru_maxrss got at that execve (abi.h, caller_maxrss_kb; the peak
+ * only grows). That is VmHWM, the peak of our memory, not simply our own
+ * ru_maxrss, which is max(VmHWM, a floor of its own: the peak of whoever
+ * started us, e.g. a test runner holding 200 MB) and would hide every payload
+ * smaller than that. VmHWM has no system call of its own: /proc/self/status
+ * (10-40 us). But once ru_maxrss equals VmHWM, our memory's peak has passed
+ * that inherited floor, and ru_maxrss (which only ever takes our memory's
+ * peak from then on) is VmHWM: most programs get there at their first spawn.
+ * Without /proc, ru_maxrss: never below VmHWM (a floor too high hides a
+ * figure, it never makes one up). */
+static void note_caller_peak(struct nscg_spawn_out *out)
+{
     struct rusage ru;
-    if (getrusage(RUSAGE_SELF, &ru) == 0)
-        out->caller_maxrss_kb = ru.ru_maxrss;
+    long self = getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
+    if (self > 0 && atomic_load(&rusage_is_hwm)) {
+        out->caller_maxrss_kb = self;
+        return;
+    }
+    long hwm = self_vmhwm_kb();
+    if (hwm > 0 && self > 0 && hwm >= self)
+        atomic_store(&rusage_is_hwm, 1);
+    out->caller_maxrss_kb = hwm > 0 ? hwm : self;
 }
 
 static void release_stack_of(struct nscg_spawn_out *out)
@@ -546,6 +562,7 @@ static void reset_after_fork(void)
     pthread_mutex_init(&pool_mu, NULL);
     pthread_cond_init(&pool_cv, NULL);
     nscg_unmap_reset_after_fork();
+    atomic_store(&rusage_is_hwm, 0); /* (a new process: its own ru_maxrss) */
 }
 
 static void install_atfork(void) { pthread_atfork(NULL, NULL, reset_after_fork); }
