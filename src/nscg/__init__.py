@@ -51,6 +51,9 @@ _EXPORTS: dict[str, str] = {
     "NetworkHost": "nscg.network",
     "Bridge": "nscg.network",
     "PortForward": "nscg.network",
+    # images: OCI layouts and archives, Docker archives (the layer store: nscg.images)
+    "Image": "nscg.images",
+    "ImageConfig": "nscg.images",
     # what the host supports
     "Features": "nscg._features",
     "features": "nscg._features",
@@ -64,6 +67,12 @@ _EXPORTS: dict[str, str] = {
     "ExecutablePermissionError": "nscg.errors",
     "TimeoutExpired": "nscg.errors",
     "CalledProcessError": "nscg.errors",
+    "ImageError": "nscg.images",
+    "ImageFormatError": "nscg.images",
+    "TagNotFoundError": "nscg.images",
+    "BlobError": "nscg.images",
+    "DigestMismatchError": "nscg.images",
+    "LayerError": "nscg.images",
 }
 
 __all__ = list(_EXPORTS)
@@ -105,6 +114,14 @@ if TYPE_CHECKING:  # the same names, for type checkers ("X as X": re-exported)
     from nscg.errors import SyscallError as SyscallError
     from nscg.errors import TimeoutExpired as TimeoutExpired
     from nscg.errors import UnsupportedError as UnsupportedError
+    from nscg.images import BlobError as BlobError
+    from nscg.images import DigestMismatchError as DigestMismatchError
+    from nscg.images import Image as Image
+    from nscg.images import ImageConfig as ImageConfig
+    from nscg.images import ImageError as ImageError
+    from nscg.images import ImageFormatError as ImageFormatError
+    from nscg.images import LayerError as LayerError
+    from nscg.images import TagNotFoundError as TagNotFoundError
     from nscg.namespaces import IdMap as IdMap
     from nscg.namespaces import Namespace as Namespace
     from nscg.namespaces import NamespaceRef as NamespaceRef

@@ -83,3 +83,22 @@ def test_docker_tags() -> None:
     assert _tag_matches("alpine:latest", "alpine")
     assert not _tag_matches("alpine:3.20", "alpine")
     assert not _tag_matches("alpine:3.20", "3.2")
+
+
+def test_errors_pickle_and_are_top_level() -> None:
+    import pickle
+
+    import nscg
+    from nscg.images import DigestMismatchError, TagNotFoundError
+
+    for err in (
+        LayerError("bad", digest=f"sha256:{HEX}", entry="../x"),
+        DigestMismatchError("lies", digest="sha256:a", actual="sha256:b"),
+        TagNotFoundError("no", tag="t", available=("u",)),
+        ImageFormatError("not an image"),
+    ):
+        back = pickle.loads(pickle.dumps(err))
+        assert type(back) is type(err) and str(back) == str(err)
+        assert back.__dict__ == err.__dict__
+        assert type(err).__module__ == "nscg" and getattr(nscg, type(err).__name__) is type(err)
+        assert isinstance(err, nscg.ImageError) and isinstance(err, nscg.NscgError)

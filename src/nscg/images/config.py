@@ -76,6 +76,8 @@ class ImageConfig:
         architecture, os: the platform the image is for.
     """
 
+    __module__ = "nscg.images"
+
     env: tuple[tuple[str, str], ...] = ()
     entrypoint: tuple[str, ...] = ()
     cmd: tuple[str, ...] = ()

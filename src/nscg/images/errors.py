@@ -1,7 +1,9 @@
 """The exceptions of :mod:`nscg.images`.
 
 Every one derives from :class:`ImageError`, itself an :class:`nscg.NscgError`;
-each names the image, the blob (by digest) or the layer entry at fault.
+each names the image, the blob (by digest) or the layer entry at fault. Like
+every exception of nscg they are exported at the top level (``nscg.LayerError``)
+and report ``__module__ == "nscg"``.
 """
 
 from __future__ import annotations
@@ -18,10 +20,22 @@ __all__ = [
 ]
 
 
+def _restore(cls: type[ImageError], message: str, state: dict[str, object]) -> ImageError:
+    """Unpickle an ImageError: its message and attributes, without calling ``__init__``."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    err.__dict__.update(state)
+    return err
+
+
 class ImageError(NscgError):
     """Base class of the errors of reading, verifying or unpacking an image."""
 
-    __module__ = "nscg.images"
+    __module__ = "nscg"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickle with the attributes (the subclasses' ``__init__`` take keywords)."""
+        return (_restore, (type(self), str(self), dict(self.__dict__)))
 
 
 class ImageFormatError(ImageError, ValueError):
@@ -31,7 +45,7 @@ class ImageFormatError(ImageError, ValueError):
     unknown media type or compression, or a config that is not an image config.
     """
 
-    __module__ = "nscg.images"
+    __module__ = "nscg"
 
 
 class TagNotFoundError(ImageError, LookupError):
@@ -42,7 +56,7 @@ class TagNotFoundError(ImageError, LookupError):
         available: the tags (or platforms) the image has.
     """
 
-    __module__ = "nscg.images"
+    __module__ = "nscg"
 
     def __init__(self, message: str, *, tag: str | None, available: tuple[str, ...]) -> None:
         super().__init__(message)
@@ -57,7 +71,7 @@ class BlobError(ImageError):
         digest: the blob's digest (``sha256:...``).
     """
 
-    __module__ = "nscg.images"
+    __module__ = "nscg"
 
     def __init__(self, message: str, *, digest: str) -> None:
         super().__init__(message)
@@ -72,7 +86,7 @@ class DigestMismatchError(BlobError):
         actual: the digest of the content read.
     """
 
-    __module__ = "nscg.images"
+    __module__ = "nscg"
 
     def __init__(self, message: str, *, digest: str, actual: str) -> None:
         super().__init__(message, digest=digest)
@@ -92,7 +106,7 @@ class LayerError(ImageError):
         entry: the offending entry's name in the tar ("" for the stream itself).
     """
 
-    __module__ = "nscg.images"
+    __module__ = "nscg"
 
     def __init__(self, message: str, *, digest: str, entry: str = "") -> None:
         super().__init__(message)

@@ -143,6 +143,8 @@ class Image:
         layers: the layers, bottom first.
     """
 
+    __module__ = "nscg.images"
+
     path: str
     kind: str
     tag: str | None
