@@ -360,14 +360,20 @@ def _rootfs(args: argparse.Namespace, *, new_mount_ns: bool) -> Any:
         fs = RootFS.from_directory(root)
         if "shm_size" in sizes:
             raise UsageError("--shm-size needs --root host or overlay")
+    fs = _add_mounts(fs, args)
+    for path in args.bind_socket:
+        fs = fs.bind_socket(path)
+    return fs
+
+
+def _add_mounts(fs: Any, args: argparse.Namespace) -> Any:
+    """--bind, --ro-bind and --tmpfs on top of the root ``fs``."""
     for src, dst in args.bind:
         fs = fs.bind(src, dst, readonly=False)
     for src, dst in args.ro_bind:
         fs = fs.bind(src, dst, readonly=True)
     for dst in args.tmpfs:
         fs = fs.tmpfs(dst, mode=0o1777)
-    for path in args.bind_socket:
-        fs = fs.bind_socket(path)
     return fs
 
 
@@ -468,10 +474,17 @@ def build_container(args: argparse.Namespace) -> Container:
 
     c = nscg.Container()
     if args.image:
-        if args.root is not None or args.keep_upper is not None:
-            raise UsageError("--image makes the root: not with --root or --keep-upper")
+        if args.root is not None or args.show_home or args.bind_socket or _sizes(args):
+            raise UsageError(
+                "--image makes the root: not with --root, --show-home, --bind-socket or "
+                "the size options"
+            )
         img = images_cli.open_image(args.image)
-        c = nscg.Container.from_image(img, store=images_cli.store_of(args.store))
+        c = nscg.Container.from_image(
+            img, store=images_cli.store_of(args.store), upper=args.keep_upper
+        )
+        assert c.rootfs is not None
+        c = c.with_rootfs(_add_mounts(c.rootfs, args))
     if args.unshare:
         kinds = args.unshare.split(",")
         c = c.with_namespaces(nscg.Namespace.NONE if kinds == ["none"] else kinds)

@@ -303,6 +303,17 @@ def test_cli_run_image_and_images_commands(
     assert main(["run", "--store", str(store_dir), "--image", layout, "--", "sh", "-c",
                  "exit 3"]) == 3  # fmt: skip
     assert main(["run", "--image", layout, "--root", "host", "--", "true"]) == 2
+    # --bind/--ro-bind/--tmpfs go on top of the image's root; --keep-upper keeps its writes
+    data = store_dir.parent / "data"
+    data.mkdir()
+    (data / "in").write_text("from the host\n")
+    upper = store_dir.parent / "upper"
+    argv = ["run", "--store", str(store_dir), "--image", layout, "--ro-bind", str(data), "/data",
+            "--tmpfs", "/scratch", "--keep-upper", str(upper), "--uid", "0", "--",
+            "sh", "-c", "cat /data/in > /kept && touch /scratch/x && ls /scratch"]  # fmt: skip
+    assert main(argv) == 0
+    assert (upper / "kept").read_text() == "from the host\n"
+    assert main(["run", "--image", layout, "--tmp-size", "1M", "--", "true"]) == 2
     capsys.readouterr()
     assert main(["images", "--store", str(store_dir), "list"]) == 0
     assert layout in capsys.readouterr().out
