@@ -373,3 +373,26 @@ def test_docker_archive_layer_as_a_tar_symlink(
     assert img.layers[0].path == "link/layer.tar"
     img.unpack(tmp_path / "flat")
     assert treecmp.diff(oracle, treecmp.listing(str(tmp_path / "flat"))) == []
+
+
+def test_zstd_layers_without_the_zstd_program(
+    images_dir: Path, store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", "/nonexistent")
+    img = Image.open(images_dir / "oci-zstd")
+    with pytest.raises(nscg.UnsupportedError, match=r"zstd.*apt-get install zstd") as e:
+        Store(store_dir).ensure(img)
+    assert e.value.feature == "zstd"
+    assert Store(store_dir).layers() == [] and os.listdir(store_dir / "tmp") == []
+
+
+def test_default_store_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nscg.images import default_store_path
+
+    assert default_store_path() == "/var/lib/nscg"  # root
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    monkeypatch.setenv("XDG_DATA_HOME", "/srv/data")
+    assert default_store_path() == "/srv/data/nscg"
+    monkeypatch.delenv("XDG_DATA_HOME")
+    monkeypatch.setenv("HOME", "/home/u")
+    assert default_store_path() == "/home/u/.local/share/nscg"
