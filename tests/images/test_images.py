@@ -335,8 +335,12 @@ class _Item:
         return [self.mark] if name == "nscg" else []
 
 
-def test_pytest_marker_takes_an_image(images_dir: Path, tmp_path: Path) -> None:
+def test_pytest_marker_takes_an_image(
+    images_dir: Path, tmp_path: Path, store_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from nscg.pytest_plugin import _apply_marker, preset
+
+    monkeypatch.setenv("NSCG_STORE", str(store_dir))  # not the host's /var/lib/nscg
 
     mark = pytest.mark.nscg(image=str(images_dir / "layout"), hostname="img").mark
     c, _ = _apply_marker(preset(tmp_path), _Item(mark))  # type: ignore[arg-type]  # a stand-in
@@ -345,6 +349,7 @@ def test_pytest_marker_takes_an_image(images_dir: Path, tmp_path: Path) -> None:
     r = c.with_user(0).run(["sh", "-c", f"hostname; echo x > {tmp_path}/out"], capture_output=True)
     assert (r.returncode, r.stdout) == (0, b"img\n")
     assert (tmp_path / "out").read_text() == "x\n"
+    assert Store(store_dir).layers()  # the layers went to NSCG_STORE
 
 
 def test_docker_archive_layer_as_a_tar_symlink(
@@ -389,7 +394,11 @@ def test_zstd_layers_without_the_zstd_program(
 def test_default_store_paths(monkeypatch: pytest.MonkeyPatch) -> None:
     from nscg.images import default_store_path
 
+    monkeypatch.delenv("NSCG_STORE", raising=False)
     assert default_store_path() == "/var/lib/nscg"  # root
+    monkeypatch.setenv("NSCG_STORE", "/srv/store")
+    assert default_store_path() == "/srv/store"
+    monkeypatch.delenv("NSCG_STORE")
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     monkeypatch.setenv("XDG_DATA_HOME", "/srv/data")
     assert default_store_path() == "/srv/data/nscg"

@@ -40,7 +40,10 @@ LAYER_META = "layer.json"
 
 
 def default_store_path() -> str:
-    """``/var/lib/nscg`` for root, else ``$XDG_DATA_HOME/nscg`` (``~/.local/share/nscg``)."""
+    """``$NSCG_STORE`` if set, else ``/var/lib/nscg`` for root, else
+    ``$XDG_DATA_HOME/nscg`` (``~/.local/share/nscg``)."""
+    if os.environ.get("NSCG_STORE"):
+        return os.environ["NSCG_STORE"]
     if os.geteuid() == 0:
         return "/var/lib/nscg"
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local/share")
