@@ -14,7 +14,7 @@ from nscg.images._apply import rmtree
 from tests.conftest import skip_or_fail, static_busybox
 from tests.images import imagebuild
 
-FORMS = ("layout", "oci-zstd", "oci-archive", "docker-archive")
+FORMS = ("layout", "oci-zstd", "oci-plain", "oci-archive", "docker-archive")
 
 
 def need_image_tools() -> None:

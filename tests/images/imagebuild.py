@@ -10,7 +10,10 @@ every archive form and compression.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -195,20 +198,16 @@ def convert(layout: Path, dest: Path, form: str) -> str:
     """Copy the layout's image with skopeo into ``form``; returns the path to open.
 
     Forms: ``oci-zstd`` (an OCI layout, zstd layers), ``oci-plain`` (uncompressed
-    layers), ``oci-archive`` (gzip), ``docker-archive`` (plain tar layers).
+    layers: skopeo 1.9 keeps gzip in an OCI layout, so the blobs are decompressed
+    here and the manifest and index rewritten), ``oci-archive`` (gzip),
+    ``docker-archive`` (plain tar layers).
     """
     src = f"oci:{layout}:{TAG}"
     base = ["skopeo", "--insecure-policy", "copy", "-q"]
     if form == "oci-zstd":
         run(*base, "--dest-compress-format", "zstd", src, f"oci:{dest}:{TAG}")
     elif form == "oci-plain":
-        run(
-            *base,
-            "--dest-decompress",
-            "--dest-oci-accept-uncompressed-layers",
-            src,
-            f"oci:{dest}:{TAG}",
-        )
+        decompress_layout(layout, dest)
     elif form == "oci-archive":
         run(*base, src, f"oci-archive:{dest}:{TAG}")
     elif form == "docker-archive":
@@ -216,6 +215,27 @@ def convert(layout: Path, dest: Path, form: str) -> str:
     else:
         raise ValueError(form)
     return str(dest)
+
+
+def decompress_layout(layout: Path, dest: Path) -> None:
+    """A copy of the OCI layout whose layers are plain tars (media type ``...tar``)."""
+    shutil.copytree(layout, dest)
+    blobs = dest / "blobs" / "sha256"
+
+    def put(data: bytes) -> tuple[str, int]:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return f"sha256:{digest}", len(data)
+
+    index = json.loads((dest / "index.json").read_text())
+    for desc in index["manifests"]:
+        manifest = json.loads((blobs / desc["digest"].split(":")[1]).read_bytes())
+        for layer in manifest["layers"]:
+            data = gzip.decompress((blobs / layer["digest"].split(":")[1]).read_bytes())
+            layer["digest"], layer["size"] = put(data)
+            layer["mediaType"] = "application/vnd.oci.image.layer.v1.tar"
+        desc["digest"], desc["size"] = put(json.dumps(manifest).encode())
+    (dest / "index.json").write_text(json.dumps(index))
 
 
 def umoci_unpack(layout: Path, bundle: Path) -> Path:

@@ -70,7 +70,13 @@ def test_every_form_reads_the_same_image(images_dir: Path, form: str) -> None:
     ref = Image.open(images_dir / "layout")
     assert img.config.diff_ids == ref.config.diff_ids
     assert img.config.argv == ref.config.argv
-    want = {"layout": "gzip", "oci-zstd": "zstd", "oci-archive": "gzip", "docker-archive": "none"}
+    want = {
+        "layout": "gzip",
+        "oci-zstd": "zstd",
+        "oci-plain": "none",
+        "oci-archive": "gzip",
+        "docker-archive": "none",
+    }
     assert {layer.compression for layer in img.layers} == {want[form]}
 
 
