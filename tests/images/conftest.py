@@ -57,3 +57,16 @@ def store_dir() -> Iterator[Path]:
         yield d / "store"
     finally:
         rmtree(str(d))
+
+
+@pytest.fixture(autouse=True)
+def _no_default_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every image test's default store (NSCG_STORE) is a temporary one: none writes
+    the machine's /var/lib/nscg or ~/.local/share/nscg."""
+    d = Path(tempfile.mkdtemp(prefix="nscg-default-store-", dir="/var/tmp"))
+    os.chmod(d, 0o755)
+    monkeypatch.setenv("NSCG_STORE", str(d / "store"))
+    try:
+        yield
+    finally:
+        rmtree(str(d))
