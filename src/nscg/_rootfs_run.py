@@ -28,6 +28,7 @@ from nscg.rootfs import (
     FSCONFIG_MAX_STRING,
     Bind,
     Changes,
+    Data,
     Mkdir,
     Op,
     Overlay,
@@ -37,6 +38,7 @@ from nscg.rootfs import (
     _flags,
     changes_of,
     describe,
+    expand_dests,
     flatten,
     inodes_for,
     lowerdir_options,
@@ -62,6 +64,7 @@ _KINDS = {
     "file": lib.NSCG_MOUNT_FILE,
     "readonly": lib.NSCG_MOUNT_READONLY,
     "mask": lib.NSCG_MOUNT_MASK,
+    "chmod": lib.NSCG_MOUNT_CHMOD,
 }
 _FLAGS = {
     "rdonly": lib.NSCG_MNT_RDONLY,
@@ -168,6 +171,9 @@ class RootfsRun:
         assert isinstance(root, RootFS)
         # hide_sockets: the host's sockets as of now (``masks``, if the caller read them)
         root = root.add_socket_masks(masks)
+        # missing destinations below a read-only bind: made in a tmpfs (the
+        # ops it adds are reported as the bind they stand for)
+        root, origin = expand_dests(root)
         self.root = root
         self.userns = bool(c.namespaces & Namespace.USER)
         #: no working directory given: keep the caller's if the new root has it
@@ -185,6 +191,7 @@ class RootfsRun:
         #: the scratch group's ops (between SCRATCH and SDONE), its size
         self.sops: list[Prim] = []
         self.size = 0
+        self.ndata = 0
         self.nslots = 0
         #: the socket the child sends the scratch tmpfs's fd to (parent's, child's end)
         self.sock: tuple[socket.socket, socket.socket] | None = None
@@ -195,10 +202,13 @@ class RootfsRun:
         self.lower_trees: list[int] = []
         main: list[Prim] = []
         try:
-            for i, op in enumerate(root.ops):
+            for k, op in enumerate(root.ops):
+                i = origin[k]
                 if isinstance(op, Overlay):
-                    later = {o.dest for o in root.ops[i + 1 :] if isinstance(o, _MOUNTS)}
+                    later = {o.dest for o in root.ops[k + 1 :] if isinstance(o, _MOUNTS)}
                     main += self._overlay(i, op, later)
+                elif isinstance(op, Data):
+                    main += self._data(i, op)
                 else:
                     main += self._flat(i, op)
             tail: list[Prim] = []
@@ -216,7 +226,7 @@ class RootfsRun:
                 )  # fmt: skip
             self.prims: list[Prim] = main + tail
             if self.sops:
-                first = bool(self.parts or self.tops)
+                first = bool(self.parts or self.tops or self.ndata or not etc)
                 size = self.size + (64 << 10) * len(etc)
                 opts = (
                     ("size", str(size)),
@@ -254,6 +264,21 @@ class RootfsRun:
             self.cleanup()
             raise
         _current.run = (c, self.prims)
+
+    def _data(self, i: int, op: Data) -> list[Prim]:
+        """A file of the scratch memory holding ``op.content``, bound at ``op.dest``."""
+        label = describe(op)
+        name = f"d{self.ndata}"
+        self.ndata += 1
+        self.size += len(op.content) + 4096
+        self.sops.append(Prim("sfile", name, source=op.content, mode=op.mode, op_index=i,
+                              label=label))  # fmt: skip
+        slot = self._slot()
+        flags = _flags(rdonly=op.readonly, nosuid=True, nodev=True)
+        self.sops.append(Prim("sbind", "", source=name.encode(), flags=flags, mode=slot,
+                              op_index=i, label=label))  # fmt: skip
+        return [Prim("slot", op.dest.lstrip("/"), mode=slot, op_index=i, label=label,
+                     flags=_flags(create_file=True))]  # fmt: skip
 
     def _slot(self) -> int:
         self.nslots += 1

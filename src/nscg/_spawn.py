@@ -1742,7 +1742,10 @@ def _hint(stage: Stage, err: int) -> str:
     if stage == Stage.MOUNTS and err == errno.ENODEV:
         return "the kernel does not know this filesystem type (see /proc/filesystems)"
     if stage == Stage.MOUNTS and err == errno.EROFS:
-        return "the mount point is missing on a read-only mount: create it beforehand"
+        return (
+            "the mount point is missing on a read-only mount: create it beforehand (below "
+            "a read-only bind, RootFS.make_dests does unless turned off)"
+        )
     if stage == Stage.MOUNTS and err == errno.ENOENT:
         return "the source or the mount point does not exist"
     return ""

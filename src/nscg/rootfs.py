@@ -43,6 +43,8 @@ __all__ = [
     "RUN_SIZE",
     "Bind",
     "Changes",
+    "Chmod",
+    "Data",
     "Dev",
     "File",
     "Mask",
@@ -405,10 +407,44 @@ class File:
 
 @attrs.frozen
 class ReadOnly:
-    """Make ``dest`` read-only (recursively); a missing path is skipped if ``optional``."""
+    """Make ``dest`` read-only; a missing path is skipped if ``optional``.
+
+    ``recursive`` (the default): ``dest`` and every mount below it, whether or
+    not ``dest`` is a mount point. Otherwise only the mount at ``dest``, which
+    must be a mount point (bwrap's ``--remount-ro``): the mounts below keep
+    their flags.
+    """
 
     dest: str = attrs.field(converter=_dest)
     optional: bool = True
+    recursive: bool = True
+
+
+@attrs.frozen
+class Chmod:
+    """Set the mode of ``dest``, which must exist by then (bwrap's ``--chmod``).
+
+    A symlink at ``dest`` is followed, inside the new root.
+    """
+
+    dest: str = attrs.field(converter=_dest)
+    mode: int = attrs.field(converter=_mode)
+
+
+@attrs.frozen
+class Data:
+    """A file holding ``content``, made in the sandbox's scratch memory and bound at ``dest``.
+
+    bwrap's ``--bind-data`` (``readonly=True``: ``--ro-bind-data``). Unlike
+    :class:`File`, which writes into the directory at ``dest``'s parent (it
+    must be writable: a tmpfs), this works over a read-only root, and the
+    file is a mount point: it cannot be renamed or removed inside.
+    """
+
+    dest: str = attrs.field(converter=_dest)
+    content: bytes = attrs.field(converter=_content)
+    mode: int = attrs.field(default=0o600, converter=_mode)
+    readonly: bool = False
 
 
 @attrs.frozen
@@ -419,9 +455,22 @@ class Mask:
 
 
 Op: TypeAlias = (
-    Bind | Tmpfs | Proc | Dev | Mqueue | Mount | Overlay | Mkdir | Symlink | File | ReadOnly | Mask
+    Bind
+    | Tmpfs
+    | Proc
+    | Dev
+    | Mqueue
+    | Mount
+    | Overlay
+    | Data
+    | Mkdir
+    | Symlink
+    | File
+    | ReadOnly
+    | Mask
+    | Chmod
 )
-_MOUNTS = (Bind, Tmpfs, Proc, Dev, Mqueue, Mount, Overlay)
+_MOUNTS = (Bind, Tmpfs, Proc, Dev, Mqueue, Mount, Overlay, Data)
 
 
 def describe(op: Op) -> str:
@@ -429,6 +478,10 @@ def describe(op: Op) -> str:
     kind = type(op).__name__.lower()
     if isinstance(op, Bind):
         return f"{'ro-' if op.readonly else ''}bind {op.source} {op.dest}"
+    if isinstance(op, Data):
+        return f"{'ro-' if op.readonly else ''}bind-data {op.dest}"
+    if isinstance(op, ReadOnly) and not op.recursive:
+        return f"remount-ro {op.dest}"
     return f"{kind} {op.dest}"
 
 
@@ -436,7 +489,7 @@ def _check_plan(ops: tuple[Op, ...]) -> tuple[Op, ...]:
     """Reject plans where a later mount hides an earlier op (same path or an ancestor)."""
     mounts = [(j, op) for j, op in enumerate(ops) if isinstance(op, _MOUNTS)]
     for i, op in enumerate(ops):
-        if not isinstance(op, (*_MOUNTS, Mkdir, Symlink, File, ReadOnly, Mask)):
+        if not isinstance(op, (*_MOUNTS, Mkdir, Symlink, File, ReadOnly, Mask, Chmod)):
             raise SpecError(f"not a RootFS operation: {op!r}")
         for j, later in mounts:
             if j <= i:
@@ -626,12 +679,21 @@ class RootFS:
             that the root op (the bind or overlay of ``/``) would show and no
             later op covers (see :meth:`socket_masks`). :meth:`host` and
             :meth:`overlay` set it.
+        make_dests: (the default) an op whose destination is missing below a
+            read-only bind (the read-only host root of :meth:`host`) gets it
+            made, as bwrap does on its tmpfs root: at spawn, the nearest
+            existing directory above it becomes a small tmpfs holding a
+            read-only bind (or a symlink) of each of the directory's entries
+            and the new mount point, made read-only again once the plan has
+            run (see :func:`expand_dests`). The host is never written. Off:
+            such an op fails at spawn (``EROFS``).
     """
 
     ops: tuple[Op, ...] = attrs.field(default=(), converter=_ops)
     propagation: Propagation = attrs.field(default="private")
     readonly_root: bool = False
     hide_sockets: bool = False
+    make_dests: bool = True
 
     @propagation.validator
     def _check_prop(self, _a: object, value: str) -> None:
@@ -978,9 +1040,19 @@ class RootFS:
         """Create a file with ``content`` (its directory must be writable: a tmpfs)."""
         return self.then(File(dest, content, mode))
 
-    def readonly(self, *dests: str) -> RootFS:
-        """Make these paths read-only (missing ones are skipped)."""
-        return self.then(*(ReadOnly(d) for d in dests))
+    def readonly(self, *dests: str, recursive: bool = True) -> RootFS:
+        """Make these paths read-only (missing ones are skipped); see :class:`ReadOnly`."""
+        return self.then(*(ReadOnly(d, recursive=recursive) for d in dests))
+
+    def chmod(self, dest: str, mode: int) -> RootFS:
+        """Set the mode of ``dest`` (it must exist by then): bwrap's ``--chmod``."""
+        return self.then(Chmod(dest, mode))
+
+    def bind_data(
+        self, dest: str, content: bytes | str, *, mode: int = 0o600, readonly: bool = False
+    ) -> RootFS:
+        """Bind a file holding ``content`` at ``dest`` (bwrap's ``--bind-data``): :class:`Data`."""
+        return self.then(Data(dest, content, mode, readonly))
 
     def mask(self, *dests: str) -> RootFS:
         """Hide these paths (missing ones are skipped)."""
@@ -996,6 +1068,10 @@ class RootFS:
         """Deprecated name of :meth:`add_docker_masks`."""
         _renamed("RootFS.with_docker_masks", "RootFS.add_docker_masks")
         return self.add_docker_masks(proc=proc)
+
+    def with_made_dests(self, on: bool = True) -> RootFS:
+        """Whether missing destinations below a read-only bind are made (see ``make_dests``)."""
+        return attrs.evolve(self, make_dests=on)
 
     def with_readonly_root(self, on: bool = True) -> RootFS:
         """Make the root mount itself read-only once the plan has run."""
@@ -1145,6 +1221,166 @@ def _opts(
         if not isinstance(k, str) or not k or "\0" in k or (v is not None and "\0" in v):
             raise SpecError(f"invalid mount option {k!r}={v!r}")
     return items
+
+
+# ------------------------------------------------------- missing destinations
+#: Size of the tmpfs that holds the mount points :func:`expand_dests` makes.
+DESTS_SIZE: Final = 1 << 20
+#: At most this many entries in a directory :func:`expand_dests` rebuilds.
+DESTS_MAX_ENTRIES: Final = 4096
+#: ops whose destination must exist or be made (the rest skip a missing one or fail)
+_MADE = (*_MOUNTS, Mkdir, Symlink, File)
+
+
+def _contains(top: str, path: str) -> bool:
+    return top in ("/", path) or path.startswith(top + "/")
+
+
+def expand_dests(root: RootFS) -> tuple[RootFS, list[int]]:
+    """``root`` with the missing destinations below its read-only binds made; what each op is.
+
+    An op that mounts or creates something at a path that does not exist
+    below a read-only :class:`Bind` (``RootFS.host()``'s ``/``) would fail
+    with ``EROFS``: the child cannot make the mount point. bwrap builds its
+    root on a tmpfs, where any path can be made. Here the nearest existing
+    directory ``A`` above the missing path becomes such a tmpfs, in the
+    plan, right where the bind that shows ``A`` comes (replacing it when it
+    binds ``A`` itself): a :class:`Tmpfs` at ``A`` with ``A``'s mode, then a
+    read-only bind (with the bind's flags) of each entry of ``A`` on the host,
+    or the same symlink, then the rest of the plan, which makes the missing
+    path in the tmpfs; a non-recursive :class:`ReadOnly` of ``A`` ends the
+    plan. The sandbox sees what it saw, plus the new path; the host is not
+    written. The entries are listed now (at spawn): entries made on the host
+    later are not seen at ``A`` (their directories' contents are: they are
+    bound). One bind per entry: a directory with more than
+    :data:`DESTS_MAX_ENTRIES` entries is refused (make the path on the host).
+
+    Nothing changes when ``root.make_dests`` is off, and for paths that exist,
+    that lie on a writable mount (a tmpfs, an overlay, a writable bind: made
+    there, as before), or that cannot be made (a file or a symlink on the way:
+    the child reports it).
+
+    Returns:
+        the plan, and for each of its ops the index of the op of ``root`` it
+        stands for (the bind a tmpfs and its binds replace or extend).
+
+    Raises:
+        UnsupportedError: a directory to rebuild has too many entries.
+    """
+    ops = list(root.ops)
+    origin = list(range(len(ops)))
+    if not root.make_dests:
+        return root, origin
+    tail: list[tuple[Op, int]] = []
+    i = 0
+    while i < len(ops):
+        op = ops[i]
+        found = _missing_below_readonly(ops, i) if isinstance(op, _MADE) else None
+        if found is None:
+            i += 1
+            continue
+        if len(tail) >= DESTS_MAX_ENTRIES:  # (each round makes one; a loop is a bug)
+            raise UnsupportedError(f"too many mount points to make ({describe(op)})")
+        j, a, host_a = found
+        m = ops[j]
+        assert isinstance(m, Bind)
+        # entries a later op mounts or creates at exactly: theirs to make
+        later = {o.dest for o in ops[j + 1 :] if isinstance(o, (*_MOUNTS, Symlink, File))}
+        made = _rebuild(a, host_a, m, later)
+        if m.dest == a:
+            ops[j : j + 1] = made
+            origin[j : j + 1] = [origin[j]] * len(made)
+        else:
+            ops[j + 1 : j + 1] = made
+            origin[j + 1 : j + 1] = [origin[j]] * len(made)
+        tail.append((ReadOnly(a, optional=False, recursive=False), origin[j]))
+        i = j  # look again from there: the op now finds the tmpfs
+    if not tail:
+        return root, origin
+    ops += [t for t, _ in tail]
+    origin += [k for _, k in tail]
+    return attrs.evolve(root, ops=tuple(ops)), origin
+
+
+def _missing_below_readonly(ops: list[Op], i: int) -> tuple[int, str, str] | None:
+    """(index of the read-only bind, the directory A to rebuild, its host path) when op
+    ``i``'s destination must be made below a read-only bind, else None."""
+    op = ops[i]
+    p = op.dest
+    if p == "/":
+        return None
+    if isinstance(op, Bind) and op.optional and not os.path.lexists(op.source):
+        return None  # (skipped by the child)
+    j = next(
+        (k for k in range(i - 1, -1, -1)
+         if isinstance(ops[k], _MOUNTS) and _contains(ops[k].dest, p)),
+        None,
+    )  # fmt: skip
+    if j is None:
+        return None
+    m = ops[j]
+    if not isinstance(m, Bind) or not m.readonly or m.dest == p:
+        return None
+    rest = p[len(m.dest) :].strip("/") if m.dest != "/" else p.strip("/")
+    names = rest.split("/")
+    a_names: list[str] = []
+    cur = m.source
+    replace = isinstance(op, (Symlink, File))  # they replace an existing entry
+    for k, name in enumerate(names):
+        nxt = os.path.join(cur, name)
+        try:
+            st = os.lstat(nxt)
+        except FileNotFoundError:
+            break
+        except OSError:
+            return None  # cannot tell: the child says what it finds
+        if k == len(names) - 1:
+            if not replace:
+                return None  # it exists: a mount point, or a directory to make
+            break
+        if not stat.S_ISDIR(st.st_mode):
+            return None  # a symlink or a file on the way: not ours to rebuild
+        cur = nxt
+        a_names.append(name)
+    a = "/" + "/".join(filter(None, [m.dest.strip("/"), *a_names]))
+    return j, a, cur
+
+
+def _rebuild(a: str, host_a: str, m: Bind, later: set[str]) -> list[Op]:
+    """A tmpfs at ``a`` showing what the read-only bind ``m`` showed there (see expand_dests)."""
+    try:
+        mode = stat.S_IMODE(os.stat(host_a).st_mode)
+        with os.scandir(host_a) as it:
+            entries = sorted((e.name, e.is_symlink()) for e in it)
+    except OSError as e:
+        raise UnsupportedError(
+            f"cannot make a mount point below {a}: cannot list {host_a} ({e.strerror})",
+            feature="rootfs.make_dests",
+        ) from None
+    if len(entries) > DESTS_MAX_ENTRIES:
+        raise UnsupportedError(
+            f"cannot make a mount point below {a}: {host_a} has {len(entries)} entries "
+            f"(at most {DESTS_MAX_ENTRIES} are rebuilt, one bind each); make the missing "
+            "path on the host, or mount a tmpfs at its parent first",
+            feature="rootfs.make_dests",
+        )
+    base = a.rstrip("/")
+    out: list[Op] = [Tmpfs(a, size=DESTS_SIZE, mode=mode)]
+    for name, link in entries:
+        dest = f"{base}/{name}"
+        if dest in later:
+            continue
+        src = os.path.join(host_a, name)
+        # (an entry gone meanwhile has nothing to show)
+        with contextlib.suppress(OSError, SpecError):
+            if link:
+                out.append(Symlink(os.readlink(src), dest))
+            else:
+                out.append(
+                    Bind(src, dest, readonly=True, recursive=m.recursive,
+                         nosuid=m.nosuid, nodev=m.nodev, noexec=m.noexec, optional=True)
+                )  # fmt: skip
+    return out
 
 
 # ---------------------------------------------------------------- flattening
@@ -1334,7 +1570,13 @@ def flatten(root: RootFS, userns: bool) -> list[Prim]:
         elif isinstance(op, File):
             add("file", op.dest, source=op.content, mode=op.mode)
         elif isinstance(op, ReadOnly):
-            add("readonly", op.dest, flags=_flags(recursive=True, optional=op.optional))
+            add("readonly", op.dest, flags=_flags(recursive=op.recursive, optional=op.optional))
+        elif isinstance(op, Chmod):
+            add("chmod", op.dest, mode=op.mode)
+        elif isinstance(op, Data):
+            # (RootfsRun makes it in the scratch memory and attaches it; this
+            # stand-in only names the op)
+            add("file", op.dest, source=op.content, mode=op.mode)
         elif isinstance(op, Mask):
             add("mask", op.dest)
     return out

@@ -10,7 +10,20 @@ import pytest
 
 import nscg
 from nscg import Container, Namespace, RootFS, SpecError
-from nscg.rootfs import Bind, Mkdir, Tmpfs, compute_changes, flatten
+from nscg.rootfs import (
+    DESTS_SIZE,
+    Bind,
+    Chmod,
+    Data,
+    File,
+    Mkdir,
+    ReadOnly,
+    Symlink,
+    Tmpfs,
+    compute_changes,
+    expand_dests,
+    flatten,
+)
 
 
 @pytest.mark.parametrize("dest", ["tmp", "", "a/b", "/a/../b", "/a\0b"])
@@ -107,3 +120,54 @@ def test_change_report_from_an_upper_dir(tmp_path: Path) -> None:
     assert ch.added == {"/etc/new"}
     assert ch.modified == {"/etc/passwd"}
     assert ch.deleted == {"/etc/gone", "/opq/old"}
+
+
+# ------------------------------------------------------------------ missing destinations
+def test_expand_dests_rebuilds_the_nearest_existing_directory_as_a_tmpfs() -> None:
+    root = RootFS.host().tmpfs("/nscg-missing/t")
+    plan, origin = expand_dests(root)
+    first = plan.ops[0]
+    assert first == Tmpfs("/", size=DESTS_SIZE, mode=os.stat("/").st_mode & 0o7777)
+    binds = {op.dest: op for op in plan.ops if isinstance(op, Bind)}
+    assert binds["/usr"] == Bind("/usr", "/usr", readonly=True, optional=True)
+    # what a later op mounts at is left to it
+    for later in ("/proc", "/dev", "/tmp", "/run"):
+        assert later not in binds
+    assert plan.ops[-1] == ReadOnly("/", optional=False, recursive=False)
+    assert len(origin) == len(plan.ops)
+    n = len(plan.ops) - len(root.ops)  # (the tmpfs and the n-1 entries replace op #0)
+    assert origin[:n] == [0] * n and origin[-1] == 0
+    assert plan.ops[n:-1] == root.ops[1:]
+
+
+def test_expand_dests_leaves_paths_that_exist_or_are_writable_and_can_be_off() -> None:
+    for root in (
+        RootFS.host().tmpfs("/usr"),
+        RootFS.host().tmpfs("/tmp/new/dir"),
+        RootFS.host().mkdir("/etc"),
+        RootFS.host().tmpfs("/nscg-missing").with_made_dests(False),
+        RootFS().tmpfs("/a/b"),
+    ):
+        plan, origin = expand_dests(root)
+        assert plan == root and origin == list(range(len(root.ops)))
+
+
+def test_expand_dests_deeper_down_and_files_replacing_an_entry() -> None:
+    plan, _ = expand_dests(RootFS.host().tmpfs("/usr/share/nscg-missing/x"))
+    assert Tmpfs("/usr/share", size=1 << 20, mode=0o755) in plan.ops
+    assert plan.ops[-1] == ReadOnly("/usr/share", optional=False, recursive=False)
+    # a file op over an existing file: its directory is rebuilt without that entry
+    plan, _ = expand_dests(RootFS.host().file("/etc/hostname", "x").symlink("/x", "/etc/hosts"))
+    dests = [op.dest for op in plan.ops]
+    assert dests.count("/etc/hostname") == 1 and dests.count("/etc/hosts") == 1
+    assert File("/etc/hostname", "x") in plan.ops and Symlink("/x", "/etc/hosts") in plan.ops
+
+
+def test_new_ops_flatten() -> None:
+    root = RootFS().tmpfs("/t").then(Chmod("/t", 0o700), ReadOnly("/t", recursive=False))
+    kinds = [(p.kind, p.dest, p.mode, "recursive" in p.flags) for p in flatten(root, True)]
+    assert kinds[1:] == [("chmod", "t", 0o700, False), ("readonly", "t", 0, False)]
+    root = RootFS().then(Data("/etc/x", b"data", readonly=True))
+    assert root.ops[0] == Data("/etc/x", b"data", 0o600, True)
+    with pytest.raises(SpecError):
+        RootFS().then(Data("/x", b"1")).tmpfs("/")

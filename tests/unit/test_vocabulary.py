@@ -58,6 +58,7 @@ REPLACES: dict[tuple[type, str], Call] = {
     (nscg.Container, "with_new_session"): lambda c: c.with_new_session(False),
     (nscg.Container, "with_command"): lambda c: c.with_command(["sh", "-c", "true"]),
     (RootFS, "with_readonly_root"): lambda r: r.with_readonly_root(),
+    (RootFS, "with_made_dests"): lambda r: r.with_made_dests(False),
     (RootFS, "with_hidden_sockets"): lambda r: r.with_hidden_sockets(False),
     (RootFS, "with_propagation"): lambda r: r.with_propagation("slave"),
     (Seccomp, "with_default"): lambda s: s.with_default(nscg.seccomp.Action.errno(1)),

@@ -80,6 +80,7 @@ class _Lib:
     NSCG_MOUNT_SBIND: Final[int]
     NSCG_MOUNT_SDONE: Final[int]
     NSCG_MOUNT_SLOT: Final[int]
+    NSCG_MOUNT_CHMOD: Final[int]
     NSCG_MAX_SLOTS: Final[int]
     NSCG_MAX_DEST: Final[int]
     NSCG_SCRATCH_CHANNELS: Final[int]

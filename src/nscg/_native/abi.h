@@ -118,6 +118,8 @@
 #define NSCG_MOUNT_SBIND 12
 #define NSCG_MOUNT_SDONE 13
 #define NSCG_MOUNT_SLOT 14
+/* CHMOD: set the mode of dest (which must exist; a symlink is followed inside the root) */
+#define NSCG_MOUNT_CHMOD 15
 /* at most this many slots per plan */
 #define NSCG_MAX_SLOTS 256
 /* the longest nscg_mount_op.dest, in bytes without its NUL: the kernel's

@@ -81,6 +81,10 @@
 #define MOVE_MOUNT_T_EMPTY_PATH 0x00000040
 #endif
 #define NSCG_STATX_MNT_ID 0x00001000U /* STATX_MNT_ID, Linux 5.8 */
+#define NSCG_STATX_ATTR_MOUNT_ROOT 0x00002000U /* STATX_ATTR_MOUNT_ROOT, Linux 5.8 */
+#ifndef SYS_fchmodat2
+#define SYS_fchmodat2 452 /* Linux 6.6; the same number on every architecture */
+#endif
 
 #ifndef FSOPEN_CLOEXEC
 #define FSOPEN_CLOEXEC 0x00000001
@@ -419,8 +423,11 @@ static void op_file(struct mctx *m, int i, const struct nscg_mount_op *op)
     SYS1(SYS_close, fd);
 }
 
-/* Make op->dest read-only: the root mount directly, any other path by a
- * (recursive) bind onto itself made read-only. */
+/* Make op->dest read-only: the root mount directly; any other path, with
+ * NSCG_MNT_RECURSIVE, by a recursive bind onto itself made read-only (dest
+ * need not be a mount point); without it, the mount at dest itself, which
+ * must be a mount point (EINVAL otherwise, as bwrap's --remount-ro): its
+ * submounts are left as they are. */
 static void op_readonly(struct mctx *m, int i, const struct nscg_mount_op *op)
 {
     struct child_ctx *c = m->c;
@@ -437,6 +444,18 @@ static void op_readonly(struct mctx *m, int i, const struct nscg_mount_op *op)
             return;
         fail(c, NSCG_STAGE_MOUNTS, -fd, i, "openat2");
     }
+    if (!rec) {
+        struct statx st;
+        STEP(c, NSCG_STAGE_MOUNTS, i, "statx",
+             SYS5(SYS_statx, fd, "", AT_EMPTY_PATH, STATX_TYPE, &st));
+        if (!(st.stx_attributes_mask & NSCG_STATX_ATTR_MOUNT_ROOT) ||
+            !(st.stx_attributes & NSCG_STATX_ATTR_MOUNT_ROOT))
+            fail(c, NSCG_STAGE_MOUNTS, EINVAL, i, "mount_setattr");
+        STEP(c, NSCG_STAGE_MOUNTS, i, "mount_setattr",
+             sys_setattr(fd, 0, NSCG_ATTR_RDONLY | attrs_of(op->flags)));
+        SYS1(SYS_close, fd);
+        return;
+    }
     int tree;
     STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree",
          tree = (int)sys_open_tree(fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | rec));
@@ -445,6 +464,31 @@ static void op_readonly(struct mctx *m, int i, const struct nscg_mount_op *op)
     STEP(c, NSCG_STAGE_MOUNTS, i, "move_mount", sys_move_to(tree, fd));
     SYS1(SYS_close, tree);
     SYS1(SYS_close, fd);
+}
+
+/* CHMOD: set the mode of op->dest (bwrap's --chmod). Resolved inside the new
+ * root (a symlink is followed there, never out of it) to an O_PATH fd, which
+ * fchmodat2 (Linux 6.6) changes with AT_EMPTY_PATH; before 6.6, the path is
+ * opened for reading (non-blocking: a FIFO) and fchmod'ed. */
+static void op_chmod(struct mctx *m, int i, const struct nscg_mount_op *op)
+{
+    struct child_ctx *c = m->c;
+    int fd;
+    STEP(c, NSCG_STAGE_MOUNTS, i, "openat2", fd = open_in_root(m->root, op->dest, 0));
+    long r = SYS4(SYS_fchmodat2, fd, "", op->mode, AT_EMPTY_PATH);
+    SYS1(SYS_close, fd);
+    if (r == -ENOSYS) {
+        struct nscg_open_how how;
+        memset(&how, 0, sizeof how);
+        how.flags = (uint64_t)(O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        how.resolve = NSCG_RESOLVE_IN_ROOT | NSCG_RESOLVE_NO_MAGICLINKS;
+        STEP(c, NSCG_STAGE_MOUNTS, i, "openat2",
+             fd = (int)SYS4(SYS_openat2, m->root, op->dest, &how, sizeof how));
+        r = SYS2(SYS_fchmod, fd, op->mode);
+        SYS1(SYS_close, fd);
+    }
+    if (r < 0)
+        fail(c, NSCG_STAGE_MOUNTS, (int)-r, i, "fchmodat2");
 }
 
 /* Hide op->dest: /dev/null over a file, an empty read-only tmpfs over a
@@ -837,6 +881,9 @@ void nscg_setup_mounts(struct child_ctx *c)
             break;
         case NSCG_MOUNT_MASK:
             op_mask(m, i, op);
+            break;
+        case NSCG_MOUNT_CHMOD:
+            op_chmod(m, i, op);
             break;
         case NSCG_MOUNT_SCRATCH:
             if (m->scratch >= 0)
