@@ -1,8 +1,10 @@
 """The ``nscg`` command line: ``run``, ``exec``, ``check``, ``features``.
 
 ``nscg run [OPTIONS] -- CMD...`` builds a :class:`nscg.Container` from
-bwrap-like options (each maps to one builder call, see :data:`API_TO_CLI`),
-runs the command and exits with its status:
+bwrap-like options (each maps to one builder call, see :data:`API_TO_CLI`;
+bubblewrap's filesystem options are applied in command-line order, as bwrap
+does, see :data:`ROOTFS_OPS_TO_CLI` and ``nscg._cli_bwrap``), runs the
+command and exits with its status:
 
 * the command's exit status when it exits;
 * ``128 + N`` when it was killed by signal ``N``;
@@ -31,6 +33,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal, NoReturn
 
 import attrs
 
+from nscg import _cli_bwrap as bw
+from nscg._cli_bwrap import UsageError
 from nscg.images import cli as images_cli
 
 if TYPE_CHECKING:
@@ -55,8 +59,8 @@ API_TO_CLI: Final[dict[str, tuple[str, ...] | None]] = {
     "Container.with_hostname": ("--hostname",),
     "Container.with_domainname": ("--domainname",),
     "Container.with_time_offsets": ("--time-offset",),
-    "Container.with_env": ("--env", "--inherit-env"),
-    "Container.with_cwd": ("--cwd",),
+    "Container.with_env": ("--env", "--inherit-env", "--setenv", "--unsetenv", "--clearenv"),
+    "Container.with_cwd": ("--cwd", "--chdir"),
     "Container.with_user": ("--uid", "--gid", "--groups"),
     "Container.with_rlimit": ("--rlimit",),
     "Container.with_capabilities": ("--caps", "--cap-add", "--cap-drop"),
@@ -65,9 +69,9 @@ API_TO_CLI: Final[dict[str, tuple[str, ...] | None]] = {
     "Container.with_limits": ("--memory", "--cpus", "--pids", "--limit"),
     "Container.with_rootfs": (
         "--root",
-        "--bind",
-        "--ro-bind",
-        "--tmpfs",
+        *(f"--{name}" for name in bw.FS_OPTIONS),
+        "--perms",
+        "--size",
         "--keep-upper",
         "--bind-socket",
         "--show-home",
@@ -82,7 +86,7 @@ API_TO_CLI: Final[dict[str, tuple[str, ...] | None]] = {
     "Container.with_no_new_privs": ("--new-privs",),
     "Container.with_die_with_parent": ("--no-die-with-parent",),
     "Container.with_new_session": ("--no-new-session",),
-    "Container.joining": ("--join",),
+    "Container.joining": ("--join", "--userns", "--pidns", "--netns"),
     "Container.entering": ("exec --pid",),
     "Limits.memory_max": ("--memory",),
     "Limits.memory_high": ("--limit",),
@@ -100,11 +104,37 @@ API_TO_CLI: Final[dict[str, tuple[str, ...] | None]] = {
     "Limits.hugetlb": None,
 }
 
+#: Every operation of a :class:`nscg.rootfs.RootFS` plan with the ``run``
+#: options that make one (in command-line order, with the root's own first).
+#: ``None``: API-only, the reason in :data:`API_ONLY`.
+ROOTFS_OPS_TO_CLI: Final[dict[str, tuple[str, ...] | None]] = {
+    "Bind": (
+        "--root", "--bind", "--bind-try", "--dev-bind", "--dev-bind-try", "--ro-bind",
+        "--ro-bind-try", "--bind-fd", "--ro-bind-fd", "--bind-socket",
+    ),
+    "Tmpfs": ("--tmpfs", "--tmp-size"),
+    "Proc": ("--proc",),
+    "Dev": ("--dev", "--shm-size"),
+    "Mqueue": ("--mqueue",),
+    "Mount": None,
+    "Overlay": ("--root", "--keep-upper", "--upper-size"),
+    "Data": ("--bind-data", "--ro-bind-data"),
+    "Mkdir": ("--dir",),
+    "Symlink": ("--symlink",),
+    "File": ("--file",),
+    "ReadOnly": ("--remount-ro",),
+    "Mask": None,
+    "Chmod": ("--chmod",),
+}  # fmt: skip
+
 #: Why some API options have no CLI flag.
 API_ONLY: Final[dict[str, str]] = {
     "Limits.io": "per-device IoLimit values (major:minor and four rates) need Python objects",
     "Limits.hugetlb": "per-page-size HugetlbLimit values need Python objects",
     "Container.with_command": "the command is CMD after --; --image takes the image's",
+    "Mount": "any filesystem type with fsconfig options: bwrap has no such option either",
+    "Mask": "the default roots mask Docker's paths and the host's sockets (--bind-socket "
+    "shows one); bwrap has no such option",
 }
 
 #: ``--limit NAME=VALUE`` names that take an integer / a boolean
@@ -125,10 +155,6 @@ _STR_LIMITS: Final = frozenset(
 )
 
 
-class UsageError(Exception):
-    """A bad command line: printed as one line, exit status 2."""
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"nscg: {message}\n")
@@ -140,10 +166,8 @@ def _add_process_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--uid", type=int, help="uid inside the sandbox (default: 0)")
     g.add_argument("--gid", type=int, help="gid inside the sandbox (default: the uid)")
     g.add_argument("--groups", metavar="GID,...", help="supplementary gids inside")
-    g.add_argument("--cwd", metavar="DIR", help="working directory inside")
-    g.add_argument(
-        "--env", action="append", default=[], metavar="K=V", help="set a variable (repeatable)"
-    )
+    g.add_argument("--cwd", "--chdir", dest="cwd", metavar="DIR", help="working directory inside")
+    bw.add_env_options(g)
     g.add_argument("--inherit-env", action="store_true", help="start from nscg's own environment")
     g.add_argument(
         "--rlimit", action="append", default=[], metavar="RES=SOFT[:HARD]",
@@ -176,10 +200,14 @@ def _add_process_options(p: argparse.ArgumentParser) -> None:
         "--json fd:3 3>result.json (not stdout: that is the command's)",
     )  # fmt: skip
     g.add_argument("--pid-file", metavar="PATH", help="write the sandbox's pid (for nscg exec)")
+    bw.add_fd_options(g)
 
 
 def _parser() -> argparse.ArgumentParser:
+    import nscg
+
     p = _Parser(prog="nscg", description="Run commands in Linux sandboxes.")
+    p.add_argument("--version", action="version", version=f"nscg {nscg.__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     r = sub.add_parser(
         "run",
@@ -203,17 +231,7 @@ def _parser() -> argparse.ArgumentParser:
     fs.add_argument(
         "--store", default=None, metavar="DIR", help="the image layer store (with --image)"
     )
-    fs.add_argument(
-        "--bind", nargs=2, action="append", default=[], metavar=("SRC", "DST"),
-        help="bind SRC at DST, writable",
-    )  # fmt: skip
-    fs.add_argument(
-        "--ro-bind", nargs=2, action="append", default=[], metavar=("SRC", "DST"),
-        help="bind SRC at DST, read-only",
-    )  # fmt: skip
-    fs.add_argument(
-        "--tmpfs", action="append", default=[], metavar="DST", help="a fresh tmpfs at DST"
-    )
+    bw.add_fs_options(fs)
     fs.add_argument("--keep-upper", metavar="DIR", help="overlay root whose writes are kept in DIR")
     fs.add_argument(
         "--tmp-size", metavar="BYTES", help="size limit of the private /tmp (default 256M)"
@@ -246,6 +264,8 @@ def _parser() -> argparse.ArgumentParser:
         "--join", nargs=2, action="append", default=[], metavar=("PID", "KIND,..."),
         help="join these namespaces of PID ('all' for all)",
     )  # fmt: skip
+    for opt, kind in (("userns", "user"), ("pidns", "pid"), ("netns", "network")):
+        ns.add_argument(f"--{opt}", metavar="FD", help=f"join the {kind} namespace open as FD")
     ns.add_argument("--hostname", help="hostname inside (default: nscg)")
     ns.add_argument("--domainname", help="NIS domain name inside")
     ns.add_argument(
@@ -319,9 +339,7 @@ def _rootfs(args: argparse.Namespace, *, new_mount_ns: bool) -> Any:
     # the default: the host read-only, which takes a mount namespace; without one
     # (--unshare none, --share mnt) the caller's view, unless a mount option asks
     # for a root (then the spec's own error says why that cannot be)
-    wants_root = bool(
-        args.bind or args.ro_bind or args.tmpfs or args.keep_upper or args.bind_socket
-    ) or bool(args.show_home)
+    wants_root = bool(args.fs_ops or args.keep_upper or args.bind_socket or args.show_home)
     default = "host" if new_mount_ns or wants_root else "none"
     root: str = args.root if args.root is not None else default
     keep = args.keep_upper
@@ -331,10 +349,10 @@ def _rootfs(args: argparse.Namespace, *, new_mount_ns: bool) -> Any:
         elif not root.startswith("overlay"):
             raise UsageError(f"--keep-upper needs an overlay root, not --root {root}")
     if root == "none":
-        if args.bind or args.ro_bind or args.tmpfs or args.bind_socket or args.show_home:
+        if args.fs_ops or args.bind_socket or args.show_home:
             raise UsageError(
-                "--bind, --ro-bind, --tmpfs, --bind-socket and --show-home need a root "
-                "(not --root none)"
+                "the filesystem options (--bind, --tmpfs, --dir...), --bind-socket and "
+                "--show-home need a root (not --root none)"
             )
         return None
     hide_home = not args.show_home
@@ -367,13 +385,8 @@ def _rootfs(args: argparse.Namespace, *, new_mount_ns: bool) -> Any:
 
 
 def _add_mounts(fs: Any, args: argparse.Namespace) -> Any:
-    """--bind, --ro-bind and --tmpfs on top of the root ``fs``."""
-    for src, dst in args.bind:
-        fs = fs.bind(src, dst, readonly=False)
-    for src, dst in args.ro_bind:
-        fs = fs.bind(src, dst, readonly=True)
-    for dst in args.tmpfs:
-        fs = fs.tmpfs(dst, mode=0o1777)
+    """The filesystem options (bubblewrap's) on top of the root ``fs``, in command-line order."""
+    return bw.apply_fs_ops(fs, args.fs_ops)
     return fs
 
 
@@ -407,12 +420,12 @@ def _process_options(c: Container, args: argparse.Namespace) -> Container:
         c = c.with_user(args.uid if args.uid is not None else 0, args.gid, groups)
     if args.cwd:
         c = c.with_cwd(args.cwd)
-    if args.env or args.inherit_env:
+    if args.env_ops or args.inherit_env:
         from nscg._spawn import _default_env
 
-        env = dict(os.environ) if args.inherit_env else _default_env(args.uid or 0)
-        env.update(_kv(kv, "--env") for kv in args.env)
-        c = c.with_env(env)
+        default = _default_env(args.uid or 0)
+        start = dict(os.environ) if args.inherit_env else default
+        c = c.with_env(bw.apply_env(start, default, args.env_ops))
     for text in args.rlimit:
         res, value = _kv(text, "--rlimit")
         soft, _, hard = value.partition(":")
@@ -463,8 +476,13 @@ def _process_options(c: Container, args: argparse.Namespace) -> Container:
 
 
 def build_container(args: argparse.Namespace) -> Container:
-    """Turn parsed ``nscg run`` options into a :class:`nscg.Container` (no side effects:
-    a missing ``--keep-upper`` directory is made when the sandbox starts).
+    """Turn parsed ``nscg run`` options into a :class:`nscg.Container`.
+
+    Its only side effects: the fds of ``--file``, ``--bind-data`` and
+    ``--ro-bind-data`` are read to their end and closed, and ``--userns``,
+    ``--pidns``, ``--netns`` and ``--join`` open namespace references (the
+    spec's ``join``: close them when done). A missing ``--keep-upper``
+    directory is made when the sandbox starts.
 
     Raises:
         UsageError: an option is malformed.
@@ -545,6 +563,9 @@ def build_container(args: argparse.Namespace) -> Container:
             raise UsageError(f"--join takes PID KIND,..., got pid {pid!r}") from None
         with _no_such_process(f"--join {target}", target):
             c = c.joining(target, None if kinds == "all" else kinds.split(","))
+    refs = bw.namespace_fds(args)
+    if refs:
+        c = c.joining(refs)
     return _process_options(c, args)
 
 
@@ -682,13 +703,16 @@ def _execute(c: Container, cmd: list[str], args: argparse.Namespace) -> int:
     import nscg
 
     out = _open_json_target(args.json) if args.json else None
+    fds = bw.StatusFds(args)
     result: Result | None = None
     timed_out = False
     error: str | None = None
     status = EXIT_NSCG_ERROR
     proc: Process | None = None
     try:
+        fds.before_spawn()
         proc = c.spawn(cmd)
+        fds.started(proc.pid)
         with proc:
             forward = proc  # SIGTERM/SIGHUP/SIGQUIT to nscg go to the sandbox
             for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
@@ -717,6 +741,7 @@ def _execute(c: Container, cmd: list[str], args: argparse.Namespace) -> int:
         if args.pid_file and proc is not None:
             with contextlib.suppress(OSError):
                 os.unlink(args.pid_file)
+        fds.ended(status if result is not None else None)
     if error is not None:
         print(f"nscg: {error}", file=sys.stderr)
     if args.json:
@@ -731,6 +756,7 @@ def _run(args: argparse.Namespace) -> int:
     cmd = _command(args) if args.cmd or not args.image else []
     if args.timeout is not None and not args.timeout > 0:
         raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout}")
+    bw.check_modifiers(args)
     try:
         c = build_container(args)
     except nscg.SpecError as e:
@@ -739,7 +765,11 @@ def _run(args: argparse.Namespace) -> int:
         cmd = list(c.command or ())
         if not cmd:
             raise UsageError("the image has no Entrypoint or Cmd: give a command after --")
-    return _execute(c, cmd, args)
+    try:
+        return _execute(c, cmd, args)
+    finally:
+        for ref in c.join:
+            ref.close()
 
 
 def _exec(args: argparse.Namespace) -> int:
@@ -763,7 +793,12 @@ def _exec(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``nscg`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
+    try:
+        words = bw.expand_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as e:
+        print(f"nscg: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    args = _parser().parse_args(words)
     import nscg
 
     try:

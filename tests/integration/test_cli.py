@@ -179,7 +179,7 @@ def test_timeout_kills_the_sandbox_and_exits_124() -> None:
 
 
 def test_setup_failure_is_status_125_with_an_error_document() -> None:
-    r, doc = nscg_json("run", "--tmpfs", "/no-such-dir-xyz", "--", "true")
+    r, doc = nscg_json("run", "--chmod", "0700", "/no-such-dir-xyz", "--", "true")
     assert r.returncode == 125
     assert doc["error"] and "/no-such-dir-xyz" in doc["error"] and doc["usage"] is None
     assert len(r.stderr.decode().strip().splitlines()) == 1
@@ -196,7 +196,8 @@ def test_bind_ro_bind_tmpfs_env_cwd_uid(tmp_path: Path) -> None:
     )
     r = nscg(
         "run", "--bind", str(tmp_path / "w"), "/mnt", "--ro-bind", str(tmp_path / "r"), "/opt",
-        "--tmpfs", "/srv", "--env", "FOO=bar", "--cwd", "/mnt", "--uid", "1000", "--gid", "100",
+        "--perms", "1777", "--tmpfs", "/srv", "--env", "FOO=bar", "--cwd", "/mnt",
+        "--uid", "1000", "--gid", "100",
         "--", "sh", "-c", script,
     )  # fmt: skip
     assert r.returncode == 0, r.stderr

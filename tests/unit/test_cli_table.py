@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import typing
 
 import attrs
 
-from nscg import Container
+from nscg import Container, rootfs
 from nscg.cgroups import Limits
-from nscg.cli import API_ONLY, API_TO_CLI, _parser
+from nscg.cli import API_ONLY, API_TO_CLI, ROOTFS_OPS_TO_CLI, _parser
 
 BUILDERS = sorted(
     f"Container.{name}"
@@ -44,14 +45,44 @@ def test_every_listed_flag_exists_and_api_only_has_a_reason() -> None:
                 assert flag.split()[1] in exec_flags, (name, flag)
             else:
                 assert flag in run_flags, (name, flag)
-    assert set(API_ONLY) == {k for k, v in API_TO_CLI.items() if v is None}
+    none = {k for k, v in (*API_TO_CLI.items(), *ROOTFS_OPS_TO_CLI.items()) if v is None}
+    assert set(API_ONLY) == none
+
+
+def test_every_rootfs_op_has_its_flags() -> None:
+    ops = {t.__name__ for t in typing.get_args(rootfs.Op)}
+    assert ops == set(ROOTFS_OPS_TO_CLI), "add the new RootFS op to nscg.cli.ROOTFS_OPS_TO_CLI"
+    run_flags = _flags(_parser(), "run")
+    for name, flags in ROOTFS_OPS_TO_CLI.items():
+        if flags is None:
+            assert API_ONLY.get(name), f"{name} is API-only without a reason"
+            continue
+        assert flags, name
+        for flag in flags:
+            assert flag in run_flags, (name, flag)
+
+
+BWRAP_FLAGS = [
+    *("--args", "--unshare", "--share-net", "--userns", "--pidns", "--netns", "--uid", "--gid"),
+    *("--hostname", "--chdir", "--setenv", "--unsetenv", "--clearenv", "--sync-fd", "--bind"),
+    *("--bind-try", "--dev-bind", "--dev-bind-try", "--ro-bind", "--ro-bind-try", "--bind-fd"),
+    *("--ro-bind-fd", "--remount-ro", "--proc", "--dev", "--tmpfs", "--mqueue", "--dir", "--file"),
+    *("--bind-data", "--ro-bind-data", "--symlink", "--seccomp", "--block-fd", "--info-fd"),
+    *("--json-status-fd", "--cap-add", "--cap-drop", "--perms", "--size", "--chmod"),
+]
+
+
+def test_bwraps_options_exist() -> None:
+    """bwrap 0.8's options that nscg takes under the same name (--args: before parsing)."""
+    run_flags = _flags(_parser(), "run") | {"--args"}
+    assert [f for f in BWRAP_FLAGS if f not in run_flags] == []
 
 
 def test_the_required_bwrap_like_flags_exist() -> None:
-    run_flags = _flags(_parser(), "run")
+    run_flags = _flags(_parser(), "run") | {s for a in _parser()._actions for s in a.option_strings}
     wanted = "--root --bind --ro-bind --tmpfs --network --hostname --uid --gid --env --cwd "
     wanted += "--memory --cpus --pids --timeout --cap-add --cap-drop --seccomp --keep-upper "
-    wanted += "--no-init --share-net --json"
+    wanted += "--no-init --share-net --json --version"
     for flag in wanted.split():
         assert flag in run_flags, flag
 
