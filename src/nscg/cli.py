@@ -217,7 +217,9 @@ def _parser() -> argparse.ArgumentParser:
         "profile. Exit status: the command's, 128+N for signal N, 124 on timeout, 125 "
         "when nscg failed, 2 for bad options.",
     )
-    fs = r.add_argument_group("filesystem")
+    fs = r.add_argument_group(
+        "filesystem", "applied in command-line order, after the root's own (as bwrap does)"
+    )
     fs.add_argument(
         "--root", default=None, metavar="host|none|DIR|overlay[:LOWER[:UPPER]]",
         help="the root: the host's / read-only (default), none (keep the caller's view), "
@@ -387,7 +389,6 @@ def _rootfs(args: argparse.Namespace, *, new_mount_ns: bool) -> Any:
 def _add_mounts(fs: Any, args: argparse.Namespace) -> Any:
     """The filesystem options (bubblewrap's) on top of the root ``fs``, in command-line order."""
     return bw.apply_fs_ops(fs, args.fs_ops)
-    return fs
 
 
 def _sizes(args: argparse.Namespace) -> dict[str, Any]:

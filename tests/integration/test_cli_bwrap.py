@@ -295,22 +295,23 @@ def test_version() -> None:
 
 
 # ------------------------------------------------------------------ fds
-def _both_argvs(opts: Sequence[str], script: str) -> list[list[str]]:
+def _both_argvs(mode: str, opts: Sequence[str], script: str) -> list[list[str]]:
+    user = [] if mode == "root" else ["--unshare-user", "--uid", "0", "--gid", "0"]
     return [
-        [_bwrap(), *BWRAP_BASE, *opts, "--", "sh", "-c", script],
-        [sys.executable, "-m", "nscg", "run", *opts, "--", "sh", "-c", script],
+        [*_as(mode), _bwrap(), *BWRAP_BASE, *user, *opts, "--", "sh", "-c", script],
+        [*_as(mode), sys.executable, "-m", "nscg", "run", *opts, "--", "sh", "-c", script],
     ]
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["bwrap", "nscg"])
-def test_info_fd_and_json_status_fd(which: int) -> None:
-    need_root()
+@pytest.mark.parametrize("mode", MODES)
+def test_info_fd_and_json_status_fd(mode: str, which: int) -> None:
     ir, iw = os.pipe()
     sr, sw = os.pipe()
     # (nscg reads the namespace ids once the command runs: it must not end at once)
     script = "sleep 0.3; exit 3"
-    argv = _both_argvs(["--info-fd", str(iw), "--json-status-fd", str(sw)], script)[which]
-    p = subprocess.Popen(argv, pass_fds=[iw, sw], env=_env("root"))
+    argv = _both_argvs(mode, ["--info-fd", str(iw), "--json-status-fd", str(sw)], script)[which]
+    p = subprocess.Popen(argv, pass_fds=[iw, sw], env=_env(mode))
     os.close(iw)
     os.close(sw)
     with os.fdopen(ir, "rb") as info_r, os.fdopen(sr, "rb") as status_r:
@@ -326,11 +327,11 @@ def test_info_fd_and_json_status_fd(which: int) -> None:
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["bwrap", "nscg"])
-def test_json_status_exit_code_of_a_signal(which: int) -> None:
-    need_root()
+@pytest.mark.parametrize("mode", MODES)
+def test_json_status_exit_code_of_a_signal(mode: str, which: int) -> None:
     r, w = os.pipe()
-    argv = _both_argvs(["--json-status-fd", str(w)], "kill -TERM $$")[which]
-    p = subprocess.Popen(argv, pass_fds=[w], env=_env("root"))
+    argv = _both_argvs(mode, ["--json-status-fd", str(w)], "kill -TERM $$")[which]
+    p = subprocess.Popen(argv, pass_fds=[w], env=_env(mode))
     os.close(w)
     with os.fdopen(r, "rb") as f:
         lines = [json.loads(x) for x in f.read().splitlines()]
@@ -339,12 +340,12 @@ def test_json_status_exit_code_of_a_signal(which: int) -> None:
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["bwrap", "nscg"])
-def test_sync_fd_sees_eof_when_the_sandbox_ends(which: int) -> None:
-    need_root()
+@pytest.mark.parametrize("mode", MODES)
+def test_sync_fd_sees_eof_when_the_sandbox_ends(mode: str, which: int) -> None:
     r, w = os.pipe()
-    argv = _both_argvs(["--sync-fd", str(w)], "sleep 0.5")[which]
+    argv = _both_argvs(mode, ["--sync-fd", str(w)], "sleep 0.5")[which]
     t0 = time.monotonic()
-    p = subprocess.Popen(argv, pass_fds=[w], env=_env("root"))
+    p = subprocess.Popen(argv, pass_fds=[w], env=_env(mode))
     os.close(w)
     with os.fdopen(r, "rb") as f:
         assert f.read() == b""
@@ -354,13 +355,14 @@ def test_sync_fd_sees_eof_when_the_sandbox_ends(which: int) -> None:
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["bwrap", "nscg"])
-def test_block_fd_holds_the_command_until_data_comes(which: int, tmp_path: Path) -> None:
-    need_root()
-    marker = tmp_path / "ran"
+@pytest.mark.parametrize("mode", MODES)
+def test_block_fd_holds_the_command_until_data_comes(mode: str, which: int, open_dir: Path) -> None:
+    os.chmod(open_dir, 0o777)
+    marker = open_dir / "ran"
     r, w = os.pipe()
-    argv = _both_argvs(["--block-fd", str(r), "--bind", str(tmp_path), str(tmp_path)],
+    argv = _both_argvs(mode, ["--block-fd", str(r), "--bind", str(open_dir), str(open_dir)],
                        f"touch {marker}")[which]  # fmt: skip
-    p = subprocess.Popen(argv, pass_fds=[r], env=_env("root"))
+    p = subprocess.Popen(argv, pass_fds=[r], env=_env(mode))
     os.close(r)
     time.sleep(1.0)
     assert not marker.exists() and p.poll() is None
@@ -372,13 +374,13 @@ def test_block_fd_holds_the_command_until_data_comes(which: int, tmp_path: Path)
 
 # ------------------------------------------------------------------ namespaces
 @pytest.fixture
-def target() -> Iterator[int]:
+def target(mode: str) -> Iterator[int]:
     """A process in a user, pid and network namespace of its own (made by unshare(1))."""
-    need_root()
+    as_user = _as(mode)
     if shutil.which("unshare") is None:
         skip_or_fail("root", "unshare(1) is missing (util-linux)")
-    p = subprocess.Popen(["unshare", "--user", "--map-root-user", "--pid", "--net", "--fork",
-                          "sleep", "60"])  # fmt: skip
+    p = subprocess.Popen([*as_user, "unshare", "--user", "--map-root-user", "--pid", "--net",
+                          "--fork", "sleep", "60"])  # fmt: skip
     try:
         for _ in range(200):  # (the forked sleep is its child, in the new pid namespace)
             kids = Path(f"/proc/{p.pid}/task/{p.pid}/children").read_text().split()
@@ -398,30 +400,35 @@ def _ns(pid: int | str, kind: str) -> str:
 
 
 @pytest.mark.parametrize("kind", ["user", "net", "pid"])
-def test_userns_netns_pidns_fds(kind: str, target: int) -> None:
+@pytest.mark.parametrize("mode", MODES)
+def test_userns_netns_pidns_fds(mode: str, kind: str, target: int) -> None:
     opt = {"user": "--userns", "net": "--netns", "pid": "--pidns"}[kind]
     fd = os.open(f"/proc/{target}/ns/{kind}", os.O_RDONLY)
+    ufd = os.open(f"/proc/{target}/ns/user", os.O_RDONLY)
+    # (unprivileged, joining its pid or network namespace takes its owner's too)
+    user = ["--userns", str(ufd)] if mode != "root" and kind != "user" else []
     try:
         # nscg: the sandbox is in that namespace (and makes no new one of its kind)
         extra = ["--unshare", "mnt,uts,ipc"] if kind == "pid" else []
         r = subprocess.run(
-            [sys.executable, "-m", "nscg", "run", opt, str(fd), *extra, "--root", "none", "--",
-             "readlink", f"/proc/self/ns/{kind}"],
-            pass_fds=[fd], capture_output=True, timeout=60, check=False,
+            [*_as(mode), sys.executable, "-m", "nscg", "run", opt, str(fd), *user, *extra,
+             "--root", "none", "--", "readlink", f"/proc/self/ns/{kind}"],
+            pass_fds=[fd, ufd], capture_output=True, timeout=60, check=False, env=_env(mode),
         )  # fmt: skip
         assert r.returncode == 0, r.stderr
         assert r.stdout.decode().strip() == _ns(target, kind)
         if kind == "net":
             return  # (bwrap 0.8 has no --netns)
         b = subprocess.run(
-            [_bwrap(), "--dev-bind", "/", "/", opt, str(fd), "--",
+            [*_as(mode), _bwrap(), "--dev-bind", "/", "/", opt, str(fd), *user, "--",
              "readlink", f"/proc/self/ns/{kind}"],
-            pass_fds=[fd], capture_output=True, timeout=60, check=False,
+            pass_fds=[fd, ufd], capture_output=True, timeout=60, check=False, env=_env(mode),
         )  # fmt: skip
         assert b.returncode == 0, b.stderr
         assert b.stdout == r.stdout
     finally:
         os.close(fd)
+        os.close(ufd)
 
 
 def test_a_namespace_fd_of_the_wrong_kind_is_refused() -> None:
