@@ -6,8 +6,6 @@ the policy lives in :mod:`nscg.cgroups`.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import os
 import re
@@ -331,34 +329,17 @@ _IN_NONBLOCK: Final = 0o4000
 
 
 class _Inotify:
-    """A minimal inotify instance through libc (ctypes); None of it runs in a child."""
-
-    _libc: ctypes.CDLL | None = None
+    """A minimal inotify instance (nscg's extension); none of it runs in a child."""
 
     def __init__(self) -> None:
-        libc = self._load()
-        fd = libc.inotify_init1(_IN_CLOEXEC | _IN_NONBLOCK)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), "inotify_init1")
-        self.fd: int = fd
+        from nscg import _host
 
-    @classmethod
-    def _load(cls) -> ctypes.CDLL:
-        if cls._libc is None:
-            lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            lib.inotify_init1.argtypes = [ctypes.c_int]
-            lib.inotify_init1.restype = ctypes.c_int
-            lib.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-            lib.inotify_add_watch.restype = ctypes.c_int
-            cls._libc = lib
-        return cls._libc
+        self.fd: int = _host.inotify_init1(_IN_CLOEXEC | _IN_NONBLOCK)
 
     def watch(self, path: str, mask: int = _IN_MODIFY) -> None:
-        wd = self._load().inotify_add_watch(self.fd, os.fsencode(path), mask)
-        if wd < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, os.strerror(err), path)
+        from nscg import _host
+
+        _host.inotify_add_watch(self.fd, path, mask)
 
     def drain(self) -> None:
         try:

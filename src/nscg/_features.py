@@ -8,17 +8,14 @@ each submodule it imports).
 
 from __future__ import annotations
 
-import errno
 import os
-import platform
 
 import attrs
 
+from nscg import _host
 from nscg._native import lib
 
 __all__ = ["Features", "features"]
-
-_SYS_CLONE3 = {"x86_64": 435, "aarch64": 435}
 
 
 @attrs.frozen
@@ -51,24 +48,8 @@ class Features:
     notes: tuple[str, ...] = ()
 
 
-def _probe_clone3() -> bool:
-    import ctypes
-
-    nr = _SYS_CLONE3.get(platform.machine())
-    if nr is None:
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    r = libc.syscall(ctypes.c_long(nr), None, ctypes.c_size_t(0))
-    return not (r < 0 and ctypes.get_errno() == errno.ENOSYS)
-
-
 def _seccomp() -> bool:
-    try:
-        with open("/proc/self/status") as f:
-            return any(line.startswith("Seccomp:") for line in f)
-    except OSError:
-        return False
+    return _host.status_field("Seccomp") is not None
 
 
 def features() -> Features:
@@ -80,7 +61,7 @@ def features() -> Features:
     from nscg._spawn import userns_restriction, which
 
     notes: list[str] = []
-    clone3 = _probe_clone3()
+    clone3 = _host.has_clone3()
     if not clone3:
         notes.append("clone3 is missing (Linux < 5.3): nscg uses clone + pidfd_open")
     fd = lib.nscg_pidfd_open(os.getpid())
@@ -92,9 +73,9 @@ def features() -> Features:
         ns[name] = os.path.exists(f"/proc/self/ns/{name}")
     why = userns_restriction() if ns["user"] else "the kernel has no user namespaces"
     return Features(
-        kernel=platform.release(),
+        kernel=_host.kernel_release(),
         clone3=clone3,
-        clone_into_cgroup=clone3 and tuple(map(int, platform.release().split(".")[:2])) >= (5, 7),
+        clone_into_cgroup=_host.has_clone_into_cgroup(),
         pidfd=pidfd,
         namespaces=ns,
         user_namespaces=ns["user"] and why is None,

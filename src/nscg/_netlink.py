@@ -36,7 +36,7 @@ whole life, whatever namespace the thread using it is in later. And
 unlike a user or mount namespace, a network namespace can be joined by one
 thread of a multi-threaded process. So :meth:`NetlinkSocket.open_in_netns`
 starts a short-lived helper thread that joins the target namespace
-(``libc.setns`` via ctypes, since ``os.setns`` needs Python 3.12), creates the
+(``setns`` through nscg's extension, since ``os.setns`` needs Python 3.12), creates the
 socket there, returns to its original namespace and exits. No process is
 forked, no Python runs in a child, and the caller's threads never leave their
 namespace. It needs ``CAP_SYS_ADMIN`` in the user namespace that owns the
@@ -46,7 +46,6 @@ target network namespace and in the caller's own user namespace.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import enum
 import errno
 import ipaddress
@@ -55,7 +54,7 @@ import os
 import socket
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TypeAlias
 
 import attrs
@@ -501,22 +500,12 @@ def _error_text(msg: _Message) -> str:
 
 # -- namespaces ---------------------------------------------------------------------
 
-_libc_lock = threading.Lock()
-_libc_setns: Callable[[int, int], int] | None = None
-
 
 def _setns(fd: int, nstype: int) -> None:
-    """Call ``setns(2)`` through libc (``os.setns`` needs Python 3.12)."""
-    global _libc_setns
-    with _libc_lock:
-        if _libc_setns is None:
-            func = ctypes.CDLL(None, use_errno=True).setns
-            func.argtypes = [ctypes.c_int, ctypes.c_int]
-            func.restype = ctypes.c_int
-            _libc_setns = func
-        setns = _libc_setns
-    if setns(fd, nstype) != 0:
-        raise SyscallError(ctypes.get_errno(), "setns", f"/proc/self/fd/{fd}")
+    """Call ``setns(2)`` for this thread (``os.setns`` needs Python 3.12)."""
+    from nscg import _host
+
+    _host.setns(fd, nstype, f"/proc/self/fd/{fd}")
 
 
 def _raw_socket() -> socket.socket:

@@ -16,7 +16,7 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from nscg import _tree
+from nscg import _host, _tree
 from nscg._idmap import chown_tree, root_owner, userns_fd
 from nscg._native import ffi, lib
 from nscg.errors import SpecError, SyscallError, UnsupportedError
@@ -78,15 +78,6 @@ _FLAGS = {
     "from_fd": lib.NSCG_MNT_FROM_FD,
 }
 _ATTR_RDONLY = 0x1  # MOUNT_ATTR_RDONLY
-
-
-def kernel_version() -> tuple[int, int]:
-    """(major, minor) of the running kernel."""
-    rel = os.uname().release.split("-")[0].split(".")
-    try:
-        return int(rel[0]), int(rel[1])
-    except (IndexError, ValueError):
-        return (0, 0)
 
 
 def _rmtree(path: str) -> None:
@@ -178,10 +169,10 @@ class RootfsRun:
         self.userns = bool(c.namespaces & Namespace.USER)
         #: no working directory given: keep the caller's if the new root has it
         self.keep_cwd = c.cwd is None
-        if kernel_version() < (5, 12):
+        if _host.kernel_version() < (5, 12):
             raise UnsupportedError(
                 f"RootFS needs kernel >= 5.12 (new mount API and mount_setattr); "
-                f"this is {os.uname().release}",
+                f"this is {_host.kernel_release()}",
                 feature="mount_setattr",
             )
         #: host temp dirs (work directories beside a persistent upper)
@@ -330,12 +321,12 @@ class RootfsRun:
         itself lands in that directory: the change report compares it with the
         lower's top level as it was when the plan was made.
         """
-        if self.userns and kernel_version() < (5, 11):
+        if self.userns and _host.kernel_version() < (5, 11):
             raise UnsupportedError(
                 "an overlay inside a user namespace needs kernel >= 5.11 (userxattr)",
                 feature="overlay.userxattr",
             )
-        if len(lowerdir_options(op.lowers)) > 1 and kernel_version() < (6, 8):
+        if len(lowerdir_options(op.lowers)) > 1 and _host.kernel_version() < (6, 8):
             raise UnsupportedError(
                 f"the overlay's lower directories {op.lowers} make a lowerdir option longer "
                 f"than {FSCONFIG_MAX_STRING} bytes: that needs Linux >= 6.8 (lowerdir+)",
@@ -460,11 +451,11 @@ class RootfsRun:
         ``idmap=True`` that is an UnsupportedError.
         """
         assert self.maps is not None
-        if kernel_version() < (5, 19):  # overlayfs refuses idmapped layers before
+        if _host.kernel_version() < (5, 19):  # overlayfs refuses idmapped layers before
             if op.idmap is None:
                 return None
             raise UnsupportedError(
-                f"idmapped overlay lowers need Linux >= 5.19; this is {os.uname().release}: "
+                f"idmapped overlay lowers need Linux >= 5.19; this is {_host.kernel_release()}: "
                 "pass idmap_lowers=False (the lowers' files keep their host owners)",
                 feature="idmap.overlay",
             )
@@ -718,4 +709,4 @@ def failure_label(c: Container, stage: Stage, index: int) -> tuple[int, str]:
     return -1, "new root (tmpfs stacked on /)"
 
 
-__all__ = ["RootfsRun", "failure_label", "kernel_version"]
+__all__ = ["RootfsRun", "failure_label"]

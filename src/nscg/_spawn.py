@@ -150,16 +150,10 @@ def _cap_eff() -> int:
     out = ffi.new("uint64_t *")
     if lib.nscg_cap_effective(out) == 0:
         return int(out[0])
-    fd = os.open("/proc/self/status", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        data = os.read(fd, 16384)
-    finally:
-        os.close(fd)
-    i = data.find(b"\nCapEff:")
-    if i < 0:
-        return 0
-    end = data.find(b"\n", i + 1)
-    return int(data[i + 8 : end if end >= 0 else None], 16)
+    from nscg import _host
+
+    value = _host.status_field("CapEff")
+    return int(value, 16) if value else 0
 
 
 def _has_cap(bit: int) -> bool:

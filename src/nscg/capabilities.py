@@ -75,7 +75,6 @@ capabilities need Linux 4.3; ``CAP_PERFMON`` and ``CAP_BPF`` need 5.8 and
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import errno
 import functools
@@ -232,16 +231,17 @@ _PR_CAPBSET_READ = 23
 
 def _probe_last_cap() -> int:
     """Find the highest capability by asking ``prctl(PR_CAPBSET_READ)`` (libcap's fallback)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    prctl = libc.prctl
-    prctl.restype = ctypes.c_int
-    prctl.argtypes = [ctypes.c_int, ctypes.c_ulong]
+    from nscg import _host
+
     cap = 0
-    while cap < 64 and prctl(_PR_CAPBSET_READ, cap) >= 0:
+    r = 0
+    while cap < 64:
+        r = _host.prctl(_PR_CAPBSET_READ, cap)
+        if r < 0:
+            break
         cap += 1
-    err = ctypes.get_errno()
     if cap == 0:
-        raise SyscallError(err or errno.EINVAL, "prctl(PR_CAPBSET_READ)")
+        raise SyscallError(-r if r < 0 else errno.EINVAL, "prctl(PR_CAPBSET_READ)")
     return cap - 1
 
 

@@ -159,9 +159,9 @@ def _rootless_checks() -> list[Check]:
 
 def _overlay_check() -> Check:
     import nscg
+    from nscg import _host
 
-    major, minor = (int(x) for x in platform.release().split(".")[:2])
-    if (major, minor) < (5, 11):
+    if _host.kernel_version() < (5, 11):
         return Check("overlayfs in a user namespace", False, "needs Linux >= 5.11")
     c = (
         nscg.Container()
@@ -219,8 +219,9 @@ def _cgroup_checks() -> list[Check]:
 
 
 def _seccomp_checks() -> list[Check]:
-    status = _read("/proc/self/status") or ""
-    has = "Seccomp:" in status
+    from nscg import _host
+
+    has = _host.status_field("Seccomp") is not None
     actions = _read("/proc/sys/kernel/seccomp/actions_avail") or ""
     return [
         Check("seccomp filters", has, "available" if has else "kernel without CONFIG_SECCOMP"),

@@ -40,7 +40,6 @@ helper processes for netns work).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import ipaddress
 import os
@@ -97,19 +96,11 @@ def _run_in_netns(netns_fd: int, fn: Callable[[], _T]) -> _T:
     return results[0]
 
 
-_libc_unshare: Callable[[int], int] | None = None
-
-
 def _unshare_net() -> None:
-    """``unshare(CLONE_NEWNET)`` for the calling thread (via libc)."""
-    global _libc_unshare
-    if _libc_unshare is None:
-        func = ctypes.CDLL(None, use_errno=True).unshare
-        func.argtypes = [ctypes.c_int]
-        func.restype = ctypes.c_int
-        _libc_unshare = func
-    if _libc_unshare(_CLONE_NEWNET) != 0:
-        raise SyscallError(ctypes.get_errno(), "unshare", "CLONE_NEWNET")
+    """``unshare(CLONE_NEWNET)`` for the calling thread."""
+    from nscg import _host
+
+    _host.unshare(_CLONE_NEWNET, "CLONE_NEWNET")
 
 
 def _new_netns_fd() -> int:

@@ -38,14 +38,12 @@ Semantics:
 
 from __future__ import annotations
 
-import ctypes
 import enum
 import errno as _errno
 import functools
 import json
 import os
 import platform
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import ClassVar, Final, NamedTuple
@@ -837,13 +835,15 @@ def _norm_cap(cap: object) -> str:
 
 
 def _parse_version(text: str) -> tuple[int, ...]:
-    parts: list[int] = []
-    for piece in str(text).split("."):
-        match = re.match(r"\d+", piece)
-        if not match:
-            break
-        parts.append(int(match.group()))
-    return tuple(parts)
+    from nscg._host import parse_release
+
+    return parse_release(str(text))
+
+
+def _kernel_release() -> str:
+    from nscg._host import kernel_release
+
+    return kernel_release()
 
 
 @functools.cache
@@ -984,7 +984,7 @@ class Seccomp:
             data,
             capabilities=frozenset(_norm_cap(c) for c in capabilities),
             arch=Arch.native() if arch is None else Arch.parse(arch),
-            kernel=_parse_version(kernel if kernel is not None else os.uname().release),
+            kernel=_parse_version(kernel if kernel is not None else _kernel_release()),
             multiarch=multiarch,
         )
 
@@ -1934,18 +1934,6 @@ def disassemble(program: bytes, arch: Arch | str | None = None) -> str:
 _SECCOMP_GET_ACTION_AVAIL: Final = 2
 
 
-def _status_field(name: str) -> str | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                key, _, value = line.partition(":")
-                if key == name:
-                    return value.strip()
-    except OSError:
-        return None
-    return None
-
-
 def seccomp_action_available(kind: ActionKind) -> bool:
     """Whether the running kernel supports a filter action (``SECCOMP_GET_ACTION_AVAIL``).
 
@@ -1956,21 +1944,9 @@ def seccomp_action_available(kind: ActionKind) -> bool:
         True if available; False if not, or if the kernel lacks the seccomp syscall
         (before Linux 3.17; the query itself needs 4.14).
     """
-    try:
-        nr = syscall_number("seccomp", Arch.native())
-    except (SpecError, UnsupportedError):
-        return False
-    libc = ctypes.CDLL(None, use_errno=True)
-    value = ctypes.c_uint32(int(kind))
-    result = int(
-        libc.syscall(
-            ctypes.c_long(nr),
-            ctypes.c_uint(_SECCOMP_GET_ACTION_AVAIL),
-            ctypes.c_uint(0),
-            ctypes.byref(value),
-        )
-    )
-    return result == 0
+    from nscg import _host
+
+    return _host.seccomp_action_available(int(kind))
 
 
 def check_seccomp_supported() -> None:
@@ -1981,7 +1957,9 @@ def check_seccomp_supported() -> None:
             built without CONFIG_SECCOMP), or filters are unavailable
             (CONFIG_SECCOMP_FILTER), or nscg has no table for this architecture.
     """
-    if _status_field("Seccomp") is None:
+    from nscg import _host
+
+    if _host.status_field("Seccomp") is None:
         raise UnsupportedError(
             "the kernel has no seccomp support (no 'Seccomp:' in /proc/self/status; "
             "it needs CONFIG_SECCOMP=y and CONFIG_SECCOMP_FILTER=y)",

@@ -164,7 +164,7 @@ def need_user_xattrs_on_tmpfs() -> None:
     """Skip before Linux 6.6: tmpfs has no user.* xattrs, so an overlay made inside a
     user namespace (userxattr) cannot mark a directory opaque: removing a directory
     of a lower fails with EIO (docs/rootfs.md, "Rootless")."""
-    from nscg._rootfs_run import kernel_version
+    from nscg._host import kernel_version
 
     if kernel_version() < (6, 6):
         pytest.skip("tmpfs has user xattrs from Linux 6.6 on")

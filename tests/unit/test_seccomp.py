@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nscg import _bpf
+from nscg import _bpf, _host
 from nscg import seccomp as sc
 from nscg.errors import SpecError, UnsupportedError
 from nscg.seccomp import (
@@ -440,14 +440,14 @@ def test_short_paths_on_docker_profile() -> None:
 def test_seccomp_supported_probe() -> None:
     """The probe answers; on this kernel (with seccomp) it says yes."""
     assert isinstance(sc.seccomp_supported(), bool)
-    if sc._status_field("Seccomp") is not None:
+    if _host.status_field("Seccomp") is not None:
         assert sc.seccomp_supported()
         assert sc.seccomp_action_available(ActionKind.KILL_PROCESS)
 
 
 def test_unsupported_error_without_seccomp(monkeypatch: pytest.MonkeyPatch) -> None:
     """No 'Seccomp:' line in /proc/self/status: UnsupportedError naming the config."""
-    monkeypatch.setattr(sc, "_status_field", lambda name: None)
+    monkeypatch.setattr(_host, "status_field", lambda name: None)
     with pytest.raises(UnsupportedError, match="CONFIG_SECCOMP") as info:
         sc.check_seccomp_supported()
     assert info.value.feature == "seccomp"

@@ -20,7 +20,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installation
 
 __all__ = ["INIT_PATH", "check_build", "ffi", "lib"]
 
-EXPECTED_ABI = 14
+EXPECTED_ABI = 15
 #: pid 1 of a sandbox's pid namespace, built by setup.py beside the extension
 INIT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "nscg-init")
 

@@ -6,7 +6,7 @@
  * boundary. Bump NSCG_ABI_VERSION whenever a struct or a signature changes.
  */
 
-#define NSCG_ABI_VERSION 14
+#define NSCG_ABI_VERSION 15
 
 /* ---- stages of a spawn (reported in struct nscg_child_error) ----
  * Numbered in the order a spawn with new namespaces runs them, and listed in
@@ -411,6 +411,15 @@ void nscg_close(int32_t *slot);
 int nscg_spawn_wait(const struct nscg_plan *plan, struct nscg_spawn_out *out);
 void nscg_spawn_abort(const struct nscg_plan *plan, struct nscg_spawn_out *out);
 int nscg_cap_effective(uint64_t *out);
+/* The parent's plain system calls (nscg/_host.py: no ctypes next to this
+ * extension); each returns the call's result, or -errno. */
+long nscg_sys_setns(int fd, int nstype);
+long nscg_sys_unshare(int flags);
+long nscg_sys_prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
+                    unsigned long arg5);
+long nscg_sys_seccomp(unsigned int operation, unsigned int flags, void *args);
+long nscg_sys_inotify_init1(int flags);
+long nscg_sys_inotify_add_watch(int fd, const char *path, uint32_t mask);
 struct nscg_shared *nscg_map_shared(int fd);
 void nscg_unmap_shared(struct nscg_shared *page);
 /* In the parent: a detached copy of the tree at path (open_tree

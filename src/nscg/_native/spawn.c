@@ -32,6 +32,14 @@ static atomic_int clone3_state; /* 0 unknown, 1 works, -1 ENOSYS */
 uint32_t nscg_clone_features(void)
 {
     uint32_t f = NSCG_HAS_CLONE_PIDFD;
+    if (atomic_load(&clone3_state) == 0) {
+        /* probe without making a process: a size below the first version's
+         * is EINVAL where clone3 exists, ENOSYS where it does not */
+        long r = syscall(SYS_clone3, NULL, (size_t)0);
+        int expected = 0;
+        atomic_compare_exchange_strong(&clone3_state, &expected,
+                                       r < 0 && errno == ENOSYS ? -1 : 1);
+    }
     if (atomic_load(&clone3_state) >= 0)
         f |= NSCG_HAS_CLONE3 | NSCG_HAS_CLONE_INTO_CGROUP;
     return f;

@@ -96,6 +96,43 @@ int nscg_cap_effective(uint64_t *out)
     return 0;
 }
 
+/* ---- plain system calls for the parent's Python (abi.h) ---- */
+static long sys_result(long r)
+{
+    return r < 0 ? -errno : r;
+}
+
+long nscg_sys_setns(int fd, int nstype)
+{
+    return sys_result(syscall(SYS_setns, fd, nstype));
+}
+
+long nscg_sys_unshare(int flags)
+{
+    return sys_result(syscall(SYS_unshare, flags));
+}
+
+long nscg_sys_prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
+                    unsigned long arg5)
+{
+    return sys_result(syscall(SYS_prctl, option, arg2, arg3, arg4, arg5));
+}
+
+long nscg_sys_seccomp(unsigned int operation, unsigned int flags, void *args)
+{
+    return sys_result(syscall(SYS_seccomp, operation, flags, args));
+}
+
+long nscg_sys_inotify_init1(int flags)
+{
+    return sys_result(syscall(SYS_inotify_init1, flags));
+}
+
+long nscg_sys_inotify_add_watch(int fd, const char *path, uint32_t mask)
+{
+    return sys_result(syscall(SYS_inotify_add_watch, fd, path, mask));
+}
+
 int nscg_wait(int pidfd, int options, struct nscg_wait_out *out)
 {
     siginfo_t info;
