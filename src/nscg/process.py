@@ -253,6 +253,11 @@ def _shielded(fn: Any, track: Any = None) -> None:
         raise errors[0]
 
 
+def _thread_key() -> tuple[str, int]:
+    """The key of this thread's waits on a pidfd (see ``Process._waiting``)."""
+    return ("thread", threading.get_ident())
+
+
 class Process(Generic[_S_co]):
     """A running sandbox: owns the pidfd of its first process.
 
@@ -311,7 +316,9 @@ class Process(Generic[_S_co]):
         self._pidfd = pidfd
         self._shared = shared
         self._lock = threading.RLock()  # re-entrant: signal handlers may call kill()
-        self._waiters = 0
+        #: the waits polling the pidfd (a thread's, or an asyncio task's) and how many
+        #: of each: the pidfd stays open while there are any
+        self._waiting: dict[object, int] = {}
         self._close_pending = False
         self._started = time.monotonic()  # (spawn() sets the time of its call)
         # the caller's peak RSS (KiB) once the payload had exec'd: the floor of
@@ -376,22 +383,50 @@ class Process(Generic[_S_co]):
                     return False
             self._wait_pidfd(None)
 
+    def _hold_pidfd(self, key: object, *, unreaped: bool = True) -> int:
+        """The pidfd, kept open for the wait ``key`` until :meth:`_let_go` (-1: none)."""
+        with self._lock:
+            if self._pidfd < 0 or (unreaped and self.returncode is not None):
+                return -1
+            self._waiting[key] = self._waiting.get(key, 0) + 1
+            return self._pidfd
+
+    def _let_go(self, key: object) -> None:
+        """End a wait of ``key``; the last one closes the pidfd if :meth:`close` asked."""
+        with self._lock:
+            n = self._waiting.pop(key, 0) - 1
+            if n > 0:
+                self._waiting[key] = n
+            if not self._waiting and self._close_pending:
+                self._close_pidfd()
+
+    def _close_or_defer(self) -> None:
+        """Close the pidfd now, or when the last wait of another thread or task ends.
+
+        Called with the lock held. This thread's own waits are over whatever
+        they counted (a thread that is here is not polling): an exception from a
+        signal handler can leave a wait's count up, when it hits between the
+        count and the ``finally`` that ends it, and the pidfd then stayed open
+        for good (tests/integration/test_interrupt.py, "at any line").
+        """
+        self._waiting.pop(_thread_key(), None)
+        if self._waiting:
+            self._close_pending = True
+        else:
+            self._close_pidfd()
+
     def _wait_pidfd(self, timeout: float | None) -> None:
         """Block until the pidfd is readable (the process exited) or ``timeout`` passes."""
-        with self._lock:
-            if self._pidfd < 0 or self.returncode is not None:
-                return
-            fd = self._pidfd
-            self._waiters += 1  # the fd stays open while someone polls it
+        key = _thread_key()
         try:
+            fd = self._hold_pidfd(key)
+            if fd < 0:
+                return
             poller = select.poll()
             poller.register(fd, select.POLLIN)
             poller.poll(None if timeout is None else max(0, int(timeout * 1000) + 1))
         finally:
-            with self._lock:
-                self._waiters -= 1
-                if self._waiters == 0 and self._close_pending:
-                    self._close_pidfd()
+            self._let_go(key)
 
     def _finalize(self, out: Any) -> None:
         """Record the status of the reaped first process; called with the lock held."""
@@ -420,10 +455,7 @@ class Process(Generic[_S_co]):
                     raise
         finally:
             self.returncode = rc
-            if self._waiters:
-                self._close_pending = True
-            else:
-                self._close_pidfd()
+            self._close_or_defer()
 
     def _end_steps(self) -> None:
         """The cgroup's end and the cleanups (network links, overlay dirs), in order."""
@@ -506,25 +538,23 @@ class Process(Generic[_S_co]):
         loop = asyncio.get_running_loop()
         while not self._reap(block=False):
             fut: asyncio.Future[None] = loop.create_future()
-            with self._lock:
-                fd = self._pidfd
-                if fd < 0:
-                    break
-                self._waiters += 1
 
             def ready(f: asyncio.Future[None] = fut) -> None:
                 if not f.done():
                     f.set_result(None)
 
-            loop.add_reader(fd, ready)
+            token = object()  # (a task's: another may wait on this thread meanwhile)
             try:
-                await fut
+                fd = self._hold_pidfd(token, unreaped=False)
+                if fd < 0:
+                    break
+                try:
+                    loop.add_reader(fd, ready)
+                    await fut
+                finally:
+                    loop.remove_reader(fd)  # (not added: nothing happens)
             finally:
-                loop.remove_reader(fd)
-                with self._lock:
-                    self._waiters -= 1
-                    if self._waiters == 0 and self._close_pending:
-                        self._close_pidfd()
+                self._let_go(token)
         assert self.returncode is not None
         return self.returncode
 
@@ -719,10 +749,7 @@ class Process(Generic[_S_co]):
                 with contextlib.suppress(OSError):
                     s.close()
         with self._lock:
-            if self._waiters:
-                self._close_pending = True
-            else:
-                self._close_pidfd()
+            self._close_or_defer()
 
     def __enter__(self) -> Process[_S_co]:
         return self

@@ -482,3 +482,59 @@ def test_cancelled_spawn_in_an_executor_leaves_nothing() -> None:
 
     assert asyncio.run(main())  # (asyncio.run waits for the executor's threads)
     assert _state() == before
+
+
+_WAIT_PATH = {"_reap", "_wait_pidfd", "_hold_pidfd", "_let_go", "wait", "communicate"}
+
+
+def _raise_at_line(n: int) -> Callable[..., Any]:
+    """A tracer raising Boom at the ``n``-th line run in the wait path of Process."""
+    seen = [0]
+
+    def local(frame: Any, event: str, _arg: object) -> Any:
+        if event == "line":
+            seen[0] += 1
+            if seen[0] == n:
+                raise Boom
+        return local
+
+    def tracer(frame: Any, event: str, _arg: object) -> Any:
+        code = frame.f_code
+        ours = code.co_filename.endswith(os.path.join("nscg", "process.py"))
+        return local if event == "call" and code.co_name in _WAIT_PATH and ours else None
+
+    return tracer
+
+
+def test_an_exception_at_any_line_of_a_wait_leaves_no_fd_once_closed() -> None:
+    """Each line of Process.wait's path, in turn, raises (as a signal handler can,
+    between any two lines): afterwards close() kills, reaps and closes everything.
+    Found: an exception right after the pidfd's waiter count went up (as the
+    ``with`` block that counted it ended) left the count up, and the pidfd open
+    for good (test_interrupt's timer hit it now and then: "fds left {N: pidfd}")."""
+    import sys
+
+    c = Container().without_rootfs().with_namespaces("user,pid")
+    c.run(["/bin/true"])
+    before = _state()
+    hits = 0
+    for n in range(1, 400):
+        proc = c.spawn(["/bin/sleep", "0.05"])
+        try:
+            sys.settrace(_raise_at_line(n))
+            try:
+                proc.wait()
+            finally:
+                sys.settrace(None)
+        except Boom:
+            hits += 1
+            proc.close()
+        else:
+            proc.close()
+            break
+        after = _state()
+        assert after[0] == before[0], f"children left at line {n}"
+        assert after[1] == before[1], f"fds left at line {n}: " + str(
+            {fd: os.readlink(f"/proc/self/fd/{fd}") for fd in after[1] - before[1]}
+        )
+    assert hits >= 5  # the path was walked, line by line, to its end
