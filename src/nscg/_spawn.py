@@ -1707,7 +1707,17 @@ def _raise_child_error(
 ) -> None:
     if rec is None:
         raise SpawnError(errno.ECHILD, "clone", Stage.NONE, detail="the child exited during setup")
-    _abi, stage_no, err, index, sc = rec
+    abi, stage_no, err, index, sc = rec
+    if abi != lib.NSCG_ABI_VERSION:
+        # a record of another build (a stale nscg-init or extension): its fields
+        # cannot be trusted to mean what this build's do
+        raise SpawnError(
+            errno.EPROTO,
+            "read",
+            Stage.NONE,
+            detail=f"the child's error record has ABI {abi}, this build {lib.NSCG_ABI_VERSION}: "
+            "nscg's C parts are from different builds; reinstall nscg",
+        )
     try:
         stage = Stage(stage_no)
     except ValueError:

@@ -150,3 +150,19 @@ def test_fault_points_are_not_steps() -> None:
         steps = re.findall(r"\bSTEP\((.*?)\);", text, re.S)
         empty = [s for s in steps if re.fullmatch(r".*,\s*0\s*", " ".join(s.split()))]
         assert not empty, f"{name}: {empty}"
+
+
+def test_a_record_of_another_abi_is_refused_not_decoded() -> None:
+    """A child error record written by another build (a stale nscg-init or extension)
+    is a SpawnError saying so: its stage and errno would mean something else."""
+    from nscg import _spawn
+    from nscg.errors import SpawnError
+
+    rec = (lib.NSCG_ABI_VERSION - 1, int(Stage.MOUNTS), 2, 7, b"open_tree")
+    with pytest.raises(SpawnError, match="ABI") as e:
+        _spawn._raise_child_error(rec, nscg.Container(), "/bin/true", ())
+    assert e.value.stage == Stage.NONE
+    good = (lib.NSCG_ABI_VERSION, int(Stage.EXEC), 2, -1, b"execve")
+    with pytest.raises(SpawnError) as e2:
+        _spawn._raise_child_error(good, nscg.Container(), "/bin/true", ())
+    assert e2.value.stage == Stage.EXEC
