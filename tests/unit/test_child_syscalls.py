@@ -61,6 +61,9 @@ FLAGS = {
         "-g -O2 -D_FORTIFY_SOURCE=3 -fstack-protector-strong -fstack-clash-protection "
         "-fcf-protection -D_GLIBCXX_ASSERTIONS -Wformat -Werror=format-security"
     ),
+    # Ubuntu's and Fedora's package builds add link-time optimisation (fat objects,
+    # so that nm still sees each object's own code)
+    "lto": "-O2 -flto=auto -ffat-lto-objects -D_FORTIFY_SOURCE=3 -fstack-protector-strong",
 }
 
 
@@ -132,7 +135,7 @@ def test_the_flags_reach_the_build(build: Path) -> None:
     _, nm = _tools()
     parent = _undefined(nm, _object(build, "spawn.c"))
     fortified = {s for s in parent if s.startswith("__") and s.endswith("_chk")}
-    if build.name.startswith("build-ubuntu"):
+    if build.name.startswith(("build-ubuntu", "build-lto")):
         assert fortified, sorted(parent)
 
 
@@ -150,3 +153,33 @@ def test_child_sources_refuse_a_header_before_child_h(first: str, tmp_path: Path
     )
     assert r.returncode != 0
     assert "child.h must be" in r.stderr or "without _FORTIFY_SOURCE" in r.stderr, r.stderr
+
+
+def _setup_list(name: str) -> list[str]:
+    """A list of strings setup.py assigns to ``name`` (read, not run)."""
+    import ast
+
+    tree = ast.parse((NATIVE.parents[2] / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == name:
+            value = ast.literal_eval(node.value)
+            assert isinstance(value, list)
+            return [str(v) for v in value]
+    raise AssertionError(f"setup.py has no {name}")
+
+
+@pytest.mark.parametrize("flags", sorted(FLAGS))
+def test_nscg_init_builds_libc_free_with_every_flag_set(flags: str, tmp_path: Path) -> None:
+    """nscg-init, built as setup.py does (the distribution's CFLAGS, then setup.py's own,
+    which win), links without a C library under every flag set: the stack protector,
+    fortification and LTO of other distributions do not push it onto the ~800 KB glibc
+    fallback (setup.py falls back silently, with a warning)."""
+    cc, nm = _tools()
+    obj, exe = tmp_path / "init.o", tmp_path / "nscg-init"
+    cflags = (FLAGS[flags] or "").split()
+    compile_cmd = [cc, *cflags, "-DNSCG_INIT_NOLIBC", *_setup_list("NOLIBC_CFLAGS")]
+    subprocess.run([*compile_cmd, "-c", str(NATIVE / "init.c"), "-o", str(obj)], check=True)
+    assert _undefined(nm, obj) == set()
+    subprocess.run([cc, str(obj), *_setup_list("NOLIBC_LDFLAGS"), "-o", str(exe)], check=True)
+    assert exe.stat().st_size < 64 * 1024
+    assert b"__libc_start_main" not in exe.read_bytes()
