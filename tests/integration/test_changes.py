@@ -502,15 +502,20 @@ def test_sigkill_of_a_caller_with_50_live_overlay_sandboxes_leaves_nothing() -> 
             with open("/proc/self/mountinfo") as f:
                 return sorted(line.split()[4] for line in f)
         def alive():
-            n = 0
+            # the sandboxes' shells; not a shell's child forked for dd or sleep and not
+            # exec'd yet (it has the shell's command line: 51 were counted once)
+            shells = {{}}
             for pid in filter(str.isdigit, os.listdir("/proc")):
                 try:
                     with open(f"/proc/{{pid}}/cmdline", "rb") as f:
                         args = f.read().split(b"\\0")
-                    n += args[:2] == [b"sh", b"-c"] and args[3:4] == [{token!r}.encode()]
-                except OSError:
-                    pass
-            return n
+                    with open(f"/proc/{{pid}}/stat", "rb") as f:
+                        ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+                except (OSError, ValueError, IndexError):
+                    continue
+                if args[:2] == [b"sh", b"-c"] and args[3:4] == [{token!r}.encode()]:
+                    shells[int(pid)] = ppid
+            return sum(1 for ppid in shells.values() if ppid not in shells)
         def ours(d):
             return {{n for n in os.listdir(d) if n.startswith(("nscg-overlay-", "nscg-work-",
                                                                "nscg-etc-"))}}
