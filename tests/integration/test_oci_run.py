@@ -163,6 +163,15 @@ def test_exit_status_of_a_signal_and_errors(bundle: Path, tmp_path: Path) -> Non
     assert "linux.sysctl: nscg has no sysctl support yet" in r.stderr
     line = json.loads((tmp_path / "log").read_text().splitlines()[-1])
     assert line["level"] == "error" and "linux.sysctl" in line["msg"]
+    doc = _spec(["true"])
+    doc["linux"]["namespaces"][1] = {"type": "network", "path": "/run/netns/missing"}
+    _write(bundle, doc)
+    r = _oci(tmp_path, "run", "-b", str(bundle), "c2")
+    assert r.returncode == 1
+    assert "linux.namespaces: open: [Errno 2] No such file or directory" in r.stderr
+    # --debug logs what was read and not applied
+    r = _oci(tmp_path, "--debug", "run", "-b", str(bundle), "c2")
+    assert "level=debug" in r.stderr and "mounts[1].options[1]: ignored" in r.stderr
     r = _oci(tmp_path, "run", "-d", "-b", str(bundle), "c2")
     assert r.returncode == 1 and "--detach is not supported yet" in r.stderr
     assert _oci(tmp_path, "create", "c2").returncode == 1

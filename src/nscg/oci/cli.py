@@ -74,10 +74,12 @@ class _Log:
         self._file("error", msg)
 
     def debug(self, msg: str) -> None:
-        if self.debug_on:
-            self._file("debug", msg) if self.path else sys.stderr.write(
-                self._line("debug", msg, "text")
-            )
+        if not self.debug_on:
+            return
+        if self.path:
+            self._file("debug", msg)
+        else:
+            sys.stderr.write(self._line("debug", msg, "text"))
 
 
 # ------------------------------------------------------------------ spec, features

@@ -19,6 +19,7 @@ from typing import Any
 from nscg.errors import (
     ExecutableNotFoundError,
     ExecutablePermissionError,
+    NscgError,
     SpawnError,
     SpecError,
     UnsupportedError,
@@ -112,7 +113,10 @@ def _run(
     forwarded: Iterable[int],
 ) -> int:
     _prepare_process(b)
-    container, refs = b.open_joins()
+    try:
+        container, refs = b.open_joins()
+    except NscgError as e:
+        raise CommandFailed(f"linux.namespaces: {e}") from None
     try:
         try:
             proc = container.spawn(list(b.args), pass_fds=range(3, 3 + preserve_fds))
@@ -122,7 +126,7 @@ def _run(
             ) from None
         except SpawnError as e:
             raise CommandFailed(f"unable to start container process: {e}") from None
-        except (SpecError, UnsupportedError) as e:
+        except NscgError as e:  # (a spec the host refuses, a system call failed)
             raise CommandFailed(str(e)) from None
     finally:
         for r in refs:
