@@ -230,11 +230,29 @@ def _values(wide: bool) -> st.SearchStrategy[int]:
     return st.one_of(st.sampled_from(edges), st.integers(0, top), st.integers(0, 64))
 
 
+#: i386's calls that libseccomp also matches through socketcall(2)/ipc(2) multiplexing.
+#: Its rewriting of them breaks unrelated rules: with a rule for ``accept`` in an
+#: x86_64+i386 filter, libseccomp 2.5 ALLOWs i386 ``access`` (33) that an ``access``
+#: rule denies (nscg's filter denies it, as the spec says). Random specs for i386 leave
+#: them out: the oracle would be wrong, not nscg.
+_I386_MULTIPLEXED = frozenset(
+    {
+        *("socket", "bind", "connect", "listen", "accept", "accept4", "getsockname"),
+        *("getpeername", "socketpair", "send", "recv", "sendto", "recvfrom", "shutdown"),
+        *("setsockopt", "getsockopt", "sendmsg", "recvmsg", "recvmmsg", "sendmmsg"),
+        *("semop", "semget", "semctl", "semtimedop", "msgsnd", "msgrcv", "msgget"),
+        *("msgctl", "shmat", "shmdt", "shmget", "shmctl"),
+    }
+)
+
+
 @st.composite
 def _specs(draw: st.DrawFn, agreed: dict[Arch, frozenset[str]]) -> Seccomp:
     arches = draw(_ARCH_SETS)
     wide = all(a.bits == 64 for a in arches)
     pool = sorted(frozenset.union(*(agreed[a] for a in arches)))
+    if Arch.I386 in arches:
+        pool = [n for n in pool if n not in _I386_MULTIPLEXED]
     default = draw(_ACTIONS)
     names = draw(st.lists(st.sampled_from(pool), min_size=1, max_size=25, unique=True))
     rules: list[Rule] = []
@@ -408,3 +426,16 @@ def test_action_kinds_match_libseccomp_constants() -> None:
     assert int(ActionKind.ALLOW) == 0x7FFF0000
     assert Action.errno(1).value == 0x00050001
     assert Action.trace(7).value == 0x7FF00007
+
+
+def test_an_i386_rule_next_to_a_socketcall_one_still_applies() -> None:
+    """The draw that showed libseccomp's socketcall rewriting (see _I386_MULTIPLEXED):
+    nscg's filter denies i386 access(0) as the spec says, with an accept rule beside it."""
+    deny = Action.errno(1)
+    access = Rule("access", deny, (ArgCmp(0, CmpOp.EQ, 0),))
+    spec = Seccomp(Action.ALLOW, (access, Rule("accept", deny)), (Arch.X86_64, Arch.I386))
+    ours = spec.compile()
+    for arch in (Arch.I386, Arch.X86_64):
+        nr = syscall_number("access", arch)
+        assert run_filter(ours, nr, [0] * 6, arch)[0] == deny == spec.action_for(nr, [0], arch)
+        assert run_filter(ours, nr, [1] * 6, arch)[0] == Action.ALLOW
