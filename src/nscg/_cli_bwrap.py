@@ -135,7 +135,7 @@ class _Modifier(argparse.Action):
         values: str | Sequence[Any] | None,
         option_string: str | None = None,
     ) -> None:
-        from nscg._cgroupfs import parse_size
+        from nscg.cgroups._fs import parse_size
 
         assert isinstance(values, str)
         try:

@@ -393,7 +393,7 @@ def _add_mounts(fs: Any, args: argparse.Namespace) -> Any:
 
 def _sizes(args: argparse.Namespace) -> dict[str, Any]:
     """The --tmp-size, --shm-size and --upper-size options given, as RootFS keywords."""
-    from nscg._cgroupfs import parse_size
+    from nscg.cgroups._fs import parse_size
 
     out: dict[str, Any] = {}
     for opt in ("tmp_size", "shm_size", "upper_size"):

@@ -14,7 +14,6 @@ from pathlib import Path
 import attrs
 import pytest
 
-from nscg import cgroups
 from nscg.cgroups import (
     CgroupMode,
     CgroupV2,
@@ -23,6 +22,7 @@ from nscg.cgroups import (
     find_stale,
     move_self_to_leaf,
 )
+from nscg.cgroups import _handle as cgroups
 from nscg.errors import SpecError, SyscallError, UnsupportedError
 
 V1_MOUNTS = """\

@@ -9,8 +9,8 @@ import os
 
 import pytest
 
-from nscg import cgroups
 from nscg.cgroups import CgroupMode, CgroupV2, Limits, discover
+from nscg.cgroups import _handle as cgroups
 from nscg.errors import UnsupportedError
 
 

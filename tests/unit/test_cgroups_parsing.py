@@ -13,7 +13,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from nscg._cgroupfs import (
+from nscg.cgroups import (
+    CpuMax,
+    HugetlbLimit,
+    IoLimit,
+    Limits,
+    parse_size,
+)
+from nscg.cgroups._fs import (
     parse_cgroup_file,
     parse_flat_keyed,
     parse_mountinfo,
@@ -21,13 +28,6 @@ from nscg._cgroupfs import (
     parse_pressure,
     parse_proc_cgroups,
     wait_file,
-)
-from nscg.cgroups import (
-    CpuMax,
-    HugetlbLimit,
-    IoLimit,
-    Limits,
-    parse_size,
 )
 from nscg.errors import SpecError
 

@@ -1,80 +1,37 @@
-"""cgroup v2: discover the host's layout, create a cgroup, set limits, watch and kill it.
+"""The runtime handle: :class:`CgroupV2`, one live cgroup v2 directory, and its usage.
 
-:class:`CgroupV2` manages one cgroup for any process; it is usable on its own, and a
-``Container`` uses it to place the sandbox (``CLONE_INTO_CGROUP`` with
-:meth:`CgroupV2.open_fd`) and to report :class:`CgroupUsage`.
-
-Only cgroup v2 is supported. On a hybrid host (cgroup v1 hierarchies hold cpu,
-memory, pids, io) asking for a limit raises :class:`~nscg.errors.UnsupportedError`
-that names the controllers v1 holds; nscg never runs a process without a limit
-that was asked for.
-
-Privileges: root, or a user owning a delegated subtree (systemd ``Delegate=yes``, or a
-directory chowned to the user together with its ``cgroup.procs``,
-``cgroup.subtree_control`` and ``cgroup.threads``). Kernel: 4.15+ for the basics,
-5.2 for freeze, 5.7 for ``CLONE_INTO_CGROUP``, 5.14 for ``cgroup.kill`` (emulated
-before), 5.19 for ``memory.peak``.
+Creates a cgroup from a :class:`~nscg.cgroups.Limits` plan (every check reads first,
+then writes), places processes, reports :class:`CgroupUsage`, freezes, kills and
+removes it; :func:`move_self_to_leaf` frees the caller's own cgroup for controllers.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
 import errno
 import itertools
 import os
-import re
 import secrets
 import signal
-import stat
 import time
 import warnings
 from collections.abc import Iterable, Iterator
 from types import TracebackType
-from typing import Final, Literal, NoReturn, TypeVar
+from typing import Final, Literal, NoReturn
 
 import attrs
 
-from nscg._cgroupfs import (
-    V1_TO_V2,
+from nscg.cgroups._discovery import CgroupReport, _count_procs, _read_set, discover
+from nscg.cgroups._fs import (
     PressureLine,
-    parse_cgroup_file,
     parse_flat_keyed,
-    parse_mountinfo,
     parse_nested_keyed,
     parse_pressure,
-    parse_proc_cgroups,
-    parse_size,
     read_text,
     wait_file,
 )
+from nscg.cgroups._limits import Limits
 from nscg.errors import SpecError, SyscallError, UnsupportedError
-
-__all__ = [
-    "CgroupEvents",
-    "CgroupMode",
-    "CgroupReport",
-    "CgroupSpec",
-    "CgroupV2",
-    "CpuMax",
-    "Delegation",
-    "HugetlbLimit",
-    "IoLimit",
-    "Limits",
-    "MemoryEvents",
-    "Pressure",
-    "PressureLine",
-    "CgroupUsage",
-    "check_delegation",
-    "discover",
-    "find_stale",
-    "move_self_to_leaf",
-    "parse_size",
-    "remove_stale",
-]
-
-Bytes = int | Literal["max"]
-"""A byte count, or ``"max"`` for no limit."""
 
 DEFAULT_SUBTREE: Final = "nscg"
 """Name of the directory under the caller's own cgroup that holds nscg's cgroups."""
@@ -82,9 +39,8 @@ DEFAULT_SUBTREE: Final = "nscg"
 SELF_LEAF: Final = "nscg-self"
 """Leaf that :func:`move_self_to_leaf` moves the caller into; its parent stays the base."""
 
-_NAME_RE: Final = re.compile(r"^nscg-([0-9]+)-([0-9]+)-([0-9a-f]+)$")
 _counter = itertools.count(1)
-_T = TypeVar("_T")
+
 
 _DELEGATION_HINT: Final = (
     "delegate a cgroup subtree to this user: run under systemd with `Delegate=yes` "
@@ -94,693 +50,14 @@ _DELEGATION_HINT: Final = (
 )
 
 
-# ====================================================================== discovery
-
-
-class CgroupMode(enum.Enum):
-    """How cgroups are laid out on this host."""
-
-    #: Pure cgroup v2: every controller is available to the cgroup2 hierarchy.
-    UNIFIED = "unified"
-    #: cgroup2 is mounted, but cgroup v1 hierarchies hold some controllers.
-    HYBRID = "hybrid"
-    #: Only cgroup v1 is mounted.
-    LEGACY = "legacy"
-    #: No cgroup file system is mounted.
-    NONE = "none"
-
-
-@attrs.frozen
-class Delegation:
-    """Whether the current effective uid may manage cgroups under a directory.
-
-    Attributes:
-        path: the cgroup directory checked.
-        owner_uid: the directory's owner.
-        euid: the effective uid checked for.
-        dir_writable: may create and remove child cgroups (write+search on the dir).
-        procs_writable: may move processes in (``cgroup.procs``).
-        subtree_control_writable: may enable controllers for children.
-    """
-
-    path: str
-    owner_uid: int
-    euid: int
-    dir_writable: bool
-    procs_writable: bool
-    subtree_control_writable: bool
-
-    @property
-    def ok(self) -> bool:
-        """True if all three permissions are present."""
-        return self.dir_writable and self.procs_writable and self.subtree_control_writable
-
-
-@attrs.frozen
-class CgroupReport:
-    """What :func:`discover` found; ``nscg.features()`` includes it.
-
-    Attributes:
-        mode: unified (pure v2), hybrid, legacy (v1 only) or none.
-        mount_point: where the cgroup2 file system is mounted, or None.
-        mount_options: the cgroup2 super-block options (``nsdelegate``, ...).
-        own_path: the process's cgroup v2 path (the ``0::`` line), or None.
-        own_dir: ``own_path`` as a directory under ``mount_point``, or None.
-        root_controllers: controllers of the cgroup2 hierarchy (root
-            ``cgroup.controllers``).
-        controllers: controllers available in the process's own cgroup.
-        subtree_control: controllers enabled for the own cgroup's children.
-        own_process_count: number of processes in the own cgroup (-1 if unknown).
-        v1_controllers: cgroup v2 controller names that a v1 hierarchy holds
-            (``blkio`` is reported as ``io``, ``cpuacct`` as ``cpu``).
-        v1_mounts: (mount point, v1 subsystems) of each cgroup v1 mount.
-        delegation: the permissions on the own cgroup, or None.
-        has_kill: ``cgroup.kill`` exists (kernel 5.14+).
-        has_freeze: ``cgroup.freeze`` exists (kernel 5.2+).
-    """
-
-    mode: CgroupMode
-    mount_point: str | None = None
-    mount_options: tuple[str, ...] = ()
-    own_path: str | None = None
-    own_dir: str | None = None
-    root_controllers: frozenset[str] = frozenset()
-    controllers: frozenset[str] = frozenset()
-    subtree_control: frozenset[str] = frozenset()
-    own_process_count: int = -1
-    v1_controllers: frozenset[str] = frozenset()
-    v1_mounts: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    delegation: Delegation | None = None
-    has_kill: bool = False
-    has_freeze: bool = False
-
-    @property
-    def usable(self) -> bool:
-        """True if a cgroup2 hierarchy is mounted and the own cgroup was found in it."""
-        return self.mount_point is not None and self.own_dir is not None
-
-    def unavailable_reason(self, controller: str) -> str | None:
-        """Say why ``controller`` cannot be used on this host, or None if it can.
-
-        Only host-wide reasons are considered (no cgroup2, v1 holds it, the kernel
-        lacks it); delegation is checked when a cgroup is created.
-
-        Args:
-            controller: a cgroup v2 controller name (``memory``, ``cpu``, ``io``...).
-
-        Returns:
-            A sentence naming the problem and the fix, or None.
-        """
-        if self.mount_point is None:
-            return (
-                f"cannot use the cgroup v2 {controller} controller: no cgroup2 file system "
-                "is mounted (mount -t cgroup2 none /sys/fs/cgroup)"
-            )
-        if controller in self.v1_controllers:
-            held = ", ".join(sorted(self.v1_controllers))
-            have = ", ".join(sorted(self.root_controllers)) or "no controllers"
-            return (
-                f"cannot use the cgroup v2 {controller} controller: on this host cgroup v1 "
-                f"holds {held}; the cgroup2 hierarchy at {self.mount_point} has {have}. "
-                "nscg needs a pure cgroup v2 host for this limit: boot with "
-                "systemd.unified_cgroup_hierarchy=1 (or cgroup_no_v1=all), or run in a VM "
-                "such as tools/vm/run-in-v2vm.sh"
-            )
-        if controller not in self.root_controllers:
-            have = ", ".join(sorted(self.root_controllers)) or "none"
-            return (
-                f"cannot use the cgroup v2 {controller} controller: the kernel does not "
-                f"offer it ({self.mount_point}/cgroup.controllers lists: {have})"
-            )
-        return None
-
-
-def _pid_dir(proc: str, pid: int | None) -> str:
-    return os.path.join(proc, "self" if pid is None else str(pid))
-
-
-def _read_set(path: str) -> frozenset[str]:
-    try:
-        return frozenset(read_text(path).split())
-    except OSError:
-        return frozenset()
-
-
-def _count_procs(path: str) -> int:
-    try:
-        return len(read_text(os.path.join(path, "cgroup.procs")).split())
-    except OSError:
-        return -1
-
-
-def check_delegation(path: str | os.PathLike[str]) -> Delegation:
-    """Check whether the effective uid may manage cgroups under ``path``.
-
-    Args:
-        path: a cgroup v2 directory.
-
-    Returns:
-        A :class:`Delegation`; nothing is written.
-
-    Raises:
-        SyscallError: ``path`` cannot be stat()ed.
-    """
-    p = os.fspath(path)
-    try:
-        st = os.stat(p)
-    except OSError as e:
-        raise SyscallError(e.errno or errno.EIO, "stat", p) from e
-
-    def can_write(f: str, mode: int = os.W_OK) -> bool:
-        return os.access(f, mode, effective_ids=os.access in os.supports_effective_ids)
-
-    return Delegation(
-        path=p,
-        owner_uid=st.st_uid,
-        euid=os.geteuid(),
-        dir_writable=can_write(p, os.W_OK | os.X_OK),
-        procs_writable=can_write(os.path.join(p, "cgroup.procs")),
-        subtree_control_writable=can_write(os.path.join(p, "cgroup.subtree_control")),
-    )
-
-
-def discover(pid: int | None = None, *, proc: str = "/proc") -> CgroupReport:
-    """Find the cgroup2 mount, a process's cgroup, and whether v1 holds controllers.
-
-    Only reads files: ``/proc/self/mountinfo``, ``/proc/PID/cgroup``,
-    ``/proc/cgroups`` and the cgroup directories.
-
-    Args:
-        pid: the process to look at; None for the calling process.
-        proc: where procfs is mounted (tests pass a fake tree).
-
-    Returns:
-        A :class:`CgroupReport`.
-    """
-    try:
-        mounts = parse_mountinfo(read_text(os.path.join(proc, "self", "mountinfo")))
-    except OSError:
-        mounts = []
-    try:
-        lines = parse_cgroup_file(read_text(os.path.join(_pid_dir(proc, pid), "cgroup")))
-    except OSError:
-        lines = []
-    try:
-        table = parse_proc_cgroups(read_text(os.path.join(proc, "cgroups")))
-    except OSError:
-        table = {}
-
-    v1_mounts: list[tuple[str, tuple[str, ...]]] = []
-    v1_subsys: set[str] = set()
-    for m in mounts:
-        if m.fstype == "cgroup":
-            subs = tuple(o for o in m.super_options if o in V1_TO_V2)
-            v1_mounts.append((m.mount_point, subs))
-            v1_subsys.update(subs)
-    for name, (hierarchy, enabled) in table.items():
-        if hierarchy != 0 and enabled and name in V1_TO_V2:
-            v1_subsys.add(name)
-    v1_controllers = frozenset(V1_TO_V2[s] for s in v1_subsys)
-
-    own_path = next((ln.path for ln in lines if ln.hierarchy == 0 and not ln.controllers), None)
-    v2 = [m for m in mounts if m.fstype == "cgroup2"]
-    mount = None
-    if own_path is not None:
-        candidates = [
-            m
-            for m in v2
-            if m.root in ("/", own_path) or own_path.startswith(m.root.rstrip("/") + "/")
-        ]
-        candidates.sort(key=lambda m: (m.mount_point != "/sys/fs/cgroup", len(m.root)))
-        mount = candidates[0] if candidates else None
-    elif v2:
-        mount = v2[0]
-
-    if mount is None:
-        mode = CgroupMode.LEGACY if v1_mounts or v1_subsys else CgroupMode.NONE
-        return CgroupReport(
-            mode=mode,
-            own_path=own_path,
-            v1_controllers=v1_controllers,
-            v1_mounts=tuple(v1_mounts),
-        )
-
-    mode = CgroupMode.HYBRID if v1_controllers else CgroupMode.UNIFIED
-    root = mount.mount_point
-    own_dir: str | None = None
-    if own_path is not None and not own_path.endswith(" (deleted)"):
-        rel = own_path[len(mount.root.rstrip("/")) :] if mount.root != "/" else own_path
-        candidate = os.path.normpath(root + "/" + rel.lstrip("/"))
-        if os.path.isdir(candidate):
-            own_dir = candidate
-    delegation = None
-    if own_dir is not None:
-        try:
-            delegation = check_delegation(own_dir)
-        except SyscallError:
-            delegation = None
-    return CgroupReport(
-        mode=mode,
-        mount_point=root,
-        mount_options=mount.super_options,
-        own_path=own_path,
-        own_dir=own_dir,
-        root_controllers=_read_set(os.path.join(root, "cgroup.controllers")),
-        controllers=_read_set(os.path.join(own_dir or root, "cgroup.controllers")),
-        subtree_control=_read_set(os.path.join(own_dir or root, "cgroup.subtree_control")),
-        own_process_count=_count_procs(own_dir) if own_dir else -1,
-        v1_controllers=v1_controllers,
-        v1_mounts=tuple(v1_mounts),
-        delegation=delegation,
-        has_kill=os.path.exists(os.path.join(own_dir or root, "cgroup.kill"))
-        or os.path.exists(os.path.join(root, "cgroup.kill")),
-        has_freeze=os.path.exists(os.path.join(own_dir or root, "cgroup.freeze"))
-        or _any_child_has(root, "cgroup.freeze"),
-    )
-
-
-def _any_child_has(root: str, name: str) -> bool:
-    # the root cgroup has no cgroup.freeze / cgroup.kill; look at one child
-    try:
-        with os.scandir(root) as it:
-            for e in it:
-                if e.is_dir(follow_symlinks=False):
-                    return os.path.exists(os.path.join(e.path, name))
-    except OSError:
-        pass
-    return False
-
-
-# ======================================================================= limits
-
-
-def _opt_bytes(value: int | str | None, what: str) -> Bytes | None:
-    return None if value is None else parse_size(value, what=what)
-
-
-def _conv_memory_max(v: int | str | None) -> Bytes | None:
-    return _opt_bytes(v, "memory.max")
-
-
-def _conv_memory_high(v: int | str | None) -> Bytes | None:
-    return _opt_bytes(v, "memory.high")
-
-
-def _conv_memory_low(v: int | str | None) -> Bytes | None:
-    return _opt_bytes(v, "memory.low")
-
-
-def _conv_memory_min(v: int | str | None) -> Bytes | None:
-    return _opt_bytes(v, "memory.min")
-
-
-def _conv_swap_max(v: int | str | None) -> Bytes | None:
-    return _opt_bytes(v, "memory.swap.max")
-
-
-def _conv_bps(v: int | str | None) -> Bytes | None:
-    return _opt_bytes(v, "io.max bytes per second")
-
-
-def _conv_hugetlb(v: int | str) -> Bytes:
-    return parse_size(v, what="hugetlb max")
-
-
-def _conv_count(v: int | str | None) -> int | Literal["max"] | None:
-    if v is None or isinstance(v, bool):
-        return None if v is None else _bad_count(v)
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str) and v.strip() == "max":
-        return "max"
-    if isinstance(v, str) and re.fullmatch(r"-?[0-9]+", v.strip()):
-        return int(v.strip())  # a negative one: the validator says so, as for an int
-    return _bad_count(v)
-
-
-def _bad_count(v: object) -> int:
-    raise SpecError(f"expected a non-negative integer or 'max', got {v!r}")
-
-
-def _check_count(_inst: object, attr: attrs.Attribute[_T], value: _T) -> None:
-    if isinstance(value, int) and value < 0:
-        raise SpecError(f"{attr.name}: must not be negative, got {value}")
-
-
-def _check_weight(_inst: object, attr: attrs.Attribute[_T], value: _T) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 10000:
-        raise SpecError(f"{attr.name}: must be an integer in 1..10000, got {value!r}")
-
-
-_CPULIST_RE: Final = re.compile(r"^[0-9]+(-[0-9]+)?(,[0-9]+(-[0-9]+)?)*$")
-
-
-def _check_cpulist(_inst: object, attr: attrs.Attribute[_T], value: _T) -> None:
-    if value is None:
-        return
-    if not isinstance(value, str) or not _CPULIST_RE.match(value.replace(" ", "")):
-        raise SpecError(f"{attr.name}: expected a list such as '0-3,6', got {value!r}")
-    for part in value.replace(" ", "").split(","):
-        lo, _, hi = part.partition("-")
-        if hi and int(hi) < int(lo):
-            raise SpecError(f"{attr.name}: range {part!r} is backwards")
-
-
-@attrs.frozen
-class CpuMax:
-    """A ``cpu.max`` bandwidth limit: ``quota_usec`` of CPU time per ``period_usec``.
-
-    Use :meth:`from_cpus` for the ``cpus=0.5`` shorthand.
-
-    Attributes:
-        quota_usec: CPU time per period in microseconds, or None for no limit (``max``).
-        period_usec: the period in microseconds (1000..1000000, default 100000).
-    """
-
-    quota_usec: int | None = attrs.field()
-    period_usec: int = attrs.field(default=100_000)
-
-    @quota_usec.validator
-    def _check_quota(self, _a: attrs.Attribute[int | None], v: int | None) -> None:
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1000):
-            raise SpecError(f"cpu.max quota must be an integer >= 1000 µs or None, got {v!r}")
-
-    @period_usec.validator
-    def _check_period(self, _a: attrs.Attribute[int], v: int) -> None:
-        if isinstance(v, bool) or not isinstance(v, int) or not 1000 <= v <= 1_000_000:
-            raise SpecError(f"cpu.max period must be 1000..1000000 µs, got {v!r}")
-
-    @classmethod
-    def from_cpus(cls, cpus: float, *, period_usec: int = 100_000) -> CpuMax:
-        """Build a limit of ``cpus`` CPUs' worth of time (0.5 = half of one CPU).
-
-        Args:
-            cpus: a positive number of CPUs.
-            period_usec: the accounting period.
-
-        Returns:
-            The :class:`CpuMax`.
-
-        Raises:
-            SpecError: ``cpus`` is not positive or the quota would be under 1 ms.
-        """
-        if isinstance(cpus, bool) or not isinstance(cpus, (int, float)):
-            raise SpecError(f"cpus must be a positive number, got {cpus!r}")
-        if not cpus > 0:  # -5 and -5.0 (the CLI's) read the same
-            raise SpecError(f"cpus must be a positive number, got {cpus:g}")
-        return cls(quota_usec=max(1000, round(cpus * period_usec)), period_usec=period_usec)
-
-    @classmethod
-    def parse(cls, text: str) -> CpuMax:
-        """Parse the content of a ``cpu.max`` file (``"max 100000"``, ``"50000 100000"``).
-
-        Args:
-            text: the file's content.
-
-        Returns:
-            The :class:`CpuMax`.
-
-        Raises:
-            SpecError: the text is not in that format.
-        """
-        parts = text.split()
-        try:
-            quota = None if parts[0] == "max" else int(parts[0])
-            period = int(parts[1]) if len(parts) > 1 else 100_000
-        except (IndexError, ValueError):
-            raise SpecError(f"cannot parse cpu.max {text!r}") from None
-        return cls(quota_usec=quota, period_usec=period)
-
-    @property
-    def cpus(self) -> float | None:
-        """The limit as a number of CPUs, or None for no limit."""
-        return None if self.quota_usec is None else self.quota_usec / self.period_usec
-
-    def render(self) -> str:
-        """The text to write to ``cpu.max``."""
-        quota = "max" if self.quota_usec is None else str(self.quota_usec)
-        return f"{quota} {self.period_usec}"
-
-
-def _conv_cpu_max(v: CpuMax | float | str | None) -> CpuMax | None:
-    if v is None or isinstance(v, CpuMax):
-        return v
-    if isinstance(v, str):
-        return CpuMax.parse(v)
-    return CpuMax.from_cpus(v)
-
-
-def _check_rate(_inst: object, attr: attrs.Attribute[_T], value: _T) -> None:
-    if value is None or value == "max":
-        return
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise SpecError(f"io.max {attr.name}: must be a positive integer or 'max', got {value!r}")
-
-
-@attrs.frozen
-class IoLimit:
-    """``io.max`` / ``io.weight`` for one block device, named by its path.
-
-    The path is resolved to ``MAJ:MIN`` (``st_rdev``) when the limit is applied.
-
-    Attributes:
-        device: path of a block device, e.g. ``/dev/vda`` (a whole disk, not a partition).
-        rbps: read bytes per second (accepts ``"10M"``), ``"max"`` or None.
-        wbps: write bytes per second.
-        riops: read operations per second.
-        wiops: write operations per second.
-        weight: proportional weight 1..10000 for this device (``io.weight``).
-    """
-
-    device: str = attrs.field()
-    rbps: Bytes | None = attrs.field(default=None, converter=_conv_bps)
-    wbps: Bytes | None = attrs.field(default=None, converter=_conv_bps)
-    riops: int | Literal["max"] | None = attrs.field(
-        default=None, converter=_conv_count, validator=_check_rate
-    )
-    wiops: int | Literal["max"] | None = attrs.field(
-        default=None, converter=_conv_count, validator=_check_rate
-    )
-    weight: int | None = attrs.field(default=None, validator=_check_weight)
-
-    @device.validator
-    def _check_device(self, _a: attrs.Attribute[str], v: str) -> None:
-        if not isinstance(v, str) or not v.startswith("/"):
-            raise SpecError(f"io limit: device must be an absolute path, got {v!r}")
-
-    def __attrs_post_init__(self) -> None:
-        if all(x is None for x in (self.rbps, self.wbps, self.riops, self.wiops, self.weight)):
-            raise SpecError(
-                f"io limit for {self.device}: give at least one of rbps, wbps, riops, wiops, weight"
-            )
-
-    def device_number(self) -> str:
-        """Resolve :attr:`device` to ``"MAJ:MIN"``.
-
-        Returns:
-            The device number as cgroup files spell it.
-
-        Raises:
-            SpecError: the path does not exist or is not a block device.
-        """
-        try:
-            st = os.stat(self.device)
-        except OSError as e:
-            raise SpecError(f"io limit: cannot stat {self.device}: {e.strerror}") from None
-        if not stat.S_ISBLK(st.st_mode):
-            raise SpecError(f"io limit: {self.device} is not a block device")
-        return f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
-
-    def max_line(self, devno: str) -> str | None:
-        """The ``io.max`` line for ``devno``, or None when no rate is limited."""
-        items = [
-            f"{k}={v}"
-            for k, v in (
-                ("rbps", self.rbps),
-                ("wbps", self.wbps),
-                ("riops", self.riops),
-                ("wiops", self.wiops),
-            )
-            if v is not None
-        ]
-        return f"{devno} {' '.join(items)}" if items else None
-
-
-_PAGE_RE: Final = re.compile(r"^[0-9]+[KMG]B$")
-
-
-@attrs.frozen
-class HugetlbLimit:
-    """A ``hugetlb.<size>.max`` limit.
-
-    Attributes:
-        page_size: the huge page size as the kernel names it (``"2MB"``, ``"1GB"``).
-        max: bytes of huge pages, or ``"max"``.
-    """
-
-    page_size: str = attrs.field()
-    max: Bytes = attrs.field(converter=_conv_hugetlb)
-
-    @page_size.validator
-    def _check_page(self, _a: attrs.Attribute[str], v: str) -> None:
-        if not isinstance(v, str) or not _PAGE_RE.match(v):
-            raise SpecError(f"hugetlb page size must look like '2MB' or '1GB', got {v!r}")
-
-
-def _conv_io(v: Iterable[IoLimit]) -> tuple[IoLimit, ...]:
-    out = tuple(v)
-    for x in out:
-        if not isinstance(x, IoLimit):
-            raise SpecError(f"io: expected IoLimit values, got {x!r}")
-    return out
-
-
-def _conv_hugetlb_list(v: Iterable[HugetlbLimit]) -> tuple[HugetlbLimit, ...]:
-    out = tuple(v)
-    for x in out:
-        if not isinstance(x, HugetlbLimit):
-            raise SpecError(f"hugetlb: expected HugetlbLimit values, got {x!r}")
-    return out
-
-
-def _check_bool(_inst: object, attr: attrs.Attribute[_T], value: _T) -> None:
-    if value is not None and not isinstance(value, bool):
-        raise SpecError(f"{attr.name}: expected a bool, got {value!r}")
-
-
-@attrs.frozen(kw_only=True)
-class Limits:
-    """The limits to write into a cgroup; every field is optional (None = leave as is).
-
-    Byte values accept ``int``, ``"max"`` or strings such as ``"256M"``, ``"1G"``,
-    ``"512K"``. ``cpu_max`` accepts a :class:`CpuMax`, a number of CPUs (``0.5``)
-    or ``cpu.max`` text. Invalid values raise :class:`~nscg.errors.SpecError` at
-    construction, before anything is written.
-
-    Example::
-
-        Limits(memory_max="256M", cpu_max=0.5, pids_max=64)
-    """
-
-    memory_max: Bytes | None = attrs.field(default=None, converter=_conv_memory_max)
-    memory_high: Bytes | None = attrs.field(default=None, converter=_conv_memory_high)
-    memory_low: Bytes | None = attrs.field(default=None, converter=_conv_memory_low)
-    memory_min: Bytes | None = attrs.field(default=None, converter=_conv_memory_min)
-    memory_swap_max: Bytes | None = attrs.field(default=None, converter=_conv_swap_max)
-    memory_oom_group: bool | None = attrs.field(default=None, validator=_check_bool)
-    cpu_max: CpuMax | None = attrs.field(default=None, converter=_conv_cpu_max)
-    cpu_weight: int | None = attrs.field(default=None, validator=_check_weight)
-    cpuset_cpus: str | None = attrs.field(default=None, validator=_check_cpulist)
-    cpuset_mems: str | None = attrs.field(default=None, validator=_check_cpulist)
-    pids_max: int | Literal["max"] | None = attrs.field(
-        default=None, converter=_conv_count, validator=_check_count
-    )
-    io: tuple[IoLimit, ...] = attrs.field(default=(), converter=_conv_io)
-    io_weight: int | None = attrs.field(default=None, validator=_check_weight)
-    hugetlb: tuple[HugetlbLimit, ...] = attrs.field(default=(), converter=_conv_hugetlb_list)
-
-    def controllers(self) -> frozenset[str]:
-        """The cgroup v2 controllers these limits need."""
-        out: set[str] = set()
-        if any(
-            v is not None
-            for v in (
-                self.memory_max,
-                self.memory_high,
-                self.memory_low,
-                self.memory_min,
-                self.memory_swap_max,
-                self.memory_oom_group,
-            )
-        ):
-            out.add("memory")
-        if self.cpu_max is not None or self.cpu_weight is not None:
-            out.add("cpu")
-        if self.cpuset_cpus is not None or self.cpuset_mems is not None:
-            out.add("cpuset")
-        if self.pids_max is not None:
-            out.add("pids")
-        if self.io or self.io_weight is not None:
-            out.add("io")
-        if self.hugetlb:
-            out.add("hugetlb")
-        return frozenset(out)
-
-    @property
-    def empty(self) -> bool:
-        """True if no limit is set."""
-        return not self.controllers()
-
-    def plan(self) -> tuple[tuple[str, str], ...]:
-        """The (file name, value) writes that apply these limits, in order.
-
-        Device paths of :attr:`io` are resolved here.
-
-        Returns:
-            A tuple of writes, each one ``write(2)`` call.
-
-        Raises:
-            SpecError: an io device path is not a block device.
-        """
-        w: list[tuple[str, str]] = []
-        if self.cpuset_cpus is not None:
-            w.append(("cpuset.cpus", self.cpuset_cpus.replace(" ", "")))
-        if self.cpuset_mems is not None:
-            w.append(("cpuset.mems", self.cpuset_mems.replace(" ", "")))
-        for fname, val in (
-            ("memory.min", self.memory_min),
-            ("memory.low", self.memory_low),
-            ("memory.high", self.memory_high),
-            ("memory.max", self.memory_max),
-            ("memory.swap.max", self.memory_swap_max),
-        ):
-            if val is not None:
-                w.append((fname, str(val)))
-        if self.memory_oom_group is not None:
-            w.append(("memory.oom.group", "1" if self.memory_oom_group else "0"))
-        if self.cpu_max is not None:
-            w.append(("cpu.max", self.cpu_max.render()))
-        if self.cpu_weight is not None:
-            w.append(("cpu.weight", str(self.cpu_weight)))
-        if self.pids_max is not None:
-            w.append(("pids.max", str(self.pids_max)))
-        if self.io_weight is not None:
-            w.append(("io.weight", f"default {self.io_weight}"))
-        for lim in self.io:
-            devno = lim.device_number()
-            line = lim.max_line(devno)
-            if line is not None:
-                w.append(("io.max", line))
-            if lim.weight is not None:
-                w.append(("io.weight", f"{devno} {lim.weight}"))
-        for h in self.hugetlb:
-            w.append((f"hugetlb.{h.page_size}.max", str(h.max)))
-        return tuple(w)
-
-
-@attrs.frozen
-class CgroupSpec:
-    """A cgroup for each sandbox of a :class:`nscg.Container`: its limits and where.
-
-    Attributes:
-        limits: the limits written before the payload starts (it is born in the
-            cgroup, with ``clone3(CLONE_INTO_CGROUP)``).
-        parent: the cgroup directory to create it under (default: ``nscg/``
-            under the caller's own cgroup).
-    """
-
-    limits: Limits = attrs.field(factory=Limits)
-    parent: str | None = None
-
-
 # ========================================================================= usage
 
 
 @attrs.frozen
 class CgroupEvents:
     """``cgroup.events``: whether processes live in the subtree, and whether it is frozen."""
+
+    __module__ = "nscg.cgroups"  # documented and pickled under its public path
 
     populated: bool
     frozen: bool
@@ -789,6 +66,8 @@ class CgroupEvents:
 @attrs.frozen
 class MemoryEvents:
     """``memory.events`` counters (hierarchical)."""
+
+    __module__ = "nscg.cgroups"  # documented and pickled under its public path
 
     low: int = 0
     high: int = 0
@@ -801,6 +80,8 @@ class MemoryEvents:
 @attrs.frozen
 class Pressure:
     """A PSI file: ``some`` (at least one task stalled) and ``full`` (all stalled)."""
+
+    __module__ = "nscg.cgroups"  # documented and pickled under its public path
 
     some: PressureLine
     full: PressureLine | None
@@ -818,6 +99,8 @@ class CgroupUsage:
         oom / oom_kill: ``memory.events`` counters.
         io_rbytes / io_wbytes: bytes read/written, summed over devices.
     """
+
+    __module__ = "nscg.cgroups"  # documented and pickled under its public path
 
     cpu_usage_usec: int = 0
     cpu_user_usec: int = 0
@@ -914,16 +197,6 @@ def _subdirs_bottom_up(path: str) -> Iterator[str]:
     for c in children:
         yield from _subdirs_bottom_up(c)
     yield path
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _unique_name() -> str:
@@ -1070,6 +343,8 @@ class CgroupV2:
             print(cg.usage().memory_peak)
         # the processes are killed and the cgroup removed here
     """
+
+    __module__ = "nscg.cgroups"  # documented and pickled under its public path
 
     def __init__(self, path: str | os.PathLike[str], *, owned: bool = False) -> None:
         """Wrap a cgroup directory; prefer :meth:`create` and :meth:`open`.
@@ -1672,9 +947,6 @@ class CgroupV2:
             )
 
 
-# ================================================================ helpers
-
-
 def move_self_to_leaf(*, report: CgroupReport | None = None) -> str:
     """Move the calling process into a new leaf ``nscg-self`` below its own cgroup.
 
@@ -1717,64 +989,3 @@ def _default_parent(report: CgroupReport) -> str | None:
     if report.own_dir is None:
         return None
     return os.path.join(_default_base(report.own_dir), DEFAULT_SUBTREE)
-
-
-def find_stale(
-    parent: str | os.PathLike[str] | None = None, *, report: CgroupReport | None = None
-) -> list[str]:
-    """Find cgroups ``nscg-<pid>-...`` left by processes that no longer exist.
-
-    The creator pid in the name is compared with the live processes of this pid
-    namespace; a reused pid makes a stale cgroup look alive (it is kept).
-
-    Args:
-        parent: where to look; default ``<own cgroup>/nscg``.
-        report: a :func:`discover` result to reuse.
-
-    Returns:
-        The paths of the stale cgroups.
-    """
-    if parent is None:
-        rep = discover() if report is None else report
-        p = _default_parent(rep)
-        if p is None:
-            return []
-    else:
-        p = os.fspath(parent)
-    out: list[str] = []
-    try:
-        with os.scandir(p) as it:
-            entries = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
-    except OSError:
-        return []
-    for n in entries:
-        m = _NAME_RE.match(n)
-        if m is not None and not _pid_alive(int(m.group(1))):
-            out.append(os.path.join(p, n))
-    return out
-
-
-def remove_stale(
-    parent: str | os.PathLike[str] | None = None,
-    *,
-    report: CgroupReport | None = None,
-    timeout: float = 10.0,
-) -> list[str]:
-    """Kill the processes in, and remove, the cgroups :func:`find_stale` finds.
-
-    Args:
-        parent: where to look; default ``<own cgroup>/nscg``.
-        report: a :func:`discover` result to reuse.
-        timeout: seconds per cgroup.
-
-    Returns:
-        The paths removed.
-
-    Raises:
-        SyscallError / TimeoutError: a cgroup could not be removed.
-    """
-    removed: list[str] = []
-    for path in find_stale(parent, report=report):
-        CgroupV2(path).remove(kill=True, timeout=timeout)
-        removed.append(path)
-    return removed

@@ -1,7 +1,7 @@
 """Private helpers for cgroup file systems: parsers, size parsing and file watching.
 
 Everything here is pure logic over text, or thin wrappers around system calls;
-the policy lives in :mod:`nscg.cgroups`.
+the policy lives in the rest of :mod:`nscg.cgroups`.
 """
 
 from __future__ import annotations
