@@ -385,11 +385,12 @@ def seccomp_compile(repeat: int = 30) -> dict[str, float]:
         load, comp, ninsn = r.stdout.split()
         cold.append((float(load), float(comp)))
     from nscg import seccomp as sc
+    from nscg.seccomp import _compiler
 
     spec = sc.Seccomp.docker_default()
     warm = []
     for _ in range(repeat):
-        sc._compile.cache_clear()
+        _compiler._compile.cache_clear()
         t0 = time.perf_counter()
         spec.compile()
         warm.append(time.perf_counter() - t0)

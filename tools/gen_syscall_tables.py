@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate nscg's syscall tables (``src/nscg/_data/syscalls_*.json``) from kernel sources.
+"""Generate nscg's syscall tables (``src/nscg/seccomp/_data/syscalls_*.json``) from kernel sources.
 
 The tables are derived from the kernel's own syscall tables, never typed by hand:
 
@@ -14,7 +14,7 @@ The tables are derived from the kernel's own syscall tables, never typed by hand
 
 Usage::
 
-    python tools/gen_syscall_tables.py KERNEL_SRC [--out src/nscg/_data] [--source TEXT]
+    python tools/gen_syscall_tables.py KERNEL_SRC [--out src/nscg/seccomp/_data] [--source TEXT]
 
 ``KERNEL_SRC`` is an unpacked kernel tree (only the files above and the top-level ``Makefile``
 are needed). The output is deterministic: the same tree gives byte-identical JSON. The kernel
@@ -269,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out",
         type=Path,
-        default=Path(__file__).resolve().parent.parent / "src/nscg/_data",
-        help="output directory (default: src/nscg/_data)",
+        default=Path(__file__).resolve().parent.parent / "src/nscg/seccomp/_data",
+        help="output directory (default: src/nscg/seccomp/_data)",
     )
     parser.add_argument("--source", default="", help="where the kernel tree came from")
     args = parser.parse_args(argv)

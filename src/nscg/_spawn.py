@@ -44,6 +44,7 @@ from nscg.errors import (
 )
 from nscg.namespaces import JOIN_ORDER, IdMap, Namespace, in_initial_userns, root_range
 from nscg.process import AnyProcess, Process, Result, Stage, _shielded, reap_abandoned
+from nscg.seccomp import _policy as _seccomp_policy
 
 #: the child's failure report, struct nscg_child_error (abi.h): read as bytes
 #: from the error pipe, decoded with the cffi declaration (_decode_record)
@@ -51,8 +52,6 @@ _REC_SIZE: int = ffi.sizeof("struct nscg_child_error")
 _self_pidfd: tuple[int, int] = (-1, -1)  # (pid, fd): our own pidfd, for the pdeathsig race
 _self_pidfd_lock = threading.Lock()
 _init_fd_cache: tuple[int, int] = (-1, -1)
-TIOCSTI = 0x5412  # <asm-generic/ioctls.h>: the numbers on every architecture the
-TIOCLINUX = 0x541C  # seccomp compiler supports (x86_64, i386, aarch64)
 
 
 def which(name: str, path: str | None = None) -> str | None:
@@ -174,36 +173,6 @@ def _caps_masks(caps: Any) -> tuple[int, int, int, int, int, int]:
     spec.check_spawnable()
     m = spec.to_masks()
     return (m.bounding, m.permitted, m.effective, m.inheritable, m.ambient, last_cap())
-
-
-@functools.lru_cache(maxsize=64)
-def _seccomp_program(seccomp: Any, caps: Any) -> bytes:
-    """The compiled filter (cached: specs are frozen and hashable)."""
-    from nscg.seccomp import Arg, Seccomp
-
-    if seccomp == "default":
-        if caps == "inherit":
-            from nscg.capabilities import Capabilities
-
-            caps = Capabilities.all()
-        kept = sorted(c.name for c in caps.permitted) if caps is not None else []
-        # Docker's profile, and ptrace refused too: moby allows it on kernels
-        # >= 4.8, but a sandbox for untrusted code has no use for it and it
-        # has been the way out more than once (CVE-2019-13272, old bypasses)
-        spec = Seccomp.docker_default(capabilities=kept).deny("ptrace")
-        # Terminal injection: TIOCSTI pushes input into a tty, TIOCLINUX
-        # pastes a VT's selection (bubblewrap CVE-2017-5226, flatpak
-        # CVE-2023-28100). new_session stops the payload from injecting into
-        # the caller's controlling terminal, but it can still make any tty it
-        # was given (one that is nobody's controlling terminal) its own and
-        # queue input for the host's next reader. The kernel reads the
-        # command as an int: the mask stops the high-bits bypass (CVE-2019-10063).
-        for cmd in (TIOCSTI, TIOCLINUX):
-            spec = spec.deny("ioctl", when=[Arg(1).masked_eq(0xFFFFFFFF, cmd)])
-    else:
-        spec = seccomp
-    prog: bytes = spec.compile()
-    return prog
 
 
 # ------------------------------------------------------------------ resolution
@@ -981,7 +950,7 @@ def _fill_confinement(p: _Plan, c: Container, cap_eff: int, joins: Sequence[Any]
                 feature="capabilities",
             )
     if c.seccomp != "unconfined":
-        prog = _seccomp_program(c.seccomp, c.capabilities)
+        prog = _seccomp_policy.program(c.seccomp, c.capabilities)
         plan.seccomp_filter = p.array("char[]", prog)
         plan.seccomp_len = len(prog) // 8
         flags |= lib.NSCG_F_SECCOMP

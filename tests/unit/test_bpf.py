@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from nscg import _bpf
-from nscg._bpf import Assembler, BpfError, Label
+from nscg.seccomp import _bpf
+from nscg.seccomp._bpf import Assembler, BpfError, Label
 
 
 def _run(program: bytes, nr: int = 0, arch: int = 0, args: tuple[int, ...] = ()) -> int:
@@ -150,8 +150,8 @@ def test_disassembler_format() -> None:
 
 def test_bpf_errors_are_nscg_errors() -> None:
     """Whatever escapes the assembler or the interpreter is a typed nscg error."""
-    from nscg._bpf import run
     from nscg.errors import NscgError, SpecError
+    from nscg.seccomp._bpf import run
 
     assert issubclass(BpfError, SpecError) and issubclass(BpfError, NscgError)
     with pytest.raises(NscgError):

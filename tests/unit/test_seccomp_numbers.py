@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nscg import seccomp as sc
 from nscg.errors import NscgError, SpecError, SyscallError, UnsupportedError
 from nscg.seccomp import Action, Arch, Arg, Rule, Seccomp, run_filter, syscall_number
+from nscg.seccomp import _tables as sc
 
 X86 = Arch.X86_64
 U32 = 0xFFFFFFFF
