@@ -6,7 +6,7 @@ whether ``clone3`` exists, and the parent's plain system calls (``setns``,
 no ``ctypes`` next to it. Nothing here runs in a child.
 
 Two programs nscg starts keep their own ctypes: the rootless network helper
-(``network._FACTORY``, run by ``python -I``, which may not import nscg) and
+(``network._hosts._FACTORY``, run by ``python -I``, which may not import nscg) and
 ``nscg check``'s uid-65534 probe; each is a separate process's source text.
 """
 

@@ -9,7 +9,7 @@ import pytest
 
 import nscg
 from nscg import Container, Namespace, Network
-from nscg.network import _Pool
+from nscg.network._bridges import _Pool
 
 
 def test_veth_addresses_are_checked() -> None:
