@@ -1,7 +1,7 @@
 """One spawn's share of a :class:`~nscg.rootfs.RootFS`: temp dirs, the C plan, the report.
 
 Overlay upper/work directories are created here before the clone and removed
-after the sandbox is reaped (``Process._cleanups``) or when the spawn fails.
+after the sandbox is reaped (``Process._add_cleanup``) or when the spawn fails.
 """
 
 from __future__ import annotations
@@ -609,12 +609,12 @@ class RootfsRun:
                 parent.close()  # one fd per live sandbox: the scratch's own
 
         def report() -> None:
-            proc._changes = self.report()
+            proc._set_changes(self.report())
 
         if self.parts or self.tops:
-            proc._cleanups.append(report)
+            proc._add_cleanup(report)
         if self.temps or self.scratch_fd >= 0:
-            proc._cleanups.append(self.cleanup)
+            proc._add_cleanup(self.cleanup)
 
     def _open_upper(self, pt: _Part | _Top) -> int:
         name = pt.upper if isinstance(pt, _Part) else pt.name

@@ -11,7 +11,7 @@ from typing import IO, TYPE_CHECKING, Any, Literal, TypeAlias, TypedDict, overlo
 import attrs
 
 from nscg._native import ffi, lib
-from nscg.errors import SpecError
+from nscg.errors import SpecError, UnsupportedError
 from nscg.namespaces import (
     IdMap,
     Namespace,
@@ -646,8 +646,6 @@ class Container:
         if network.kind == "host":
             return attrs.evolve(self, network=None, namespaces=self.namespaces & ~Namespace.NET)
         if network.kind == "veth" and network.peer_ns is None and os.geteuid() != 0:
-            from nscg.errors import UnsupportedError
-
             raise UnsupportedError(
                 "a veth link into the caller's own network namespace needs root; "
                 "rootless, put the other end in a private one: host=NetworkHost.create()",

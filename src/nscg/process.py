@@ -16,7 +16,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, TYPE_CHECKING, Any, Generic, Literal, TypeAlias, cast, overload
 
 import attrs
@@ -334,6 +334,61 @@ class Process(Generic[_S_co]):
         self._chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
         #: killed if dropped unclosed (run()'s own, lost to an exception)
         self._kill_if_dropped = False
+
+    # ------------------------------------------------- for the spawn engine
+    @classmethod
+    def _from_spawn(
+        cls,
+        keep: Callable[[Process[Any]], None],
+        *,
+        args: Sequence[str],
+        pid: int,
+        pidfd: int,
+        shared: Any,
+        container: Container,
+        files: tuple[IO[bytes] | None, IO[bytes] | None, IO[bytes] | None],
+        whole_sandbox_by_pid1: bool,
+        process_group: int | None,
+        cgroup: CgroupV2 | None,
+        cleanups: Sequence[Callable[[], None]],
+        kill_if_dropped: bool,
+        rss_floor_kb: int,
+        started: float | None,
+    ) -> Process[Any]:
+        """The internal constructor: a spawn hands its sandbox over to a new Process.
+
+        ``keep`` gets the object before it is initialized, so that the spawn's abort
+        knows it at once (a signal may cut the initialization short).
+        """
+        proc: Process[Any] = cls.__new__(cls)
+        keep(proc)
+        proc.__init__(  # type: ignore[misc]  # (made first: see keep)
+            args=args,
+            pid=pid,
+            pidfd=pidfd,
+            shared=shared,
+            container=container,
+            stdin=files[0],
+            stdout=files[1],
+            stderr=files[2],
+            whole_sandbox_by_pid1=whole_sandbox_by_pid1,
+            process_group=process_group,
+            cgroup=cgroup,
+        )
+        proc._cleanups.extend(cleanups)
+        proc._kill_if_dropped = kill_if_dropped
+        proc._rss_floor_kb = rss_floor_kb
+        if started is not None:
+            proc._started = started
+        return proc
+
+    def _add_cleanup(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` once the sandbox has been reaped (in the order added)."""
+        self._cleanups.append(fn)
+
+    def _set_changes(self, changes: Changes | None) -> None:
+        """Record what the sandbox changed in its root (:attr:`Result.changes`)."""
+        self._changes = changes
 
     # ---------------------------------------------------------------- basics
     def fileno(self) -> int:

@@ -40,7 +40,7 @@ SKIPPED: dict[str, str] = {
     "pause": "blocks until a signal whatever the arguments",
     "sync": "flushes every host filesystem (slow under load); no argument makes it fail",
 }
-#: Calls Docker allows that nscg's default filter refuses on purpose (see _spawn.py).
+#: Calls Docker allows that nscg's default filter refuses on purpose (see nscg/seccomp/_policy.py).
 NSCG_DENIES: dict[str, str] = {
     "ptrace": "nscg's default refuses ptrace (CVE-2019-13272 and older bypasses)",
 }
