@@ -1,8 +1,9 @@
-"""Development sessions: tests, lint, typecheck, docs, the cgroup v2 VM, benchmarks.
+"""Development sessions: tests, lint, typecheck, docs, the cgroup v2 VMs, benchmarks.
 
 ``nox -s tests`` runs the suite on this host (as root it includes the rootless
 tests, which drop to uid 65534); ``nox -s vm`` runs the ``cgroup2`` tests in a
-throw-away VM with a pure cgroup v2 kernel.
+throw-away VM with a pure cgroup v2 kernel; ``nox -s vm_systemd`` runs the
+``systemd`` tests in one that boots systemd as PID 1.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).resolve().parent
-nox.options.sessions = ["lint", "typecheck", "tests", "docs", "vm"]
+nox.options.sessions = ["lint", "typecheck", "tests", "docs", "vm", "vm_systemd"]
 nox.options.reuse_existing_virtualenvs = True
 
 # The rootless tests run this venv's interpreter as uid 65534: the venv and the
@@ -72,7 +73,7 @@ def tests(session: nox.Session) -> None:
         "-m",
         "pytest",
         "-m",
-        "not cgroup2",
+        "not cgroup2 and not systemd",
         "-p",
         "no:cacheprovider",
         *(session.posargs or [str(ROOT / "tests")]),
@@ -130,6 +131,50 @@ def vm(session: nox.Session) -> None:
         *(session.posargs or [str(ROOT / "tests" / "cgroup2")]),
         external=True,
         env={"NSCG_REQUIRE": "cgroup2"},
+    )
+
+
+@nox.session(python=PYTHON)
+def vm_systemd(session: nox.Session) -> None:
+    """Run the ``systemd`` tests in a throw-away VM that boots systemd as PID 1.
+
+    The guest has the system bus and a lingering unprivileged user whose user
+    manager runs (tools/vm/run-in-v2vm.sh ``--systemd``). Skipped (with the
+    reason) when qemu, a kernel or systemd is missing, unless NSCG_REQUIRE names
+    systemd: then it fails.
+    """
+    problem = _vm_problem()
+    if problem is None and not os.path.exists("/lib/systemd/systemd"):
+        problem = "systemd is not installed (apt-get install systemd dbus)"
+    if problem:
+        if "systemd" in os.environ.get("NSCG_REQUIRE", ""):
+            session.error(f"NSCG_REQUIRE=systemd but {problem}")
+        session.skip(problem)
+    _install(session)
+    python = os.path.join(session.virtualenv.bin, "python")
+    session.run(
+        "bash",
+        str(VM_SCRIPT),
+        "--systemd",
+        "--timeout",
+        "900",
+        "--retry",
+        "1",
+        "--share",
+        str(ROOT),
+        "--",
+        python,
+        "-m",
+        "pytest",
+        "-p",
+        "no:hypothesispytest",
+        "-p",
+        "no:cacheprovider",
+        "-m",
+        "systemd",
+        *(session.posargs or [str(ROOT / "tests" / "systemd")]),
+        external=True,
+        env={"NSCG_REQUIRE": "systemd"},
     )
 
 

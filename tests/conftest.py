@@ -31,7 +31,8 @@ def required(what: str) -> bool:
     """Whether ``NSCG_REQUIRE`` (comma-separated) names ``what``: a skip becomes a failure.
 
     Keys: root, rootless, libseccomp, cgroup2, busybox, cc, images (umoci and
-    skopeo, to build the image tests' images).
+    skopeo, to build the image tests' images), systemd (the VM with systemd as
+    PID 1), dbus (a dbus-daemon for the D-Bus client's tests).
     """
     return what in {w.strip() for w in os.environ.get("NSCG_REQUIRE", "").split(",")}
 

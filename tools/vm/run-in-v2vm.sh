@@ -51,6 +51,14 @@
 #                        seconds (default 120; env V2VM_BOOT_TIMEOUT)
 #   --no-env             pass only PATH, HOME=/root, LANG=C.UTF-8, TERM=dumb
 #   --no-subtree-control leave /sys/fs/cgroup/cgroup.subtree_control empty
+#   --systemd            boot /lib/systemd/systemd as PID 1 (pure cgroup v2, the
+#                        system bus, logind) with a lingering user "nscg" whose
+#                        user manager runs; COMMAND then runs as root in the
+#                        system service v2vm-run.service (not in the root
+#                        cgroup), with NSCG_V2VM_SYSTEMD=1, NSCG_V2VM_USER=nscg
+#                        and NSCG_V2VM_AS_USER=/run/v2vm/as-user (a command that
+#                        runs its arguments as that user, with XDG_RUNTIME_DIR
+#                        and DBUS_SESSION_BUS_ADDRESS set); env V2VM_SYSTEMD=1
 #   --console            copy the guest kernel console to stderr
 #   --keep               keep the per-run directory (console log, qemu log)
 #   -v, --verbose        timings, qemu command line and fallbacks on stderr
@@ -76,6 +84,7 @@ TIMEOUT=${V2VM_TIMEOUT:-0}
 BOOT_TIMEOUT=${V2VM_BOOT_TIMEOUT:-120}
 RETRY=${V2VM_RETRY:-0}
 PASS_ENV=1 SUBTREE=1 CONSOLE=0 KEEP=0 VERBOSE=0
+SYSTEMD=${V2VM_SYSTEMD:-0}
 SHARES=()
 need_arg() { [[ $1 -ge 2 ]] || { echo "$PROG: $2 needs an argument" >&2; exit 2; }; }
 while (($#)); do
@@ -92,6 +101,7 @@ while (($#)); do
     --retry) need_arg $# "$1"; RETRY=$2; shift 2 ;;
     --no-env) PASS_ENV=0; shift ;;
     --no-subtree-control) SUBTREE=0; shift ;;
+    --systemd) SYSTEMD=1; shift ;;
     --console) CONSOLE=1; shift ;;
     --keep) KEEP=1; shift ;;
     -v|--verbose) VERBOSE=1; shift ;;
@@ -101,6 +111,7 @@ while (($#)); do
   esac
 done
 (($#)) || { echo "$PROG: no command; usage: run-in-v2vm.sh [--share DIR] -- COMMAND..." >&2; exit 2; }
+[[ $SYSTEMD = 0 || $SYSTEMD = 1 ]] || { echo "$PROG: V2VM_SYSTEMD takes 0 or 1" >&2; exit 2; }
 [[ $MEMORY =~ ^[1-9][0-9]*$ && $CPUS =~ ^[1-9][0-9]*$ && $TIMEOUT =~ ^[0-9]+$ && $BOOT_TIMEOUT =~ ^[0-9]+$ && $RETRY =~ ^[0-9]+$ ]] \
   || { echo "$PROG: --memory, --cpus, --timeout, --boot-timeout and --retry take integers" >&2; exit 2; }
 case $ACCEL in auto|tcg|kvm) ;; *) echo "$PROG: --accel takes auto, tcg or kvm" >&2; exit 2 ;; esac
@@ -137,6 +148,12 @@ VMLINUZ=/boot/vmlinuz-$KVER
 [[ -d /lib/modules/$KVER ]] || die "cannot start VM: /lib/modules/$KVER missing"
 if [[ -r /boot/config-$KVER ]] && ! grep -q '^CONFIG_MEMCG=y' "/boot/config-$KVER"; then
   die "cannot start VM: kernel $KVER is built without CONFIG_MEMCG"
+fi
+
+if [[ $SYSTEMD = 1 ]]; then
+  [[ -x /lib/systemd/systemd ]] || die "cannot start VM: --systemd but /lib/systemd/systemd is missing (apt-get install systemd)"
+  [[ -e /lib/systemd/system/dbus.service ]] || die "cannot start VM: --systemd but dbus is missing (apt-get install dbus)"
+  command -v setpriv >/dev/null || die "cannot start VM: --systemd needs setpriv (util-linux)"
 fi
 
 VIRTIOFSD=
@@ -205,7 +222,7 @@ mount -t overlay -o lowerdir=/host,upperdir=/newroot/upper,workdir=/newroot/work
   || fail "cannot mount the overlay root"
 mount -t tmpfs -o mode=755,nosuid,nodev tmpfs $R/run || fail "cannot mount /run"
 mkdir -p $R/run/v2vm
-cp /bin/busybox /stage2 $R/run/v2vm/ || fail "cannot copy stage2"
+cp /bin/busybox /stage2 /systemd-setup /systemd-run $R/run/v2vm/ || fail "cannot copy stage2"
 dbg "switch_root"
 mount --move /dev $R/dev
 umount /sys /proc
@@ -240,6 +257,21 @@ for a in $($B cat /proc/cmdline); do
   esac
 done
 [ -n "$RUN" ] && [ -r "$RUN/cmd.sh" ] || fail "run directory '$RUN' not visible in the guest"
+mount_shares() {
+  while read -r tag path; do
+    [ -n "$tag" ] || continue
+    if [ "$FS" = virtiofs ]; then set -- -t virtiofs
+    else set -- -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=mmap; fi
+    $B mkdir -p "$path" && $B mount "$@" "$tag" "$path" || fail "cannot mount the share $path"
+  done < "$RUN/shares"
+}
+if $B grep -q 'v2vm.systemd=1' /proc/cmdline; then   # --systemd: systemd becomes PID 1
+  mount_shares
+  printf 'OUT=%s\nERR=%s\nST=%s\nRUN=%s\nHN=%s\n' "$OUT" "$ERR" "$ST" "$RUN" "$HN" > /run/v2vm/env
+  dbg "exec systemd-setup"
+  exec $B sh /run/v2vm/systemd-setup
+  fail "cannot run systemd-setup"
+fi
 $B mount -t cgroup2 ${CGOPTS:+-o $CGOPTS} cgroup2 /sys/fs/cgroup || fail "cannot mount cgroup2"
 if [ "$SUBTREE" = 1 ]; then
   for c in $($B cat /sys/fs/cgroup/cgroup.controllers); do
@@ -256,18 +288,118 @@ $B ln -sf /proc/self/fd/0 /dev/stdin
 $B ln -sf /proc/self/fd/1 /dev/stdout
 $B ln -sf /proc/self/fd/2 /dev/stderr
 $B mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
-while read -r tag path; do
-  [ -n "$tag" ] || continue
-  if [ "$FS" = virtiofs ]; then set -- -t virtiofs
-  else set -- -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=mmap; fi
-  $B mkdir -p "$path" && $B mount "$@" "$tag" "$path" || fail "cannot mount the share $path"
-done < "$RUN/shares"
+mount_shares
 $B hostname "$HN"
 $B ip link set lo up 2>/dev/null
 dbg "starting the command"
 echo "started $($B cut -d' ' -f1 /proc/uptime)" > $ST
 cd /
 $B env -i /bin/bash "$RUN/cmd.sh" < /dev/null > $OUT 2> $ERR
+echo "rc=$? $($B cut -d' ' -f1 /proc/uptime)" > $ST
+$B sync
+$B reboot -f
+EOF
+}
+
+write_systemd_setup() {  # --systemd, stage 3: prepare the overlay's /etc, exec systemd as PID 1
+cat <<'EOF'
+B=/run/v2vm/busybox
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+. /run/v2vm/env
+log() { echo "v2vm-init: $*" > /dev/console; }
+fail() { log "FATAL: $*"; echo "fail $*" > $ST; $B sync; $B reboot -f; }
+[ -x /lib/systemd/systemd ] || fail "--systemd: /lib/systemd/systemd not found (apt-get install systemd)"
+[ -e /lib/systemd/system/dbus.service ] || fail "--systemd: no dbus.service (apt-get install dbus)"
+echo "$HN" > /etc/hostname
+# systemd must not take the guest for a container: it would ignore the kernel command line
+$B rm -f /.dockerenv /run/.containerenv /run/systemd/container
+# what systemd-tmpfiles-setup would make (it is masked: its boot-time cleaning of /tmp
+# takes ~30 s under TCG and would remove the run directory from the overlay)
+$B mkdir -p /run/user /run/lock /var/lib/dbus /var/lib/systemd && $B chmod 1777 /run/lock
+# The unprivileged user, lingering: logind starts its user manager at boot.
+U=nscg
+if ! $B grep -q "^$U:" /etc/passwd; then
+  N=$($B cat /etc/passwd /etc/group | $B awk -F: 'BEGIN { m = 1000 } $3 >= m && $3 < 60000 { m = $3 + 1 } END { print m }')
+  echo "$U:x:$N:$N:nscg test user:/home/$U:/bin/sh" >> /etc/passwd
+  echo "$U:x:$N:" >> /etc/group
+  [ -e /etc/shadow ] && echo "$U:!:20000::::::" >> /etc/shadow
+fi
+N=$($B awk -F: -v u=$U '$1 == u { print $3 }' /etc/passwd)
+G=$($B awk -F: -v u=$U '$1 == u { print $4 }' /etc/passwd)
+H=$($B awk -F: -v u=$U '$1 == u { print $6 }' /etc/passwd)
+[ -n "$N" ] || fail "cannot create the user $U"
+$B mkdir -p "$H" /var/lib/systemd/linger && $B chown "$N:$G" "$H" && $B chmod 700 "$H"
+: > /var/lib/systemd/linger/$U
+printf 'U=%s\nN=%s\nG=%s\nH=%s\n' "$U" "$N" "$G" "$H" >> /run/v2vm/env
+# user@.service's PAM service (Debian's, minus SELinux and loginuid)
+[ -e /etc/pam.d/systemd-user ] || printf '%s\n' 'account include common-account' \
+  'session required pam_limits.so' 'session include common-session-noninteractive' \
+  'session optional pam_systemd.so' > /etc/pam.d/systemd-user
+# a helper for the command: run something as the user, with its session bus
+cat > /run/v2vm/as-user <<EOT
+#!/bin/sh
+# usage: as-user COMMAND [ARG]...: run COMMAND as $U (uid $N) with its user manager's environment
+exec /usr/bin/setpriv --reuid=$N --regid=$G --init-groups /usr/bin/env HOME=$H USER=$U LOGNAME=$U \
+  XDG_RUNTIME_DIR=/run/user/$N DBUS_SESSION_BUS_ADDRESS=unix:path=/run/user/$N/bus "\$@"
+EOT
+$B chmod 755 /run/v2vm/as-user
+S=/etc/systemd/system
+$B mkdir -p $S /etc/systemd/system-generators /etc/systemd/user
+cat > $S/v2vm.target <<EOT
+[Unit]
+Description=v2vm: boot for one command
+Requires=basic.target
+Wants=v2vm-run.service
+After=basic.target
+AllowIsolate=yes
+EOT
+cat > $S/v2vm-run.service <<EOT
+[Unit]
+Description=v2vm: run the command
+Wants=dbus.service systemd-logind.service systemd-user-sessions.service user@$N.service
+After=basic.target dbus.service systemd-logind.service systemd-user-sessions.service user@$N.service
+[Service]
+Type=simple
+ExecStart=/run/v2vm/busybox sh /run/v2vm/systemd-run
+StandardInput=null
+StandardOutput=journal+console
+StandardError=journal+console
+EOT
+# Units that only cost boot time under TCG (or touch hardware the guest lacks)
+for u in systemd-udevd.service systemd-udev-trigger.service systemd-udev-settle.service \
+    systemd-udevd-control.socket systemd-udevd-kernel.socket systemd-hwdb-update.service \
+    ldconfig.service systemd-journal-catalog-update.service systemd-update-done.service \
+    systemd-firstboot.service systemd-sysusers.service systemd-machine-id-commit.service \
+    systemd-random-seed.service systemd-pstore.service systemd-timesyncd.service \
+    systemd-binfmt.service proc-sys-fs-binfmt_misc.automount systemd-modules-load.service \
+    kmod-static-nodes.service systemd-repart.service systemd-pcrphase.service \
+    systemd-pcrphase-sysinit.service systemd-remount-fs.service systemd-fsck-root.service \
+    systemd-journal-flush.service systemd-tmpfiles-setup.service dev-hugepages.mount sys-fs-fuse-connections.mount \
+    sys-kernel-config.mount sys-kernel-tracing.mount systemd-ask-password-console.path \
+    apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer e2scrub_all.timer \
+    fstrim.timer man-db.timer getty@tty1.service serial-getty@ttyS0.service \
+    postgresql.service e2scrub_reap.service systemd-tmpfiles-clean.timer \
+    systemd-update-utmp.service systemd-update-utmp-runlevel.service \
+    modprobe@drm.service modprobe@configfs.service modprobe@fuse.service \
+    modprobe@dm_mod.service modprobe@loop.service modprobe@efi_pstore.service; do
+  $B ln -sf /dev/null $S/$u
+done
+for g in /lib/systemd/system-generators/*; do   # only the debug generator is kept
+  case ${g##*/} in systemd-debug-generator) ;; *) $B ln -sf /dev/null /etc/systemd/system-generators/${g##*/} ;; esac
+done
+exec /lib/systemd/systemd --log-target=console
+fail "cannot exec /lib/systemd/systemd"
+EOF
+}
+
+write_systemd_run() {  # --systemd: v2vm-run.service runs the command, reports, powers off
+cat <<'EOF'
+B=/run/v2vm/busybox
+. /run/v2vm/env
+echo "started $($B cut -d' ' -f1 /proc/uptime)" > $ST
+cd /
+$B env -i NSCG_V2VM_SYSTEMD=1 NSCG_V2VM_USER=$U NSCG_V2VM_AS_USER=/run/v2vm/as-user \
+  /bin/bash "$RUN/cmd.sh" < /dev/null > $OUT 2> $ERR
 echo "rc=$? $($B cut -d' ' -f1 /proc/uptime)" > $ST
 $B sync
 $B reboot -f
@@ -309,6 +441,7 @@ build_cache() {
   done
   printf '%s\n' "${order[@]}" > "$w/lib/mod/order"
   write_init > "$w/init" && chmod 755 "$w/init" && write_stage2 > "$w/stage2" || return 1
+  write_systemd_setup > "$w/systemd-setup" && write_systemd_run > "$w/systemd-run" || return 1
   (cd "$w" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -1 > "$tmp/initrd.cpio.gz" \
     || { rm -rf "$tmp"; return 1; }
   rm -rf "$w"
@@ -378,7 +511,7 @@ trap 'echo "$PROG: interrupted" >&2; exit 130' INT TERM HUP
       [[ $n =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || continue
       case $n in
         _|SHLVL|PWD|OLDPWD|HOSTNAME|SSH_*|DISPLAY|WAYLAND_DISPLAY|DBUS_SESSION_BUS_ADDRESS|XDG_RUNTIME_DIR|\
-        INVOCATION_ID|JOURNAL_STREAM|NOTIFY_SOCKET|LISTEN_*|TMUX|TMUX_PANE|STY|WINDOWID|V2VM_*) continue ;;
+        INVOCATION_ID|JOURNAL_STREAM|NOTIFY_SOCKET|LISTEN_*|TMUX|TMUX_PANE|STY|WINDOWID|V2VM_*|NSCG_V2VM*) continue ;;
       esac
       printf 'export %s=%q\n' "$n" "$v"
     done < <(env -0)
@@ -454,6 +587,7 @@ run_qemu() {  # $1 = kvm|tcg, $2 = virtiofs|9p; sets QRC and STATUS
     -device virtio-blk-pci,drive=v2vmnull,serial=v2vm-null
   )
   [[ -n ${V2VM_CGROUP2_OPTS:-} ]] && append+=" v2vm.cgopts=$V2VM_CGROUP2_OPTS"
+  [[ $SYSTEMD = 1 ]] && append+=" v2vm.systemd=1 systemd.unified_cgroup_hierarchy=1 systemd.unit=v2vm.target fstab=no systemd.show_status=false systemd.log_level=warning"
   [[ -n ${V2VM_APPEND:-} ]] && append+=" $V2VM_APPEND"
   local cmd=("$QEMU" -name v2vm -nodefaults -no-user-config -no-reboot -display none
     -monitor "unix:$RUN/monitor.sock,server=on,wait=off"
