@@ -8,8 +8,9 @@ a fixture, so it costs nothing in a suite that does not use them.
   socket), ``tmp_path`` bound writable (and the working directory), this
   interpreter's directories read-only where that root hides them, no network,
   private pid/ipc/uts, modest limits when this host's cgroups allow them.
-  After the test it checks that nothing leaked: no child process, no pidfd,
-  no mount of the test process is left.
+  After the test it checks that nothing leaked: no child process of the test
+  process, no pidfd of another process, no new or removed mount in its mount
+  namespace, no cgroup it made (``nscg-<pid>-...``) is left.
 * ``@pytest.mark.nscg(...)``: per-test options, each ``name=value`` calling
   ``Container.with_<name>(value)`` (a tuple is passed as positional arguments,
   a dict as keyword arguments); positional arguments are callables
@@ -19,7 +20,14 @@ a fixture, so it costs nothing in a suite that does not use them.
 * ``@pytest.mark.nscg_isolated``: the test runs in a fresh interpreter inside
   that sandbox (``python -m pytest -p no:cacheprovider NODEID``) and its outcome
   is reported as the test's. The outer process does not fork: fixtures of the
-  outer run are set up as usual, the test function body runs only inside.
+  outer run are set up as usual, the test function body runs only inside. The
+  inner interpreter gets the outer one's flags and import path (``PYTHONPATH``
+  made absolute, nscg's own directory added) and loads this plugin the way the
+  outer run did (entry point or ``-p nscg.pytest_plugin``).
+* ``--nscg-cgroups-unavailable=skip`` (ini ``nscg_cgroups_unavailable``): a test
+  that fails because cgroup limits cannot be applied on this host (an
+  :class:`nscg.UnsupportedError` about cgroups) is skipped with that error as
+  the reason instead of failing. Default ``fail``.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import pytest
 
@@ -42,6 +50,31 @@ INNER_ENV: Final = "NSCG_PYTEST_INNER"
 #: the fd the inner run writes its outcome to (JSON)
 REPORT_FD_ENV: Final = "NSCG_PYTEST_REPORT_FD"
 DEFAULT_TIMEOUT: Final = 300.0
+#: the option and ini name that turns "cgroups unavailable" into a skip
+CGROUPS_OPTION: Final = "nscg_cgroups_unavailable"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--nscg-cgroups-unavailable",
+        dest=CGROUPS_OPTION,
+        choices=("fail", "skip"),
+        default=None,
+        help="a test whose cgroup limits cannot be applied on this host: fail (default) "
+        "or skip with the reason",
+    )
+    parser.addini(
+        CGROUPS_OPTION,
+        "fail or skip: what a test whose cgroup limits cannot be applied does",
+        default="fail",
+    )
+
+
+def _cgroups_unavailable_skips(config: pytest.Config) -> bool:
+    value = config.getoption(CGROUPS_OPTION) or config.getini(CGROUPS_OPTION)
+    if value not in ("fail", "skip"):
+        raise pytest.UsageError(f"{CGROUPS_OPTION} must be fail or skip, not {value!r}")
+    return bool(value == "skip")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -166,7 +199,30 @@ def _with_image(c: Container, image: Any) -> Container:
 
 
 # ------------------------------------------------------------------ leak check
-def _snapshot() -> tuple[set[int], set[int], int]:
+class _Snapshot(NamedTuple):
+    kids: set[int]
+    pidfds: set[int]
+    mounts: list[str]
+    cgroups: set[str]
+
+
+def _own_cgroups() -> set[str]:
+    """The cgroups this process made (``nscg-<pid>-...``) that still exist."""
+    try:
+        from nscg.cgroups import discover
+        from nscg.cgroups._handle import _default_parent
+
+        parent = _default_parent(discover())
+        if parent is None:
+            return set()
+        prefix = f"nscg-{os.getpid()}-"
+        with os.scandir(parent) as it:
+            return {os.path.join(parent, e.name) for e in it if e.name.startswith(prefix)}
+    except Exception:
+        return set()
+
+
+def _snapshot(*, cgroups: bool = True) -> _Snapshot:
     kids: set[int] = set()
     for task in os.listdir("/proc/self/task"):
         try:
@@ -186,8 +242,28 @@ def _snapshot() -> tuple[set[int], set[int], int]:
         except OSError:
             pass
     with open("/proc/self/mountinfo") as f:
-        mounts = len(f.readlines())
-    return kids, pidfds, mounts
+        # mount id, parent id, major:minor, root, mount point
+        mounts = sorted(" ".join(ln.split()[:5]) for ln in f)
+    return _Snapshot(kids, pidfds, mounts, _own_cgroups() if cgroups else set())
+
+
+def _leaks(before: _Snapshot, after: _Snapshot) -> list[str]:
+    """What ``after`` holds that ``before`` did not, in words (empty: nothing leaked)."""
+    leaked = []
+    if after.kids - before.kids:
+        leaked.append(f"child processes {sorted(after.kids - before.kids)}")
+    if after.pidfds - before.pidfds:
+        leaked.append(f"pidfds {sorted(after.pidfds - before.pidfds)}")
+    if after.mounts != before.mounts:
+        new = sorted(set(after.mounts) - set(before.mounts))
+        gone = sorted(set(before.mounts) - set(after.mounts))
+        leaked.append(
+            f"mounts ({len(before.mounts)} before, {len(after.mounts)} after; "
+            f"new {[m.split()[4] for m in new]}, gone {[m.split()[4] for m in gone]})"
+        )
+    if after.cgroups - before.cgroups:
+        leaked.append(f"cgroups {sorted(after.cgroups - before.cgroups)}")
+    return leaked
 
 
 @pytest.fixture
@@ -203,14 +279,7 @@ def sandbox(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Containe
         reap_abandoned()
     except ImportError:
         pass
-    kids, pidfds, mounts = _snapshot()
-    leaked = []
-    if kids - before[0]:
-        leaked.append(f"child processes {sorted(kids - before[0])}")
-    if pidfds - before[1]:
-        leaked.append(f"pidfds {sorted(pidfds - before[1])}")
-    if mounts != before[2]:
-        leaked.append(f"mounts ({before[2]} before, {mounts} after)")
+    leaked = _leaks(before, _snapshot())
     if leaked:
         pytest.fail("the sandbox fixture's test leaked: " + ", ".join(leaked), pytrace=False)
 
@@ -243,12 +312,66 @@ class _InnerReporter:
         os.write(self.fd, data)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    """With ``--nscg-cgroups-unavailable=skip``: an UnsupportedError about cgroups skips."""
+    try:
+        return (yield)
+    except Exception as exc:
+        if _is_cgroups_unavailable(exc) and _cgroups_unavailable_skips(item.config):
+            pytest.skip(f"cgroup limits unavailable here: {exc}")
+        raise
+
+
+def _is_cgroups_unavailable(exc: BaseException) -> bool:
+    from nscg.errors import UnsupportedError
+
+    return isinstance(exc, UnsupportedError) and (exc.feature or "").startswith("cgroup")
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
     if pyfuncitem.get_closest_marker("nscg_isolated") is None or os.environ.get(INNER_ENV):
         return None
     _run_isolated(pyfuncitem)
     return True
+
+
+def _interpreter_flags() -> list[str]:
+    """This interpreter's command-line flags (``-S``, ``-E``, ``-X ...``), for the inner one."""
+    import subprocess
+
+    flags: list[str] = subprocess._args_from_interpreter_flags()  # type: ignore[attr-defined]  # private but stable since 3.2; multiprocessing uses it
+    return flags
+
+
+def _inner_pythonpath(config: pytest.Config) -> str:
+    """``PYTHONPATH`` for the inner interpreter: the caller's, absolute, and nscg's directory.
+
+    A relative entry is made absolute against the directory pytest was started
+    in (the inner run starts in the rootdir); the directory nscg was imported
+    from is added, so the plugin and the library load inside even when they are
+    importable only through the caller's ``PYTHONPATH`` or ``sys.path``.
+    """
+    import nscg
+
+    base = Path(config.invocation_params.dir)
+    out: list[str] = []
+    for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+        if entry:
+            out.append(str(base / entry))
+    here = str(Path(nscg.__file__).resolve().parent.parent)
+    if here not in out:
+        out.append(here)
+    return os.pathsep.join(out)
+
+
+def _plugin_args(config: pytest.Config) -> list[str]:
+    """Load the plugin inside as outside: ``-p nscg.pytest_plugin`` unless the entry point did."""
+    args = ["-o", f"{CGROUPS_OPTION}={'skip' if _cgroups_unavailable_skips(config) else 'fail'}"]
+    if config.pluginmanager.get_plugin("nscg") is None:  # not through the pytest11 entry point
+        args += ["-p", "nscg.pytest_plugin"]
+    return args
 
 
 def _run_isolated(item: pytest.Function) -> None:
@@ -278,7 +401,9 @@ def _run_isolated(item: pytest.Function) -> None:
             env[INNER_ENV] = "1"
             env[REPORT_FD_ENV] = str(fd)
             c = c.with_env(env)
-            argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]
+            env["PYTHONPATH"] = _inner_pythonpath(config)
+            argv = [sys.executable, *_interpreter_flags(), "-m", "pytest"]
+            argv += ["-p", "no:cacheprovider", "-q", *_plugin_args(config)]
             argv += ["--rootdir", str(rootdir), "--basetemp", str(work / "basetemp")]
             if config.inipath is not None:
                 argv += ["-c", str(config.inipath)]
