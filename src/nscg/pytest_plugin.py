@@ -32,6 +32,7 @@ a fixture, so it costs nothing in a suite that does not use them.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -52,6 +53,12 @@ REPORT_FD_ENV: Final = "NSCG_PYTEST_REPORT_FD"
 DEFAULT_TIMEOUT: Final = 300.0
 #: the option and ini name that turns "cgroups unavailable" into a skip
 CGROUPS_OPTION: Final = "nscg_cgroups_unavailable"
+#: set in a zygote: "CMD_FD,RESP_FD", the pipes it serves tests on
+ZYGOTE_ENV: Final = "NSCG_PYTEST_ZYGOTE"
+MODE_OPTION: Final = "nscg_isolated_mode"
+SCOPE_OPTION: Final = "nscg_zygote_scope"
+ALL_OPTION: Final = "nscg_isolate_all"
+MODES: Final = ("fresh", "zygote")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -62,6 +69,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="a test whose cgroup limits cannot be applied on this host: fail (default) "
         "or skip with the reason",
+    )
+    parser.addoption(
+        "--nscg-isolated-mode",
+        dest=MODE_OPTION,
+        choices=MODES,
+        default=None,
+        help="how nscg_isolated tests run: fresh (a new interpreter in a new sandbox per "
+        "test, default) or zygote (a sandboxed pytest per module or session forks a child "
+        "per test)",
+    )
+    parser.addini(MODE_OPTION, "fresh or zygote: see --nscg-isolated-mode", default="fresh")
+    parser.addoption(
+        "--nscg-zygote-scope",
+        dest=SCOPE_OPTION,
+        choices=("module", "session"),
+        default=None,
+        help="what one zygote serves: the tests of one module (default) or of the session",
+    )
+    parser.addini(SCOPE_OPTION, "module or session: see --nscg-zygote-scope", default="module")
+    parser.addoption(
+        "--nscg-isolate-all",
+        dest=ALL_OPTION,
+        action="store_true",
+        default=False,
+        help="run every test as if marked nscg_isolated",
     )
     parser.addini(
         CGROUPS_OPTION,
@@ -85,11 +117,22 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line(
         "markers",
-        "nscg_isolated: run this test in a fresh interpreter inside a sandbox "
-        "(host root read-only, tmp_path writable, no network)",
+        "nscg_isolated(mode=None): run this test inside a sandbox (host root read-only, "
+        "tmp_path writable, no network): mode fresh, a new interpreter per test; zygote, a "
+        "forked child of a sandboxed pytest that collected the module once",
     )
     if os.environ.get(INNER_ENV) and os.environ.get(REPORT_FD_ENV):
         config.pluginmanager.register(_InnerReporter(int(os.environ[REPORT_FD_ENV])))
+    if os.environ.get(INNER_ENV) and os.environ.get(ZYGOTE_ENV):
+        config.pluginmanager.register(_ZygoteServer(os.environ[ZYGOTE_ENV]))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``--nscg-isolate-all``: every test is an ``nscg_isolated`` one."""
+    if config.getoption(ALL_OPTION) and not os.environ.get(INNER_ENV):
+        for item in items:
+            if item.get_closest_marker("nscg_isolated") is None:
+                item.add_marker(pytest.mark.nscg_isolated)
 
 
 def _limits_allowed() -> bool:
@@ -293,18 +336,7 @@ class _InnerReporter:
         self.reports: list[dict[str, Any]] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        reason = ""
-        if report.skipped and isinstance(report.longrepr, tuple):
-            reason = str(report.longrepr[2])
-        self.reports.append(
-            {
-                "when": report.when,
-                "outcome": report.outcome,
-                "longrepr": report.longreprtext if report.failed else "",
-                "reason": reason,
-                "wasxfail": getattr(report, "wasxfail", None),
-            }
-        )
+        self.reports.append(_report_dict(report))
 
     def pytest_sessionfinish(self) -> None:
         data = json.dumps(self.reports).encode()
@@ -374,42 +406,69 @@ def _plugin_args(config: pytest.Config) -> list[str]:
     return args
 
 
+def _isolated_container(item: pytest.Item, work: Path) -> tuple[Container, float]:
+    """The sandbox of an isolated test: :func:`preset` on ``work``, the marker, cwd rootdir."""
+    config = item.config
+    rootdir = Path(config.rootpath)
+    dirs = {rootdir, Path(config.invocation_params.dir), Path(item.path).parent}
+    # parents only: a bind of a directory would hide an earlier bind inside it
+    extra = tuple(
+        p
+        for p in sorted(d for d in dirs if d.is_dir())
+        if not any(q != p and p.is_relative_to(q) for q in dirs)
+    )
+    c, timeout = _apply_marker(preset(work, extra_ro=extra), item)
+    return c.with_cwd(str(rootdir)), timeout
+
+
+def _inner_command(
+    config: pytest.Config, work: Path, extra_env: dict[str, str], targets: list[str]
+) -> tuple[list[str], dict[str, str]]:
+    """The inner pytest's argv and environment (the caller's, with the import path carried)."""
+    env = dict(os.environ)
+    env.pop("PYTEST_CURRENT_TEST", None)
+    env.pop("PYTEST_ADDOPTS", None)
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONPATH"] = _inner_pythonpath(config)
+    env[INNER_ENV] = "1"
+    env.update(extra_env)
+    argv = [sys.executable, *_interpreter_flags(), "-m", "pytest"]
+    argv += ["-p", "no:cacheprovider", "-q", *_plugin_args(config)]
+    argv += ["--rootdir", str(config.rootpath), "--basetemp", str(work / "basetemp")]
+    if config.inipath is not None:
+        argv += ["-c", str(config.inipath)]
+    argv += ["-o", "addopts=--strict-markers", f"--import-mode={config.option.importmode}"]
+    argv += targets
+    return argv, env
+
+
+def _isolated_mode(item: pytest.Item) -> str:
+    mark = item.get_closest_marker("nscg_isolated")
+    mode = (mark.kwargs.get("mode") if mark is not None else None) or (
+        item.config.getoption(MODE_OPTION) or item.config.getini(MODE_OPTION)
+    )
+    if mode not in MODES:
+        raise pytest.UsageError(f"nscg_isolated mode must be one of {MODES}, not {mode!r}")
+    return str(mode)
+
+
 def _run_isolated(item: pytest.Function) -> None:
+    if _isolated_mode(item) == "zygote":
+        _report_inner(item, _zygote_for(item).run(item.nodeid))
+        return
     import tempfile
 
     import nscg
 
     config = item.config
-    rootdir = Path(config.rootpath)
     work = Path(tempfile.mkdtemp(prefix="nscg-isolated-"))
     try:
-        dirs = {rootdir, Path(config.invocation_params.dir), Path(item.path).parent}
-        # parents only: a bind of a directory would hide an earlier bind inside it
-        extra = tuple(
-            p
-            for p in sorted(d for d in dirs if d.is_dir())
-            if not any(q != p and p.is_relative_to(q) for q in dirs)
-        )
-        c, timeout = _apply_marker(preset(work, extra_ro=extra), item)
-        c = c.with_cwd(str(rootdir))
-        env = dict(os.environ)
-        env.pop("PYTEST_CURRENT_TEST", None)
-        env.pop("PYTEST_ADDOPTS", None)
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        c, timeout = _isolated_container(item, work)
         with tempfile.TemporaryFile(dir=work) as report:
             fd = report.fileno()
-            env[INNER_ENV] = "1"
-            env[REPORT_FD_ENV] = str(fd)
-            c = c.with_env(env)
-            env["PYTHONPATH"] = _inner_pythonpath(config)
-            argv = [sys.executable, *_interpreter_flags(), "-m", "pytest"]
-            argv += ["-p", "no:cacheprovider", "-q", *_plugin_args(config)]
-            argv += ["--rootdir", str(rootdir), "--basetemp", str(work / "basetemp")]
-            if config.inipath is not None:
-                argv += ["-c", str(config.inipath)]
-            argv += ["-o", "addopts=--strict-markers", item.nodeid]
+            argv, env = _inner_command(config, work, {REPORT_FD_ENV: str(fd)}, [item.nodeid])
             try:
-                r = c.run(argv, capture_output=True, timeout=timeout, pass_fds=[fd])
+                r = c.with_env(env).run(argv, capture_output=True, timeout=timeout, pass_fds=[fd])
             except nscg.TimeoutExpired:
                 pytest.fail(f"isolated test timed out after {timeout:g} s", pytrace=False)
             report.seek(0)
@@ -425,6 +484,11 @@ def _run_isolated(item: pytest.Function) -> None:
             f"isolated run of {item.nodeid} reported nothing (status {r.returncode}):\n{output}",
             pytrace=False,
         )
+    _report_inner(item, reports)
+
+
+def _report_inner(item: pytest.Item, reports: list[dict[str, Any]]) -> None:
+    """Make the inner run's outcome the test's: a failure fails, then a skip or xfail skips."""
     for rep in reports:
         if rep["outcome"] == "failed":
             pytest.fail(f"[inside the sandbox, {rep['when']}]\n{rep['longrepr']}", pytrace=False)
@@ -433,3 +497,228 @@ def _run_isolated(item: pytest.Function) -> None:
             if rep["wasxfail"] is not None:
                 pytest.xfail(rep["wasxfail"])
             pytest.skip(f"[inside the sandbox] {rep['reason']}")
+
+
+def _report_dict(report: pytest.TestReport) -> dict[str, Any]:
+    reason = ""
+    if report.skipped and isinstance(report.longrepr, tuple):
+        reason = str(report.longrepr[2])
+    return {
+        "when": report.when,
+        "outcome": report.outcome,
+        "longrepr": report.longreprtext if report.failed else "",
+        "reason": reason,
+        "wasxfail": getattr(report, "wasxfail", None),
+    }
+
+
+# ------------------------------------------------------------------ zygote mode
+class _Zygote:
+    """A sandboxed pytest that collected some test files once and forks a child per test.
+
+    The outer process sends a node id per line on one pipe; the zygote (inside
+    the sandbox) forks, the child runs that test's whole protocol (setup, call,
+    teardown: every fixture afresh) and exits, and the zygote answers one JSON
+    line on the other pipe. The outer pytest process is never forked.
+    """
+
+    def __init__(self, item: pytest.Item, targets: list[str]) -> None:
+        import tempfile
+
+        self.work = Path(tempfile.mkdtemp(prefix="nscg-zygote-"))
+        self.proc: Any = None
+        try:
+            c, self.timeout = _isolated_container(item, self.work)
+            cmd_r, self.cmd_w = os.pipe()
+            self.resp_r, resp_w = os.pipe()
+            fds = {ZYGOTE_ENV: f"{cmd_r},{resp_w}"}
+            argv, env = _inner_command(item.config, self.work, fds, targets)
+            self.log = open(self.work / "zygote.log", "wb")  # noqa: SIM115 (closed in close())
+            try:
+                self.proc = c.with_env(env).spawn(
+                    argv, pass_fds=[cmd_r, resp_w], stdout=self.log, stderr=self.log
+                )
+            finally:
+                os.close(cmd_r)
+                os.close(resp_w)
+        except BaseException:
+            self.close()
+            raise
+        self.buf = b""
+
+    def run(self, nodeid: str) -> list[dict[str, Any]]:
+        """Run one test in a fresh child of the zygote; its reports."""
+        import select
+
+        try:
+            os.write(self.cmd_w, nodeid.encode() + b"\n")
+        except OSError as exc:
+            self._broken(f"the zygote is gone ({exc})")
+        deadline = _now() + self.timeout
+        while b"\n" not in self.buf:
+            left = deadline - _now()
+            if left <= 0:
+                self._broken(f"isolated test timed out after {self.timeout:g} s")
+            ready, _, _ = select.select([self.resp_r], [], [], left)
+            if ready:
+                chunk = os.read(self.resp_r, 65536)
+                if not chunk:
+                    self._broken("the zygote exited")
+                self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        answer = json.loads(line)
+        if answer.get("error"):
+            pytest.fail(f"[zygote] {answer['error']}", pytrace=False)
+        reports: list[dict[str, Any]] = answer["reports"]
+        if not reports:
+            pytest.fail(
+                f"the test's child in the zygote reported nothing (wait status {answer['status']})",
+                pytrace=False,
+            )
+        return reports
+
+    def _broken(self, why: str) -> None:
+        log = ""
+        if self.proc is not None:
+            self.proc.kill()
+        with contextlib.suppress(OSError):
+            log = (self.work / "zygote.log").read_text(errors="replace")[-4000:]
+        self.close()
+        _ZYGOTES.pop_value(self)
+        pytest.fail(f"{why}\n{log}", pytrace=False)
+
+    def close(self) -> None:
+        """End the zygote (EOF on its command pipe, then a kill) and remove its directory."""
+        import shutil
+
+        for name in ("cmd_w", "resp_r"):
+            fd = getattr(self, name, -1)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=10)
+            except Exception:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc.close()
+            self.proc = None
+        if getattr(self, "log", None) is not None:
+            self.log.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def _now() -> float:
+    import time
+
+    return time.monotonic()
+
+
+class _ZygoteCache(dict[tuple[str, str], _Zygote]):
+    """The live zygotes, by (scope key, marker key)."""
+
+    def pop_value(self, z: _Zygote) -> None:
+        for k, v in list(self.items()):
+            if v is z:
+                del self[k]
+
+    def close(self, scope: str | None = None) -> None:
+        for k in [k for k in self if scope is None or k[0] == scope]:
+            self.pop(k).close()
+
+
+_ZYGOTES: Final = _ZygoteCache()
+
+
+def _zygote_key(item: pytest.Item) -> tuple[str, str]:
+    marks = [(m.args, sorted(m.kwargs.items())) for m in item.iter_markers("nscg")]
+    return _scope_key(item), repr(marks)
+
+
+def _scope_key(item: pytest.Item) -> str:
+    scope = item.config.getoption(SCOPE_OPTION) or item.config.getini(SCOPE_OPTION)
+    if scope not in ("module", "session"):
+        raise pytest.UsageError(f"{SCOPE_OPTION} must be module or session, not {scope!r}")
+    return str(item.path) if scope == "module" else ""
+
+
+def _zygote_for(item: pytest.Item) -> _Zygote:
+    key = _zygote_key(item)
+    z = _ZYGOTES.get(key)
+    if z is None:
+        if key[0]:
+            targets = [str(item.path)]
+        else:  # the session's: every file with a test for a zygote, collected once
+            files = {
+                str(it.path)
+                for it in item.session.items
+                if it.get_closest_marker("nscg_isolated") and _isolated_mode(it) == "zygote"
+            }
+            targets = sorted(files)
+        z = _ZYGOTES[key] = _Zygote(item, targets)
+    return z
+
+
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """A module's zygotes end after its last test (scope ``module``)."""
+    if os.environ.get(INNER_ENV) or not _ZYGOTES:
+        return
+    if nextitem is None or nextitem.path != item.path:
+        _ZYGOTES.close(str(item.path))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Every zygote left ends with the session."""
+    _ZYGOTES.close()
+
+
+class _ZygoteServer:
+    """Inside the sandbox: serve the outer run's tests, one forked child each."""
+
+    def __init__(self, spec: str) -> None:
+        cmd, resp = spec.split(",")
+        self.cmd, self.resp = int(cmd), int(resp)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> bool:
+        items = {it.nodeid: it for it in session.items}
+        factory = getattr(session.config, "_tmp_path_factory", None)
+        if factory is not None:
+            factory.getbasetemp()  # made once here, not by (and for) each child
+        with os.fdopen(self.cmd, "rb") as commands:
+            for line in commands:
+                nodeid = line.decode().rstrip("\n")
+                item = items.get(nodeid)
+                if item is None:
+                    answer: dict[str, Any] = {"error": f"{nodeid} was not collected inside"}
+                else:
+                    answer = self._fork(item)
+                os.write(self.resp, json.dumps(answer).encode() + b"\n")
+        return True
+
+    def _fork(self, item: pytest.Item) -> dict[str, Any]:
+        from _pytest.runner import runtestprotocol
+
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the test's child: run it, write its reports, leave
+            code = 0
+            try:
+                os.close(r)
+                reports = runtestprotocol(item, log=False, nextitem=None)
+                data = json.dumps([_report_dict(rep) for rep in reports]).encode()
+                while data:
+                    data = data[os.write(w, data) :]
+            except BaseException:
+                code = 70
+            finally:
+                os._exit(code)
+        os.close(w)
+        chunks = []
+        while chunk := os.read(r, 65536):
+            chunks.append(chunk)
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+        raw = b"".join(chunks)
+        return {"reports": json.loads(raw) if raw else [], "status": status}
