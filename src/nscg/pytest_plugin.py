@@ -59,6 +59,7 @@ MODE_OPTION: Final = "nscg_isolated_mode"
 SCOPE_OPTION: Final = "nscg_zygote_scope"
 ALL_OPTION: Final = "nscg_isolate_all"
 MODES: Final = ("fresh", "zygote")
+SESSION_OPTION: Final = "nscg_session"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -88,6 +89,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="what one zygote serves: the tests of one module (default) or of the session",
     )
     parser.addini(SCOPE_OPTION, "module or session: see --nscg-zygote-scope", default="module")
+    parser.addoption(
+        "--nscg",
+        dest=SESSION_OPTION,
+        action="store_true",
+        default=False,
+        help="run the whole session inside one sandbox (the sandbox fixture's preset, the "
+        "rootdir and the current directory read-only, no network)",
+    )
     parser.addoption(
         "--nscg-isolate-all",
         dest=ALL_OPTION,
@@ -125,6 +134,36 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(_InnerReporter(int(os.environ[REPORT_FD_ENV])))
     if os.environ.get(INNER_ENV) and os.environ.get(ZYGOTE_ENV):
         config.pluginmanager.register(_ZygoteServer(os.environ[ZYGOTE_ENV]))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config: pytest.Config) -> int | None:
+    """``pytest --nscg``: run this session again, inside one sandbox, and exit with its status."""
+    if not config.getoption(SESSION_OPTION) or os.environ.get(INNER_ENV):
+        return None
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix="nscg-session-"))
+    try:
+        here = Path(config.invocation_params.dir)
+        dirs = {Path(config.rootpath), here}
+        extra = tuple(
+            p
+            for p in sorted(d for d in dirs if d.is_dir())
+            if not any(q != p and p.is_relative_to(q) for q in dirs)
+        )
+        c = preset(work, extra_ro=extra).with_cwd(str(here))
+        args = [a for a in config.invocation_params.args if a != "--nscg"]
+        argv, env = _inner_command(config, work, {}, [])
+        argv = argv[: argv.index("-m") + 2]  # the interpreter, its flags, -m pytest
+        argv += ["-p", "no:cacheprovider", *_plugin_args(config)]
+        if not any(a == "--basetemp" or a.startswith("--basetemp=") for a in args):
+            argv += ["--basetemp", str(work / "basetemp")]
+        r = c.with_env(env).run([*argv, *args])
+        return int(r.returncode) if r.returncode >= 0 else 128 - r.returncode
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -208,7 +208,46 @@ def test_attrs_suite_counts_match_in_zygote_mode() -> None:
         files = [f"tests/{f}" for f in ATTRS_SUBSET if (tree / "tests" / f).exists()]
         plain = _pytest(tree, *files)
         zygote = _pytest(tree, "--nscg-isolate-all", "--nscg-isolated-mode=zygote", *files)
+        session = _pytest(tree, "--nscg", *files)
     finally:
         shutil.rmtree(top)
     assert counts(plain) == counts(zygote), (plain[-3000:], zygote[-3000:])
+    without_warnings = {k: v for k, v in counts(session).items() if not k.startswith("warning")}
+    assert counts(plain) == without_warnings, (plain[-3000:], session[-3000:])
     assert counts(plain).get("passed", 0) > 100, plain[-3000:]
+
+
+def test_session_inside_one_sandbox(listener: int) -> None:
+    """``pytest --nscg``: the whole session runs inside one sandbox, its status is pytest's."""
+    need_root()
+    text = textwrap.dedent(
+        """
+        import os, socket, pytest
+        PID = os.getpid()
+
+        def test_inside():
+            assert os.getpid() < 50 and os.environ["NSCG_PYTEST_INNER"] == "1"
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", int(os.environ["NSCG_TEST_PORT"])), 5)
+
+        def test_same_process():
+            assert os.getpid() == PID  # one session, not a process per test
+
+        def test_fails():
+            assert 0
+        """
+    )
+    proj = _project(text, "test_s.py")
+    try:
+        env = {**os.environ, "NSCG_TEST_PORT": str(listener)}
+        e = dict(env)
+        e.pop("PYTEST_ADDOPTS", None)
+        r = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-rA", "--nscg", "test_s.py"],
+            cwd=proj, env=e, capture_output=True, timeout=300, check=False,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(proj)
+    out = r.stdout.decode()
+    assert "1 failed, 2 passed" in out, out + r.stderr.decode()
+    assert r.returncode == 1, out
