@@ -23,18 +23,21 @@ from nscg.errors import SpecError, SyscallError, UnsupportedError
 from nscg.namespaces import IdMap, Namespace
 from nscg.process import Stage
 from nscg.rootfs import (
+    _DEV_SIZE,
     _MOUNTS,
     DEFAULT_UPPER_SIZE,
     FSCONFIG_MAX_STRING,
     Bind,
     Changes,
     Data,
+    Dev,
     Mkdir,
     Op,
     Overlay,
     Prim,
     RootFS,
     Symlink,
+    Tmpfs,
     _flags,
     changes_of,
     describe,
@@ -76,6 +79,7 @@ _FLAGS = {
     "create_file": lib.NSCG_MNT_CREATE_FILE,
     "optional": lib.NSCG_MNT_OPTIONAL,
     "from_fd": lib.NSCG_MNT_FROM_FD,
+    "from_slot": lib.NSCG_MNT_FROM_SLOT,
 }
 _ATTR_RDONLY = 0x1  # MOUNT_ATTR_RDONLY
 
@@ -140,6 +144,31 @@ class _Top(NamedTuple):
     dest: str
 
 
+def _unseen_after(ops: Sequence[Op], where: str) -> bool:
+    """Whether none of ``ops`` reads the host directory ``where`` or below it, or
+    copies it with a recursive bind (the scratch tmpfs may then be attached there).
+    """
+
+    def near(src: str, recursive: bool) -> bool:
+        s = src.rstrip("/") or "/"
+        return (
+            where in (s, "/")
+            or s.startswith(where + "/")
+            or (recursive and (s == "/" or where.startswith(s + "/")))
+        )
+
+    if where == "/dev" or where.startswith("/dev/"):
+        return False  # (/dev's nodes and the masks bind /dev/null)
+    for op in ops:
+        if isinstance(op, Bind) and near(op.source, op.recursive):
+            return False
+        if isinstance(op, Overlay) and any(near(lo, True) for lo in op.lowers):
+            return False
+        if isinstance(op, Overlay) and op.upper and near(op.upper, True):
+            return False
+    return True
+
+
 class RootfsRun:
     """The scratch memory, the flattened plan, the report and the cleanup of one spawn.
 
@@ -183,6 +212,7 @@ class RootfsRun:
         self.sops: list[Prim] = []
         self.size = 0
         self.ndata = 0
+        self.npooled = 0
         self.nslots = 0
         #: the socket the child sends the scratch tmpfs's fd to (parent's, child's end)
         self.sock: tuple[socket.socket, socket.socket] | None = None
@@ -192,14 +222,25 @@ class RootfsRun:
         #: take_lower_trees); closed by cleanup() unless taken
         self.lower_trees: list[int] = []
         main: list[Prim] = []
+        #: how many prims the root op (the first, at "/") made, if it is a bind
+        head_n: int | None = None
         try:
             for k, op in enumerate(root.ops):
                 i = origin[k]
+                if k == 1 and isinstance(root.ops[0], Bind) and root.ops[0].dest == "/":
+                    head_n = len(main)
                 if isinstance(op, Overlay):
                     later = {o.dest for o in root.ops[k + 1 :] if isinstance(o, _MOUNTS)}
                     main += self._overlay(i, op, later)
                 elif isinstance(op, Data):
                     main += self._data(i, op)
+                elif isinstance(op, Tmpfs) and op.pooled:
+                    main += self._pooled(i, op, op.size or 0, op.mode, op.readonly, op.noexec)
+                elif isinstance(op, Dev):
+                    # /dev's own small tmpfs is pooled too (nodev: its nodes are binds)
+                    first, *rest = self._flat(i, op)
+                    assert first.kind == "fs" and first.fstype == "tmpfs", first
+                    main += [*self._pooled(i, op, _DEV_SIZE, 0o755, False, True), *rest]
                 else:
                     main += self._flat(i, op)
             tail: list[Prim] = []
@@ -217,7 +258,20 @@ class RootfsRun:
                 )  # fmt: skip
             self.prims: list[Prim] = main + tail
             if self.sops:
+                # where the scratch group goes: first (stacked on "/", one more
+                # unmount, each waiting for an expedited RCU grace period), or
+                # attached at the host directory of the root's /etc files in the
+                # old tree (detached with it by pivot_root) once no later op can
+                # see it there: last, or right after the root's bind for pooled mounts
                 first = bool(self.parts or self.tops or self.ndata or not etc)
+                pos = 0 if first else len(main)
+                if self.npooled and not first:
+                    if head_n is None or not _unseen_after(root.ops[1:], etc[0][2]):
+                        first, pos = True, 0
+                    else:
+                        pos = head_n
+                if pos <= min((k for k, pr in enumerate(main) if pr.kind == "mask"), default=-1):
+                    main = self._pooled_masks(main)
                 size = self.size + (64 << 10) * len(etc)
                 opts = (
                     ("size", str(size)),
@@ -235,7 +289,7 @@ class RootfsRun:
                 )
                 done = Prim("sdone", "", op_index=owner, label="scratch tmpfs")
                 group = [head, *self.sops, done]
-                self.prims = group + main + tail if first else main + group + tail
+                self.prims = main[:pos] + group + main[pos:] + tail
             if len(self.prims) and self.nslots > lib.NSCG_MAX_SLOTS:
                 raise UnsupportedError(
                     f"this root needs {self.nslots} mounts made from scratch memory; "
@@ -270,6 +324,37 @@ class RootfsRun:
                               op_index=i, label=label))  # fmt: skip
         return [Prim("slot", op.dest.lstrip("/"), mode=slot, op_index=i, label=label,
                      flags=_flags(create_file=True))]  # fmt: skip
+
+    def _pooled(
+        self, i: int, op: Tmpfs | Dev, size: int, mode: int, readonly: bool, noexec: bool
+    ) -> list[Prim]:
+        """A directory of the scratch memory bound at ``op.dest``: a tmpfs without a
+        superblock of its own (``Tmpfs.pooled``); ``size`` joins the scratch's."""
+        label = describe(op)
+        name = f"p{self.npooled}"
+        self.npooled += 1
+        self.size += size
+        self._sdir(name, mode, i, label)
+        slot = self._slot()
+        flags = _flags(rdonly=readonly, nosuid=True, nodev=True, noexec=noexec)
+        self.sops.append(Prim("sbind", "", source=name.encode(), flags=flags, mode=slot,
+                              op_index=i, label=label))  # fmt: skip
+        return [Prim("slot", op.dest.lstrip("/"), mode=slot, op_index=i, label=label,
+                     flags=_flags(create_dir=True))]  # fmt: skip
+
+    def _pooled_masks(self, main: list[Prim]) -> list[Prim]:
+        """The masks' empty read-only directory from the scratch memory (a directory
+        of it, in a slot the first directory mask takes) instead of a tmpfs of its own."""
+        name = "m"
+        self._sdir(name, 0o755, -1, "masks")
+        slot = self._slot()
+        flags = _flags(rdonly=True, nosuid=True, nodev=True, noexec=True)
+        self.sops.append(Prim("sbind", "", source=name.encode(), flags=flags, mode=slot,
+                              label="masks"))  # fmt: skip
+        return [
+            pr._replace(flags=pr.flags | {"from_slot"}, mode=slot) if pr.kind == "mask" else pr
+            for pr in main
+        ]
 
     def _slot(self) -> int:
         self.nslots += 1
@@ -551,7 +636,7 @@ class RootfsRun:
             for f in pr.flags:
                 fl |= _FLAGS[f]
             o.flags = fl
-            if pr.kind in ("sfs", "sbind", "slot"):
+            if pr.kind in ("sfs", "sbind", "slot") or "from_slot" in pr.flags:
                 o.slot = pr.mode
             else:
                 o.mode = pr.mode

@@ -111,6 +111,8 @@ def _size(value: int | None) -> int | None:
 
 #: Device nodes of the minimal /dev (bound from the host's, which works rootless too).
 DEV_NODES: tuple[str, ...] = ("null", "zero", "full", "random", "urandom", "tty")
+#: the size of /dev's own tmpfs (its nodes are binds, its links take no room)
+_DEV_SIZE: Final = 64 << 10
 
 #: Size of the private, empty ``/run`` of :meth:`RootFS.host` and :meth:`RootFS.overlay`.
 RUN_SIZE: Final = 1 << 20
@@ -257,7 +259,16 @@ class Bind:
 
 @attrs.frozen
 class Tmpfs:
-    """A fresh tmpfs at ``dest`` (``size`` in bytes, None: the kernel's default)."""
+    """A fresh tmpfs at ``dest`` (``size`` in bytes, None: the kernel's default).
+
+    With ``pooled``, the mount is a directory of the sandbox's scratch memory
+    (the one tmpfs that also holds the /etc files nscg writes) instead of a
+    tmpfs of its own: no superblock to make and tear down per spawn (about
+    25 us each), but the sizes of all pooled mounts add up to one limit that
+    they share, and ``statfs`` shows the pool's. :meth:`RootFS.host` pools its
+    small private mounts (/run, the hidden home directories); a pooled tmpfs
+    needs a ``size`` and is always nosuid and nodev.
+    """
 
     dest: str = attrs.field(converter=_dest)
     size: int | None = None
@@ -266,12 +277,18 @@ class Tmpfs:
     nosuid: bool = True
     nodev: bool = True
     noexec: bool = False
+    pooled: bool = False
 
     def __attrs_post_init__(self) -> None:
         if self.size is not None and (
             isinstance(self.size, bool) or not isinstance(self.size, int) or self.size <= 0
         ):
             raise SpecError(f"tmpfs size must be a positive number of bytes, got {self.size!r}")
+        if self.pooled and (self.size is None or not self.nosuid or not self.nodev):
+            raise SpecError(
+                f"a pooled tmpfs ({self.dest}) needs a size and is nosuid and nodev "
+                "(it is a directory of the sandbox's scratch memory)"
+            )
         # (with a size, the inodes are limited too: see inodes_for)
 
 
@@ -608,9 +625,9 @@ def _private_run(size: int) -> list[Op]:
     var_run = os.path.realpath("/var/run")
     ops: list[Op] = []
     if os.path.isdir(run):  # a host without /run (a minimal container) has nothing there
-        ops.append(Tmpfs("/run", size=size, mode=0o755))
+        ops.append(Tmpfs("/run", size=size, mode=0o755, pooled=True))
     if os.path.isdir(var_run) and not _under(var_run, run):
-        ops.append(Tmpfs(var_run, size=size, mode=0o755))
+        ops.append(Tmpfs(var_run, size=size, mode=0o755, pooled=True))
     try:
         with os.scandir(run) as it:
             links = sorted(e.name for e in it if e.is_symlink())
@@ -626,7 +643,7 @@ def _private_run(size: int) -> list[Op]:
 
 
 def _hidden_homes() -> list[Op]:
-    return [Tmpfs(d, size=HOME_SIZE, mode=0o755) for d in _home_dirs()]
+    return [Tmpfs(d, size=HOME_SIZE, mode=0o755, pooled=True) for d in _home_dirs()]
 
 
 @attrs.frozen
@@ -826,7 +843,9 @@ class RootFS:
                 ``Result.changes``).
             run_size, hide_sockets, shm_size: as for :meth:`host`.
             upper_size: the size limit of the scratch memory holding an
-                ephemeral upper (default :data:`DEFAULT_UPPER_SIZE`, 1 GiB).
+                ephemeral upper (default :data:`DEFAULT_UPPER_SIZE`, 1 GiB); the
+                pooled mounts (/dev's 64 KiB, /run, hidden homes: see
+                :class:`Tmpfs`) live there too and add their sizes to it.
             idmap_lowers: for a root caller whose sandbox maps its ids to an
                 unprivileged host range (the default): True: the lowers are
                 the sandbox's own, seen through idmapped mounts, so a lower
@@ -1512,7 +1531,7 @@ def flatten(root: RootFS, userns: bool) -> list[Prim]:
                 d,
                 fstype="tmpfs",
                 source=b"tmpfs",
-                options=(("mode", "755"), ("size", "65536")),
+                options=(("mode", "755"), ("size", str(_DEV_SIZE))),
                 flags=_flags(nosuid=True, noexec=True, create_dir=True),
             )
             for n in DEV_NODES:

@@ -465,7 +465,8 @@ def test_a_full_scratch_is_enospc_inside_and_nothing_outside(lower: Path) -> Non
     err = (r.stderr or b"").decode()
     assert err.count("No space left on device") == 2, err
     sizes = [int(x) for x in (r.stdout or b"").split()]
-    assert len(sizes) == 2 and all(0 < n <= 1 << 20 for n in sizes), r
+    # (the upper's scratch memory also holds the pooled /dev: its 64 KiB join the limit)
+    assert len(sizes) == 2 and 0 < sizes[0] <= (1 << 20) + (64 << 10) and 0 < sizes[1] <= 1 << 20, r
     assert r.changes is not None and "/a/big" in r.changes.added
 
 

@@ -93,6 +93,7 @@ class _Lib:
     NSCG_MNT_CREATE_FILE: Final[int]
     NSCG_MNT_OPTIONAL: Final[int]
     NSCG_MNT_FROM_FD: Final[int]
+    NSCG_MNT_FROM_SLOT: Final[int]
     NSCG_FD_NOT_OPENED: Final[int]
     NSCG_MOUNTS_ACTIVE: Final[int]
     NSCG_MOUNTS_SLAVE: Final[int]

@@ -142,6 +142,10 @@
  * instead of calling open_tree and mount_setattr itself; an SBIND with it
  * attaches that tree at dest in the scratch (an idmapped overlay lower) */
 #define NSCG_MNT_FROM_FD 256
+/* a MASK whose directory mask is the mount kept in slot op->slot (an empty
+ * read-only directory of the scratch tmpfs), taken by the first directory
+ * mask, instead of a tmpfs of its own */
+#define NSCG_MNT_FROM_SLOT 512
 /* a slot of nscg_spawn_state.mount_fds whose tree the child opens in op_bind; -1:
  * an optional source that does not exist */
 #define NSCG_FD_NOT_OPENED -2

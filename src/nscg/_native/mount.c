@@ -494,8 +494,11 @@ static void op_chmod(struct mctx *m, int i, const struct nscg_mount_op *op)
 /* Hide op->dest: /dev/null over a file, an empty read-only tmpfs over a
  * directory; a path that does not exist, or is removed before the mount is
  * attached (move_mount: ENOENT), is skipped. Every directory mask is
- * the same tmpfs: the first one is made, the others are binds of it (one
+ * the same tmpfs: the first one is made (or, NSCG_MNT_FROM_SLOT, is a
+ * directory of the scratch tmpfs), the others are binds of it (one
  * superblock per sandbox instead of one per masked directory). */
+static int slot_index(struct mctx *m, int i, const struct nscg_mount_op *op);
+
 static void op_mask(struct mctx *m, int i, const struct nscg_mount_op *op)
 {
     struct child_ctx *c = m->c;
@@ -514,6 +517,11 @@ static void op_mask(struct mctx *m, int i, const struct nscg_mount_op *op)
     if (dir && m->mask_dir >= 0) {
         STEP(c, NSCG_STAGE_MOUNTS, i, "open_tree",
              mnt = (int)sys_open_tree(m->mask_dir, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH));
+    } else if (dir && (op->flags & NSCG_MNT_FROM_SLOT) && m->slots[slot_index(m, i, op)] >= 0) {
+        /* the scratch's empty read-only directory (one superblock less) */
+        mnt = m->slots[op->slot];
+        m->slots[op->slot] = -1;
+        keep = 1;
     } else if (dir) {
         int fs;
         STEP(c, NSCG_STAGE_MOUNTS, i, "fsopen", fs = (int)SYS2(SYS_fsopen, "tmpfs", FSOPEN_CLOEXEC));
