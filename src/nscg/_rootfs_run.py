@@ -238,8 +238,8 @@ class RootfsRun:
                     main += self._pooled(i, op, op.size or 0, op.mode, op.readonly, op.noexec)
                 elif isinstance(op, Dev):
                     # /dev's own small tmpfs is pooled too (nodev: its nodes are binds)
-                    first, *rest = self._flat(i, op)
-                    assert first.kind == "fs" and first.fstype == "tmpfs", first
+                    devfs, *rest = self._flat(i, op)
+                    assert devfs.kind == "fs" and devfs.fstype == "tmpfs", devfs
                     main += [*self._pooled(i, op, _DEV_SIZE, 0o755, False, True), *rest]
                 else:
                     main += self._flat(i, op)
