@@ -107,31 +107,7 @@ def vm(session: nox.Session) -> None:
         if "cgroup2" in os.environ.get("NSCG_REQUIRE", ""):
             session.error(f"NSCG_REQUIRE=cgroup2 but {problem}")
         session.skip(problem)
-    _install(session)
-    python = os.path.join(session.virtualenv.bin, "python")
-    session.run(
-        "bash",
-        str(VM_SCRIPT),
-        "--timeout",
-        "900",
-        "--retry",
-        "1",
-        "--share",
-        str(ROOT),
-        "--",
-        python,
-        "-m",
-        "pytest",
-        "-p",
-        "no:hypothesispytest",
-        "-p",
-        "no:cacheprovider",
-        "-m",
-        "cgroup2",
-        *(session.posargs or [str(ROOT / "tests" / "cgroup2")]),
-        external=True,
-        env={"NSCG_REQUIRE": "cgroup2"},
-    )
+    _pytest_in_vm(session, "cgroup2")
 
 
 @nox.session(python=PYTHON)
@@ -150,12 +126,17 @@ def vm_systemd(session: nox.Session) -> None:
         if "systemd" in os.environ.get("NSCG_REQUIRE", ""):
             session.error(f"NSCG_REQUIRE=systemd but {problem}")
         session.skip(problem)
+    _pytest_in_vm(session, "systemd", "--systemd")
+
+
+def _pytest_in_vm(session: nox.Session, marker: str, *vm_args: str) -> None:
+    """pytest -m ``marker`` on tests/``marker`` in the throw-away VM (``vm_args``: its options)."""
     _install(session)
     python = os.path.join(session.virtualenv.bin, "python")
     session.run(
         "bash",
         str(VM_SCRIPT),
-        "--systemd",
+        *vm_args,
         "--timeout",
         "900",
         "--retry",
@@ -171,10 +152,10 @@ def vm_systemd(session: nox.Session) -> None:
         "-p",
         "no:cacheprovider",
         "-m",
-        "systemd",
-        *(session.posargs or [str(ROOT / "tests" / "systemd")]),
+        marker,
+        *(session.posargs or [str(ROOT / "tests" / marker)]),
         external=True,
-        env={"NSCG_REQUIRE": "systemd"},
+        env={"NSCG_REQUIRE": marker},
     )
 
 
